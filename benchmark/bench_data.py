@@ -1,0 +1,62 @@
+"""Time the data stages: ``dvc repro`` of synth + prepare from scratch, then again (must be a no-op).
+
+Run from the repo root with the venv active: ``python -m benchmark.bench_data``. It works on a
+scratch copy of the project, so the working tree's data and dvc.lock are left alone. Prints a table
+and writes ``benchmark/results/data_stages.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(profile: str | None = None) -> dict:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
+               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    with tempfile.TemporaryDirectory() as tmp:
+        dst = Path(tmp)
+        for f in files:
+            if (REPO / f).is_file() and not f.startswith(("data/", "metrics/")) and f != "dvc.lock":
+                (dst / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(REPO / f, dst / f)
+        subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+        if profile:
+            subprocess.run(["casdm", "params", "profile", profile], cwd=dst, env=env, check=True)
+        times = {}
+        for run in ("first", "second"):
+            t0 = time.perf_counter()
+            out = subprocess.run(["dvc", "repro", "prepare"], cwd=dst, env=env, capture_output=True, text=True)
+            times[run] = time.perf_counter() - t0
+            if out.returncode:
+                raise SystemExit(out.stdout + out.stderr)
+            if run == "second" and "Running stage" in out.stdout:
+                raise SystemExit("second dvc repro re-ran a stage:\n" + out.stdout)
+        frames = len(list((dst / "data" / "prepared" / "images").glob("*.png")))
+    result = {"profile": profile or "default", "frames": frames, "first_repro_s": round(times["first"], 2),
+              "second_repro_s": round(times["second"], 2)}
+    t = Table(title="data stages (dvc repro synth + prepare)")
+    for k in result:
+        t.add_column(k, justify="right")
+    t.add_row(*(str(v) for v in result.values()))
+    Console().print(t)
+    out_dir = REPO / "benchmark" / "results"
+    out_dir.mkdir(exist_ok=True)
+    (out_dir / f"data_stages_{result['profile']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else None)

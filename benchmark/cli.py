@@ -1,0 +1,153 @@
+"""The ``casdm`` command. Each DVC stage is one sub-command that calls one function.
+
+Heavy libraries (torch, diffusers, smp) are imported inside the commands, so ``casdm --help`` and
+the data commands start quickly.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="casdm-bench: mask-conditioned surgical image synthesis benchmark.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+data_app = typer.Typer(help="Datasets: generate, validate, prepare.", no_args_is_help=True)
+params_app = typer.Typer(help="params.yaml: check, apply a profile.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+app.add_typer(params_app, name="params")
+
+# Rich wraps at 80 columns when not on a terminal (DVC logs, CI); tables read better wider.
+console = Console(width=None if sys.stdout.isatty() else 120)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
+PARAMS = typer.Option(Path("params.yaml"), "--params", help="parameters file")
+
+
+def fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _params(path: Path):
+    from benchmark.config import ConfigError, load_params
+
+    try:
+        return load_params(path)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@params_app.command("check")
+def params_check(params: Path = PARAMS) -> None:
+    """Validate params.yaml and print its sections."""
+    p = _params(params)
+    console.print(f"[green]{params}: valid[/] (preset {p.train.preset}, {p.data.resolution} px, "
+                  f"models {', '.join(p.models)})")
+
+
+@params_app.command("profile")
+def params_profile(name: str, params: Path = PARAMS) -> None:
+    """Merge benchmark/profiles/NAME.yaml into params.yaml (e.g. ``tiny`` for tests and CI)."""
+    from benchmark.config import ConfigError, apply_profile
+
+    try:
+        apply_profile(name, params)
+    except ConfigError as exc:
+        fail(str(exc))
+    console.print(f"[green]applied profile {name} to {params}[/]")
+
+
+@data_app.command("synth")
+def data_synth(params: Path = PARAMS, out: Path = typer.Option(Path("data/raw/synthetic"))) -> None:
+    """Generate the synthetic laparoscopic dataset (CholecSeg8K layout) from data.synthetic."""
+    from benchmark.data.synthetic import SyntheticSpec, generate
+
+    cfg = _params(params).data.synthetic
+    n = generate(SyntheticSpec(**cfg.model_dump()), out)
+    console.print(f"wrote {n} synthetic frames to {out}")
+
+
+@data_app.command("prepare")
+def data_prepare(params: Path = PARAMS, out: Path = typer.Option(Path("data/prepared")),
+                 metrics: Path = typer.Option(Path("metrics/data.json"))) -> None:
+    """Split, resize and count the dataset named by data.source / data.root."""
+    from rich.progress import Progress
+
+    from benchmark.data.prepare import prepare
+    from benchmark.data.sources import DatasetError
+
+    cfg = _params(params).data
+    try:
+        with Progress(console=err, transient=True) as bar:
+            task = bar.add_task("preparing", total=None)
+            stats = prepare(cfg, out, metrics, progress=lambda: bar.advance(task))
+    except DatasetError as exc:
+        fail(str(exc))
+    _coverage_table(stats)
+    for split, missing in stats["missing"].items():
+        if missing:
+            err.print(f"[yellow]warning:[/] split {split!r} has no frame of {', '.join(missing)}; "
+                      "its per-class scores there will be reported as absent", highlight=False)
+
+
+def _coverage_table(stats: dict) -> None:
+    splits = stats["splits"]
+    t = Table(title=f"class coverage ({stats['resolution']} px, {stats['split']['kind']} split)")
+    t.add_column("class")
+    for s in splits:
+        t.add_column(f"{s} frames ({splits[s]['frames']})", justify="right")
+        t.add_column(f"{s} pixel %", justify="right")
+    names = list(next(iter(splits.values()))["class_frames"])
+    for n in names:
+        row = [n]
+        for s in splits:
+            k = splits[s]["class_frames"][n]
+            row += [str(k) if k else "[red]0[/]", f"{100 * splits[s]['class_pixel_share'][n]:.2f}"]
+        t.add_row(*row)
+    console.print(t)
+
+
+@data_app.command("validate")
+def data_validate(source: str = typer.Option(..., help="cholecseg8k | folder"),
+                  root: Path = typer.Option(..., help="dataset root")) -> None:
+    """Check every frame of a dataset; print frames, videos and per-class frame counts."""
+    from benchmark.data.sources import DatasetError, open_source, validate
+
+    if source not in ("cholecseg8k", "folder"):
+        fail(f"--source {source!r}: expected cholecseg8k or folder")
+    try:
+        ds = open_source(source, root)
+    except DatasetError as exc:
+        fail(str(exc))
+    report = validate(ds)
+    console.print(f"{root}: {report.frames} frames, {len(report.videos)} videos", soft_wrap=True)
+    t = Table()
+    t.add_column("id", justify="right")
+    t.add_column("class")
+    t.add_column("frames", justify="right")
+    t.add_column("% frames", justify="right")
+    for c in ds.table.classes:
+        k = report.class_frames.get(c.id, 0)
+        t.add_row(str(c.id), c.name + (" (rare)" if c.rare else ""), str(k), f"{100 * k / report.frames:.1f}")
+    console.print(t)
+    if report.strays:
+        total = {}
+        for d in report.strays.values():
+            for code, px in d.items():
+                total[code] = total.get(code, 0) + px
+        console.print(f"[yellow]stray codes mapped to ignore[/] in {len(report.strays)} files: "
+                      + ", ".join(f"{c}: {px} px" for c, px in sorted(total.items())))
+        for path, d in list(report.strays.items())[:20]:
+            console.print(f"  {path}: " + ", ".join(f"{c}: {px} px" for c, px in sorted(d.items())),
+                          highlight=False, soft_wrap=True)
+    if report.errors:
+        for e in report.errors:
+            err.print(f"[red]{e}[/]", highlight=False, soft_wrap=True)
+        fail(f"{len(report.errors)} problem(s) in {root}")
+    console.print(f"[green]{root}: valid[/]", soft_wrap=True)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,266 @@
+"""One validated model of params.yaml: every stage reads its section through ``load_params``.
+
+Why pydantic with ``extra="forbid"``: a typo in params.yaml (``resolutoin: 64``) must fail at once,
+naming the key, instead of silently training with a default.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PROFILES_DIR = Path(__file__).parent / "profiles"
+
+
+class ConfigError(ValueError):
+    """params.yaml (or a profile) is invalid; the message names the file and the key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------- data
+class SyntheticConfig(Section):
+    videos: int = Field(17, ge=1, le=17, description="videos, named after CholecSeg8K's 17")
+    clips_per_video: int = Field(2, ge=1, le=20)
+    frames_per_clip: int = Field(20, ge=1, le=80)
+    width: int = Field(160, ge=16, le=1024)
+    height: int = Field(96, ge=16, le=1024)
+    seed: int = 0
+    quirks: bool = Field(True, description="write the real files' quirks (border, strays, RGBA masks)")
+
+
+class SplitConfig(Section):
+    kind: Literal["video", "random"] = "video"
+    test_videos: list[int | str] = Field(default_factory=lambda: [12, 20, 48, 55])
+    val_videos: list[int | str] = Field(default_factory=list)
+    test_fraction: float = Field(0.15, gt=0, lt=1, description="random split only")
+    val_fraction: float = Field(0.0, ge=0, lt=1, description="random split only")
+    seed: int = 0
+
+
+class DataConfig(Section):
+    source: Literal["synthetic", "cholecseg8k", "folder"] = "synthetic"
+    root: str = Field("data/raw/synthetic", description="dataset root; the synthetic stage writes here")
+    resolution: int = Field(64, ge=16, le=1024, description="square side after resizing")
+    synthetic: SyntheticConfig = SyntheticConfig()
+    split: SplitConfig = SplitConfig()
+
+    @field_validator("resolution")
+    @classmethod
+    def _multiple_of_8(cls, v: int) -> int:
+        if v % 8:
+            raise ValueError(f"must be a multiple of 8 (U-Net down-sampling), got {v}")
+        return v
+
+
+# ------------------------------------------------------------------------------------- models
+class UNetPreset(Section):
+    """Widths of the SPADE U-Net (casdm.md section 1)."""
+
+    base_channels: int = Field(ge=8)
+    channel_mult: list[int] = Field(min_length=1)
+    num_res_blocks: int = Field(ge=1)
+    attention_resolutions: list[int] = Field(default_factory=list)
+    head_channels: int = Field(64, ge=4)
+    spade_hidden: int = Field(128, ge=4, description="hidden width of the SPADE branches")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    gradient_checkpointing: bool = False
+
+
+class ModelEntry(Section):
+    """One benchmarked model: a registered network + loss recipe, with its own knobs."""
+
+    kind: str = Field(description="registry name: casdm, sdm, controlnet, ...")
+    role: str = Field("method", description="method | ablation | baseline")
+    loss: Literal["mse", "ca_mse", "ca_mse+ca_sp", "hybrid", "controlnet"] = "ca_mse+ca_sp"
+    ca_variant: Literal["paper", "balanced"] = "paper"
+    ca_alpha: float = Field(1.0, ge=0, le=2)
+    ca_boost: dict[str, float] = Field(default_factory=dict, description="class name -> weight multiplier")
+    lambda_sp: float = Field(0.0, ge=0)
+    sp_start_step: int = Field(0, ge=0)
+    drop_rate: float = Field(0.0, ge=0, le=1, description="null-map dropout for classifier-free guidance")
+    guidance_scale: float = Field(1.0, ge=0)
+    scheduler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddim"
+    num_inference_steps: int = Field(50, ge=1, le=1000)
+
+
+# ------------------------------------------------------------------------------------- stages
+class DiffusionConfig(Section):
+    num_train_timesteps: int = Field(1000, ge=10)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    zero_snr: bool = False
+
+
+class TrainConfig(Section):
+    preset: str = "cpu"
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(1e-4, gt=0)
+    warmup_steps: int = Field(500, ge=0)
+    weight_decay: float = Field(1e-6, ge=0)
+    adam_betas: tuple[float, float] = (0.95, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    ema_decay: float = Field(0.9999, ge=0, lt=1)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
+    augment: bool = True
+    checkpoint_every: int = Field(ge=1)
+    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(ge=1, description="sample grid logged to MLflow every N steps")
+    seed: int = 0
+    num_workers: int = Field(0, ge=0)
+
+
+class SampleConfig(Section):
+    batch_size: int = Field(16, ge=1)
+    max_images: int | None = Field(None, ge=1, description="cap on test maps sampled (None = all)")
+    seed: int = 0
+    use_ema: bool = True
+
+
+class EvaluateConfig(Section):
+    feature_extractor: Literal["inception", "efficientnet_lite0", "auto"] = "auto"
+    segmenters: list[str] = Field(default_factory=lambda: ["segformer", "unet"])
+    encoder_weights: Literal["none", "efficientnet_lite0", "imagenet"] = "none"
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    steps: int = Field(300, ge=1)
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    synthetic_ratio: float = Field(1.0, ge=0, description="synthetic images per real image")
+
+
+class LeaderboardConfig(Section):
+    primary: str = "downstream_miou"
+    sort: Literal["asc", "desc"] = "desc"
+
+
+class StudyConfig(Section):
+    name: str = "casdm-loss-weights"
+    n_trials: int = Field(20, ge=1)
+    storage: str | None = None
+    directions: list[Literal["maximize", "minimize"]] = Field(default_factory=lambda: ["maximize"])
+    objectives: list[str] = Field(default_factory=lambda: ["rare_semantic_miou"])
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    search_space: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _same_length(self):
+        if len(self.objectives) != len(self.directions):
+            raise ValueError(f"objectives ({len(self.objectives)}) and directions ({len(self.directions)}) "
+                             "must have the same length")
+        return self
+
+
+class ReportConfig(Section):
+    title: str = "casdm-bench report"
+    formats: list[Literal["md", "html"]] = Field(default_factory=lambda: ["md"])
+
+
+class TrackingConfig(Section):
+    uri: str = Field("sqlite:///mlflow.db", description="overridden by MLFLOW_TRACKING_URI")
+    experiment: str = "casdm-bench"
+
+
+class Params(Section):
+    data: DataConfig = DataConfig()
+    presets: dict[str, UNetPreset]
+    models: dict[str, ModelEntry]
+    diffusion: DiffusionConfig = DiffusionConfig()
+    train: TrainConfig
+    sample: SampleConfig = SampleConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    leaderboard: LeaderboardConfig = LeaderboardConfig()
+    study: StudyConfig = StudyConfig()
+    report: ReportConfig = ReportConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _preset_exists(self):
+        if self.train.preset not in self.presets:
+            raise ValueError(f"train.preset {self.train.preset!r} is not in presets {sorted(self.presets)}")
+        return self
+
+
+def _format(exc: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters"]
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
+        lines.append(f"  {key}: {msg}{got}")
+    return "\n".join(lines)
+
+
+def parse_params(data: Any, source: str = "params.yaml") -> Params:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    try:
+        return Params.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, source)) from None
+
+
+def read_yaml(path: Path) -> Any:
+    try:
+        return yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    return parse_params(read_yaml(Path(path)), str(path))
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Profiles override leaves; mappings merge key by key, lists and scalars are replaced."""
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def apply_profile(name: str, params_path: Path = Path("params.yaml")) -> Params:
+    """Merge ``benchmark/profiles/<name>.yaml`` into params.yaml (validated, then written atomically).
+
+    Profiles edit params.yaml rather than living beside it so that DVC sees exactly which
+    parameters a profile changes, and every stage stays "parameters only from params.yaml".
+    """
+    profile = PROFILES_DIR / f"{name}.yaml"
+    if not profile.exists():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
+        raise ConfigError(f"unknown profile {name!r}; expected one of {known}")
+    return update_params(read_yaml(profile) or {}, params_path, f"{params_path} + {profile.name}")
+
+
+def update_params(override: dict, params_path: Path = Path("params.yaml"), source: str | None = None) -> Params:
+    """Deep-merge ``override`` into params.yaml, keeping its comments and order; validate, then
+    replace the file atomically (a bad override leaves params.yaml untouched)."""
+    from ruamel.yaml import YAML
+
+    rt = YAML()
+    rt.preserve_quotes = True
+    doc = rt.load(Path(params_path).read_text())
+
+    def merge(node, over):
+        for k, v in over.items():
+            if isinstance(v, dict) and isinstance(node.get(k), dict):
+                merge(node[k], v)
+            else:
+                node[k] = v
+
+    merge(doc, override)
+    params = parse_params(deep_merge(read_yaml(params_path), override), source or str(params_path))
+    tmp = Path(params_path).with_name(Path(params_path).name + ".tmp")
+    with tmp.open("w") as fh:
+        rt.dump(doc, fh)
+    tmp.replace(params_path)
+    return params

@@ -1,0 +1,128 @@
+"""The data stage: read a source, split it, resize it, count classes, write the prepared dataset.
+
+Outputs (all DVC outs): ``images/<id>.png`` (RGB), ``masks/<id>.png`` (class ids, 255 = ignore),
+``frames.csv`` (id, video, clip, split), ``classes.json`` (the class table), ``stats.json``
+(per split: per-class pixel share and frame share; the class-aware losses read the train shares),
+``strays.json`` (documented stray codes per file) and a small coverage metrics JSON.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from benchmark.config import DataConfig
+from benchmark.data.classes import IGNORE_INDEX, ClassTable
+from benchmark.data.sources import open_source
+from benchmark.data.splits import split_frames
+
+SPLITS = ("train", "val", "test")
+
+
+def class_stats(counts: dict[str, np.ndarray], frames: dict[str, np.ndarray], nframes: dict[str, int],
+                table: ClassTable) -> dict:
+    """Per split: frames, per-class frame count, frame share and pixel share (labelled pixels only)."""
+    out = {}
+    for s in SPLITS:
+        if not nframes[s]:
+            continue
+        px = counts[s]
+        total = max(int(px.sum()), 1)
+        out[s] = {
+            "frames": nframes[s],
+            "class_frames": {n: int(frames[s][i]) for i, n in enumerate(table.names)},
+            "class_frame_share": {n: float(frames[s][i] / nframes[s]) for i, n in enumerate(table.names)},
+            "class_pixel_share": {n: float(px[i] / total) for i, n in enumerate(table.names)},
+        }
+    return out
+
+
+def coverage(stats: dict, table: ClassTable) -> dict[str, list[str]]:
+    """Classes with no frame in a split: their per-class metrics there are undefined, not 0."""
+    return {s: [n for n in table.names if stats[s]["class_frames"][n] == 0] for s in stats}
+
+
+def prepare(cfg: DataConfig, out: Path, metrics: Path | None = None, progress=None) -> dict:
+    source = open_source(cfg.source, Path(cfg.root))
+    table = source.table
+    split = split_frames(source.frames, cfg.split)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    K, r = table.num_classes, cfg.resolution
+    counts = {s: np.zeros(K, np.int64) for s in SPLITS}
+    frames = {s: np.zeros(K, np.int64) for s in SPLITS}
+    nframes = dict.fromkeys(SPLITS, 0)
+    strays: dict[str, dict[int, int]] = {}
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        rows = []
+        for frame in source.frames:
+            sample = source.load(frame)
+            if sample.strays:
+                strays[str(frame.mask)] = sample.strays
+            img = Image.fromarray(sample.image).resize((r, r), Image.BILINEAR)
+            lab = Image.fromarray(sample.labels).resize((r, r), Image.NEAREST)
+            img.save(tmp / "images" / f"{frame.id}.png")
+            lab.save(tmp / "masks" / f"{frame.id}.png")
+            s = split[frame.id]
+            arr = np.asarray(lab)
+            c = np.bincount(arr[arr != IGNORE_INDEX], minlength=K)[:K]
+            counts[s] += c
+            frames[s] += c > 0
+            nframes[s] += 1
+            rows.append((frame.id, frame.video, frame.clip, s))
+            if progress is not None:
+                progress()
+        with (tmp / "frames.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["id", "video", "clip", "split"])
+            w.writerows(rows)
+        stats = {
+            "source": cfg.source, "resolution": r, "ignore_index": IGNORE_INDEX,
+            "split": cfg.split.model_dump(), "splits": class_stats(counts, frames, nframes, table),
+        }
+        stats["missing"] = coverage(stats["splits"], table)
+        _write_json(tmp / "stats.json", stats)
+        _write_json(tmp / "classes.json", table.to_dict())
+        _write_json(tmp / "strays.json", {"files": strays, "total_pixels": {
+            str(code): sum(d.get(code, 0) for d in strays.values())
+            for code in sorted({c for d in strays.values() for c in d})}})
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if metrics is not None:
+        _write_json(Path(metrics), {
+            s: {"frames": v["frames"], "classes_present": K - len(stats["missing"][s]),
+                "classes_missing": len(stats["missing"][s])}
+            for s, v in stats["splits"].items()} | {"stray_files": len(strays)})
+    return stats
+
+
+def _write_json(path: Path, data) -> None:
+    """Write through a temp file and rename, so a killed stage never leaves half a JSON."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def load_prepared(root: Path) -> tuple[list[dict], ClassTable, dict]:
+    """Read a prepared dataset's index: frame rows, class table, stats."""
+    root = Path(root)
+    for name in ("frames.csv", "classes.json", "stats.json"):
+        if not (root / name).exists():
+            raise FileNotFoundError(f"{root / name}: missing; run the data stage (dvc repro prepare) first")
+    with (root / "frames.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    table = ClassTable.from_dict(json.loads((root / "classes.json").read_text()), str(root / "classes.json"))
+    return rows, table, json.loads((root / "stats.json").read_text())

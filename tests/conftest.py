@@ -1,0 +1,55 @@
+"""Shared fixtures: small datasets the tests write themselves (nothing is downloaded)."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A tiny synthetic CholecSeg8K-layout dataset (17 videos x 1 clip x 2 frames), read-only by convention."""
+    from benchmark.data.synthetic import SyntheticSpec, generate
+
+    root = tmp_path_factory.mktemp("synth") / "cholec"
+    generate(SyntheticSpec(clips_per_video=1, frames_per_clip=2, width=64, height=48, seed=3), root)
+    return root
+
+
+@pytest.fixture
+def synth_copy(synth_root, tmp_path) -> Path:
+    """A private copy of the synthetic dataset for tests that damage it."""
+    dst = tmp_path / "cholec"
+    shutil.copytree(synth_root, dst)
+    return dst
+
+
+@pytest.fixture
+def repo_copy(tmp_path) -> Path:
+    """The project's files (as a fresh clone would have them) copied into a scratch git repo."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    dst = tmp_path / "repo"
+    for f in files:
+        if (REPO / f).is_file() and not f.startswith(("data/", "metrics/")) and f != "dvc.lock":
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dst / f)
+    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+    return dst
+
+
+def cli_env() -> dict:
+    """Environment for subprocesses: the venv's scripts (casdm, dvc) first on PATH, offline."""
+    env = dict(os.environ)
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    env.update(HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1")
+    return env
