@@ -149,5 +149,41 @@ def data_validate(source: str = typer.Option(..., help="cholecseg8k | folder"),
     console.print(f"[green]{root}: valid[/]", soft_wrap=True)
 
 
+@app.command("train")
+def train_cmd(name: str = typer.Argument(..., help="model name (a key of params.yaml models)"),
+              params: Path = PARAMS, data: Path = typer.Option(Path("data/prepared"))) -> None:
+    """Train one model; re-running resumes from its last checkpoint."""
+    from casdm.train import NonFiniteLoss, RunPaths, train
+
+    p = _params(params)
+    if name not in p.models:
+        fail(f"unknown model {name!r}; params.yaml models: {', '.join(p.models)}")
+    paths = RunPaths(data=data, checkpoints=Path("runs") / name / "checkpoints", model=Path("models") / name,
+                     metrics=Path("metrics/train") / f"{name}.json", plot=Path("plots/train") / f"{name}.csv")
+    try:
+        m = train(p, name, paths, console=err)
+    except (NonFiniteLoss, ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"{name}: {m['steps']} steps, loss {m['first_loss']:.4g} -> {m['final_loss']:.4g}, "
+                  f"{m['s_per_step']:.3f} s/step, {m['num_parameters'] / 1e6:.2f} M parameters")
+
+
+@app.command("sample")
+def sample_cmd(name: str = typer.Argument(..., help="model name"), params: Path = PARAMS,
+               data: Path = typer.Option(Path("data/prepared"))) -> None:
+    """Generate one image per test map with a trained model."""
+    from casdm.sample import sample
+
+    p = _params(params)
+    if name not in p.models:
+        fail(f"unknown model {name!r}; params.yaml models: {', '.join(p.models)}")
+    try:
+        r = sample(p, name, Path("models") / name, data, Path("samples") / name, Path("metrics/sample") / f"{name}.json")
+    except (ValueError, FileNotFoundError) as exc:
+        fail(str(exc))
+    console.print(f"{name}: {r['images']} images, {r['s_per_image']:.3f} s/image ({r['scheduler']}, "
+                  f"{r['num_inference_steps']} steps)")
+
+
 if __name__ == "__main__":
     app()

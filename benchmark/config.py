@@ -71,21 +71,34 @@ class UNetPreset(Section):
     gradient_checkpointing: bool = False
 
 
+class TrainingRecipe(Section):
+    """What ``train@<model>`` depends on: the loss and its knobs."""
+
+    loss: Literal["mse", "ca_mse", "ca_mse+ca_sp", "hybrid", "controlnet"] = "ca_mse+ca_sp"
+    ca_variant: Literal["paper", "balanced"] = "paper"
+    ca_alpha: float = Field(1.0, ge=0, le=2, description="class weight ~ n^-alpha (1 = the paper)")
+    ca_boost: dict[str, float] = Field(default_factory=dict, description="class name -> weight multiplier")
+    lambda_sp: float = Field(0.0, ge=0)
+    sp_start_step: int = Field(0, ge=0, description="stage 2: the frozen copy is taken and CA-SP switched on")
+    sp_levels: int = Field(1, ge=1, le=8, description="feature levels compared: the middle block, then decoder")
+    drop_rate: float = Field(0.0, ge=0, le=1, description="null-map dropout for classifier-free guidance")
+
+
+class SamplingRecipe(Section):
+    """What ``sample@<model>`` depends on: changing it re-samples without retraining."""
+
+    scheduler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddim"
+    num_inference_steps: int = Field(50, ge=1, le=1000)
+    guidance_scale: float = Field(1.0, ge=0)
+
+
 class ModelEntry(Section):
-    """One benchmarked model: a registered network + loss recipe, with its own knobs."""
+    """One benchmarked model: a registered network + loss recipe + sampler."""
 
     kind: str = Field(description="registry name: casdm, sdm, controlnet, ...")
     role: str = Field("method", description="method | ablation | baseline")
-    loss: Literal["mse", "ca_mse", "ca_mse+ca_sp", "hybrid", "controlnet"] = "ca_mse+ca_sp"
-    ca_variant: Literal["paper", "balanced"] = "paper"
-    ca_alpha: float = Field(1.0, ge=0, le=2)
-    ca_boost: dict[str, float] = Field(default_factory=dict, description="class name -> weight multiplier")
-    lambda_sp: float = Field(0.0, ge=0)
-    sp_start_step: int = Field(0, ge=0)
-    drop_rate: float = Field(0.0, ge=0, le=1, description="null-map dropout for classifier-free guidance")
-    guidance_scale: float = Field(1.0, ge=0)
-    scheduler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddim"
-    num_inference_steps: int = Field(50, ge=1, le=1000)
+    training: TrainingRecipe = TrainingRecipe()
+    sampling: SamplingRecipe = SamplingRecipe()
 
 
 # ------------------------------------------------------------------------------------- stages

@@ -53,3 +53,24 @@ def cli_env() -> dict:
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     env.update(HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1")
     return env
+
+
+def tiny_params(**overrides):
+    """params.yaml merged with the tiny profile, then ``overrides`` (nested dicts)."""
+    import yaml
+
+    from benchmark.config import PROFILES_DIR, deep_merge, parse_params
+
+    data = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()),
+                      yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text()))
+    return parse_params(deep_merge(data, overrides), "tiny params")
+
+
+@pytest.fixture(scope="session")
+def prepared(synth_root, tmp_path_factory) -> Path:
+    """The tiny synthetic dataset prepared at 32 px (read-only by convention)."""
+    from benchmark.data.prepare import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    prepare(tiny_params().data.model_copy(update={"root": str(synth_root), "source": "cholecseg8k"}), out)
+    return out

@@ -61,7 +61,7 @@ def test_wrong_type_is_named():
     (("data", "split", "test_fraction"), 1.5, r"data\.split\.test_fraction"),
     (("data", "synthetic", "videos"), 40, r"data\.synthetic\.videos"),
     (("train", "preset"), "huge", r"train\.preset 'huge' is not in presets"),
-    (("models", "casdm", "lambda_sp"), -1, r"models\.casdm\.lambda_sp"),
+    (("models", "casdm", "training", "lambda_sp"), -1, r"models\.casdm\.training\.lambda_sp"),
 ])
 def test_out_of_range_values_are_named(path, value, key):
     d = raw()

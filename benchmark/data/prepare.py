@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.config import DataConfig
+from benchmark.io import write_json
 from benchmark.data.classes import IGNORE_INDEX, ClassTable
 from benchmark.data.sources import open_source
 from benchmark.data.splits import split_frames
@@ -89,9 +90,9 @@ def prepare(cfg: DataConfig, out: Path, metrics: Path | None = None, progress=No
             "split": cfg.split.model_dump(), "splits": class_stats(counts, frames, nframes, table),
         }
         stats["missing"] = coverage(stats["splits"], table)
-        _write_json(tmp / "stats.json", stats)
-        _write_json(tmp / "classes.json", table.to_dict())
-        _write_json(tmp / "strays.json", {"files": strays, "total_pixels": {
+        write_json(tmp / "stats.json", stats)
+        write_json(tmp / "classes.json", table.to_dict())
+        write_json(tmp / "strays.json", {"files": strays, "total_pixels": {
             str(code): sum(d.get(code, 0) for d in strays.values())
             for code in sorted({c for d in strays.values() for c in d})}})
         if out.exists():
@@ -101,19 +102,11 @@ def prepare(cfg: DataConfig, out: Path, metrics: Path | None = None, progress=No
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     if metrics is not None:
-        _write_json(Path(metrics), {
+        write_json(Path(metrics), {
             s: {"frames": v["frames"], "classes_present": K - len(stats["missing"][s]),
                 "classes_missing": len(stats["missing"][s])}
             for s, v in stats["splits"].items()} | {"stray_files": len(strays)})
     return stats
-
-
-def _write_json(path: Path, data) -> None:
-    """Write through a temp file and rename, so a killed stage never leaves half a JSON."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    tmp.replace(path)
 
 
 def load_prepared(root: Path) -> tuple[list[dict], ClassTable, dict]:

@@ -1,0 +1,134 @@
+"""Speed of the CASDM core at a preset: training step time (MSE, CA-MSE, CA-MSE + CA-SP) and
+sampling time per image per sampler, with and without SPADE reuse.
+
+Usage (repo root, venv active): ``python -m benchmark.bench_speed [--preset cpu] [--batch 8]``.
+Prints a table and writes ``benchmark/results/speed_<preset>.json``. Warm-up steps are excluded;
+the median of the timed steps is reported (nanoGPT's bench.py pattern).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from benchmark.config import ModelEntry, load_params
+from casdm.losses import ca_mse, ca_sp, class_pixel_weights, frozen_copy, mse, predict_x0
+from casdm.pipeline import CASDMPipeline, to_onehot
+from casdm.schedulers import make_scheduler
+from casdm.unet import unet_from_preset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _median_time(fn, warmup: int, steps: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: int | None, device: str,
+          dtype: torch.dtype) -> dict:
+    params = load_params(REPO / "params.yaml")
+    res = resolution or params.data.resolution
+    K = 13
+    model = unet_from_preset(params.presets[preset], res, K).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    sched = make_scheduler("ddpm", params.diffusion)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, K, (batch, res // 8, res // 8), generator=g)
+    labels = labels.repeat_interleave(8, 1).repeat_interleave(8, 2).to(device)
+    oh = to_onehot(labels, K)
+    x0 = (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device)
+    frozen = frozen_copy(model)
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+
+    def step(kind: str):
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (batch,), device=device)
+        x_t = sched.add_noise(x0, noise, t)
+        with autocast:
+            eps = model(x_t, t, oh).sample
+            if kind == "weights":
+                return class_pixel_weights(oh)
+            if kind == "mse":
+                loss = mse(eps, noise)
+            else:
+                w = class_pixel_weights(oh)
+                loss = ca_mse(eps, noise, oh, weights=w)
+                if kind == "ca_mse+ca_sp":
+                    loss = loss + 0.1 * ca_sp(frozen, x0, predict_x0(sched, x_t, eps, t), oh, w, sched)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def weights_only():
+        class_pixel_weights(oh)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    result = {"preset": preset, "resolution": res, "batch": batch, "device": device, "dtype": str(dtype),
+              "num_parameters": n_params, "train_s_per_step": {}, "sample_s_per_image": {}}
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    for kind in ("mse", "ca_mse", "ca_mse+ca_sp"):
+        result["train_s_per_step"][kind] = _median_time(lambda: step(kind), 2, steps)
+    result["train_s_per_step"]["ca_weights_only"] = _median_time(weights_only, 2, steps)
+    if device.startswith("cuda"):
+        result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
+    model.eval()
+    n_img = min(batch, 8)
+    for name, nsteps in (("ddim", sample_steps), ("dpmsolver++", max(sample_steps // 2, 1)), ("ddpm", sample_steps)):
+        pipe = CASDMPipeline(model, make_scheduler(name, params.diffusion))
+        pipe.set_progress_bar_config(disable=True)
+        for reuse in (True, False):
+            with autocast:
+                sec = _median_time(lambda: pipe(labels[:n_img], nsteps, spade_reuse=reuse, output_type="pt"), 1, 2)
+            result["sample_s_per_image"][f"{name}-{nsteps}{'' if reuse else ' (no SPADE reuse)'}"] = sec / n_img
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="cpu")
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5, help="timed training steps per loss")
+    ap.add_argument("--sample-steps", type=int, default=50)
+    ap.add_argument("--resolution", type=int, default=None)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--out", type=Path, default=None)
+    a = ap.parse_args()
+    r = bench(a.preset, a.batch, a.steps, a.sample_steps, a.resolution, a.device, getattr(torch, a.dtype))
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"{a.preset} preset, {r['resolution']} px, batch {a.batch}, {r['num_parameters'] / 1e6:.2f} M "
+                    f"parameters, {a.device} {a.dtype}")
+    t.add_column("what")
+    t.add_column("seconds", justify="right")
+    for k, v in r["train_s_per_step"].items():
+        t.add_row(f"train step: {k}", f"{v:.4f}")
+    for k, v in r["sample_s_per_image"].items():
+        t.add_row(f"sample per image: {k}", f"{v:.4f}")
+    if "peak_memory_gib" in r:
+        t.add_row("peak training memory (GiB)", f"{r['peak_memory_gib']:.2f}")
+    Console().print(t)
+    out = a.out or REPO / "benchmark" / "results" / f"speed_{a.preset}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""MLflow plumbing: one run per training, tagged with what produced it (git commit, DVC experiment,
+params hash, dataset hash). The embedded default is ``sqlite:///mlflow.db``; ``MLFLOW_TRACKING_URI``
+overrides it."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+from pathlib import Path
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hash_json(data) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def dataset_hash(prepared: Path) -> str:
+    """Hash of the prepared dataset's index and statistics (changes whenever its content does)."""
+    h = hashlib.sha256()
+    for name in ("frames.csv", "stats.json", "classes.json"):
+        h.update((Path(prepared) / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def start_run(tracking, run_name: str, tags: dict, params: dict, run_id: str | None = None):
+    """Start (or, with ``run_id``, resume) an MLflow run; params are logged only on a new run."""
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", tracking.uri))
+    mlflow.set_experiment(tracking.experiment)
+    run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+    if run_id is None:
+        mlflow.set_tags({**tags, "git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")})
+        flat = flatten(params)
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params({k: str(v)[:500] for k, v in items[i:i + 100]})
+    return run

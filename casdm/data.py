@@ -1,0 +1,77 @@
+"""Training data from the prepared dataset, with batches that depend only on (seed, step).
+
+Why step-indexed batches: a run killed at step k and restarted resumes with exactly the batches,
+augmentations and noise it would have seen, so the resumed weights equal an uninterrupted run's.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from benchmark.data.prepare import load_prepared
+
+
+class PreparedDataset(Dataset):
+    """Images in [-1, 1] and class-id maps (255 = ignore) of one split of ``data/prepared``."""
+
+    def __init__(self, root: str | Path, split: str = "train"):
+        self.root = Path(root)
+        rows, self.table, self.stats = load_prepared(self.root)
+        self.rows = [r for r in rows if r["split"] == split]
+        if not self.rows:
+            raise ValueError(f"{self.root / 'frames.csv'}: no frames in split {split!r}")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        fid = self.rows[i]["id"]
+        img = np.asarray(Image.open(self.root / "images" / f"{fid}.png").convert("RGB"), dtype=np.float32)
+        lab = np.asarray(Image.open(self.root / "masks" / f"{fid}.png"), dtype=np.int64)
+        return {"image": torch.from_numpy(img).permute(2, 0, 1) / 127.5 - 1, "labels": torch.from_numpy(lab),
+                "id": fid}
+
+
+class StepBatchSampler(Sampler):
+    """Batches for steps [start, end): epoch e is a permutation seeded by (seed, e)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, end: int):
+        self.n, self.b, self.seed, self.start, self.end = n, batch_size, seed, start, end
+
+    def batch(self, step: int) -> list[int]:
+        idx = []
+        pos = step * self.b
+        while len(idx) < self.b:
+            epoch, offset = divmod(pos, self.n)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
+            take = perm[offset: offset + self.b - len(idx)]
+            idx.extend(int(i) for i in take)
+            pos += len(take)
+        return idx
+
+    def __iter__(self):
+        for step in range(self.start, self.end):
+            yield self.batch(step)
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+def augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+    """The paper's augmentations, applied jointly to image and map: h/v flips, 90-degree rotations."""
+    out_i, out_l = [], []
+    draws = torch.rand((images.shape[0], 3), generator=generator)
+    for img, lab, (h, v, r) in zip(images, labels, draws.tolist()):
+        if h < 0.5:
+            img, lab = img.flip(-1), lab.flip(-1)
+        if v < 0.5:
+            img, lab = img.flip(-2), lab.flip(-2)
+        if r < 0.5 and img.shape[-1] == img.shape[-2]:
+            img, lab = img.rot90(1, (-2, -1)), lab.rot90(1, (-2, -1))
+        out_i.append(img)
+        out_l.append(lab)
+    return torch.stack(out_i), torch.stack(out_l)

@@ -1,0 +1,69 @@
+"""The sample stage: one generated image per test map, PNG named after the map, plus a manifest."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from benchmark.config import Params
+from benchmark.io import write_json
+from casdm.data import PreparedDataset
+from casdm.pipeline import CASDMPipeline, to_uint8
+from casdm.schedulers import make_scheduler
+from casdm.unet import SPADEUNet
+
+
+def load_pipeline(model_dir: Path, params: Params, name: str, use_ema: bool = True) -> CASDMPipeline:
+    """The trained pipeline with the sampler named in params.yaml (so changing the sampler needs no retraining)."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "model_index.json").exists():
+        raise FileNotFoundError(f"{model_dir}: no trained pipeline; run `dvc repro train@{name}` first")
+    unet = SPADEUNet.from_pretrained(model_dir / ("unet" if use_ema else "unet_raw"))
+    entry = params.models[name]
+    pipe = CASDMPipeline(unet, make_scheduler(entry.sampling.scheduler, params.diffusion, unet.config.learn_sigma))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path, metrics: Path | None = None) -> dict:
+    sc, recipe = params.sample, params.models[name].sampling
+    pipe = load_pipeline(model_dir, params, name, sc.use_ema)
+    test = PreparedDataset(data_dir, "test")
+    n = len(test) if sc.max_images is None else min(sc.max_images, len(test))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    records, t0 = [], time.perf_counter()
+    try:
+        for s in range(0, n, sc.batch_size):
+            items = [test[i] for i in range(s, min(n, s + sc.batch_size))]
+            labels = torch.stack([it["labels"] for it in items]).to(pipe.device)
+            gens = [torch.Generator(device=pipe.device).manual_seed(sc.seed * 1_000_003 + s + k)
+                    for k in range(len(items))]
+            images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
+                          output_type="pt").images
+            for it, img, k in zip(items, to_uint8(images), range(len(items))):
+                Image.fromarray(img).save(tmp / f"{it['id']}.png")
+                records.append({"id": it["id"], "image": f"{it['id']}.png",
+                                "map": str(Path(data_dir) / "masks" / f"{it['id']}.png"),
+                                "seed": sc.seed * 1_000_003 + s + k})
+        seconds = time.perf_counter() - t0
+        manifest = {"model": name, "scheduler": recipe.scheduler, "num_inference_steps": recipe.num_inference_steps,
+                    "guidance_scale": recipe.guidance_scale, "use_ema": sc.use_ema, "images": records}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    result = {"images": n, "s_per_image": seconds / max(n, 1), "scheduler": recipe.scheduler,
+              "num_inference_steps": recipe.num_inference_steps}
+    if metrics is not None:
+        write_json(Path(metrics), result)
+    return result

@@ -1,0 +1,329 @@
+"""The trainer shared by every model: accelerate, AdamW + cosine warm-up, clipping, EMA, the paper's
+augmentations, null-map dropout, atomic resumable checkpoints, MLflow tracking, a rich progress bar.
+
+Re-running the same command resumes from the last checkpoint whose parameters match (DVC has no
+checkpoints of its own any more: the checkpoint folder is a ``persist: true`` out).
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from benchmark.config import Params
+from benchmark.io import write_json
+from casdm.data import PreparedDataset, StepBatchSampler, augment
+from casdm.losses import ca_mse, ca_sp, class_pixel_weights, frozen_copy, mse, predict_x0
+from casdm.pipeline import CASDMPipeline, to_onehot, to_uint8
+from casdm.schedulers import make_scheduler
+from casdm.unet import SPADEUNet, unet_from_preset
+
+KEEP_CHECKPOINTS = 2
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN/inf; the run stops and the last good checkpoint is kept."""
+
+
+@dataclass
+class RunPaths:
+    data: Path  # data/prepared
+    checkpoints: Path  # runs/<model>/checkpoints (persist)
+    model: Path  # models/<model> (final pipeline, EMA weights)
+    metrics: Path  # metrics/train/<model>.json
+    plot: Path  # plots/train/<model>.csv
+
+
+def resolved_config(params: Params, name: str) -> dict:
+    """Everything that determines a model's training run (hashed to decide whether to resume)."""
+    entry = params.models[name]
+    return {"kind": entry.kind, "training": entry.training.model_dump(), "preset": params.presets[params.train.preset].model_dump(),
+            "train": params.train.model_dump(), "diffusion": params.diffusion.model_dump(),
+            "resolution": params.data.resolution}
+
+
+def build_model(params: Params, name: str, num_classes: int) -> SPADEUNet:
+    entry = params.models[name]
+    return unet_from_preset(params.presets[params.train.preset], params.data.resolution, num_classes,
+                            learn_sigma=entry.training.loss == "hybrid")
+
+
+def class_boost(recipe, table) -> torch.Tensor:
+    boost = torch.ones(table.num_classes)
+    for cname, factor in recipe.ca_boost.items():
+        try:
+            boost[table.index(cname)] = factor
+        except KeyError:
+            raise ValueError(f"params.yaml: ca_boost: unknown class {cname!r}; expected one of {table.names}") from None
+    return boost
+
+
+def _mixed_precision(setting: str) -> str:
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _latest(ckpt_dir: Path) -> Path | None:
+    marker = ckpt_dir / "latest"
+    if not marker.exists():
+        return None
+    path = ckpt_dir / marker.read_text().strip()
+    return path if (path / "state.json").exists() else None
+
+
+def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
+    """Train model ``name`` (a key of ``params.models``); returns the final metrics."""
+    from accelerate import Accelerator
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from benchmark.tracking import dataset_hash, hash_json, start_run
+
+    console = console or Console(stderr=True)
+    if name not in params.models:
+        raise ValueError(f"unknown model {name!r}; params.yaml models: {sorted(params.models)}")
+    entry, tc = params.models[name], params.train
+    config = resolved_config(params, name)
+    config_hash = hash_json(config)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision))
+    device = accelerator.device
+    data = PreparedDataset(paths.data, "train")
+    table = data.table
+    K = table.num_classes
+
+    from accelerate.utils import set_seed
+
+    set_seed(tc.seed)  # the initial weights, so an interrupted run and a straight one start alike
+    model = build_model(params, name, K)
+    n_params = sum(p.numel() for p in model.parameters())
+    sched = make_scheduler("ddpm", params.diffusion, learned_variance=entry.training.loss == "hybrid")
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
+    lr_sched = get_cosine_schedule_with_warmup(opt, tc.warmup_steps * accelerator.num_processes,
+                                               tc.steps * accelerator.num_processes)
+    model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
+    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=tc.ema_decay, model_cls=SPADEUNet,
+                   model_config=accelerator.unwrap_model(model).config)
+    ema.to(device)
+    accelerator.register_for_checkpointing(ema)
+
+    # ---- resume ------------------------------------------------------------------------------
+    paths.checkpoints.mkdir(parents=True, exist_ok=True)
+    start, run_id, frozen, history = 0, None, None, []
+    latest = _latest(paths.checkpoints)
+    if latest is not None:
+        state = json.loads((latest / "state.json").read_text())
+        if state["config_hash"] == config_hash:
+            accelerator.load_state(str(latest))
+            start, run_id, history = state["step"], state.get("mlflow_run_id"), state.get("history", [])
+            if (latest / "frozen.pt").exists():
+                frozen = frozen_copy(accelerator.unwrap_model(model))
+                frozen.load_state_dict(torch.load(latest / "frozen.pt", map_location=device))
+            console.print(f"[cyan]{name}: resuming from {latest.name} (step {start}/{tc.steps})[/]")
+        else:
+            console.print(f"[yellow]{name}: checkpoints in {paths.checkpoints} were made with other parameters; "
+                          "starting afresh[/]")
+            shutil.rmtree(paths.checkpoints)
+            paths.checkpoints.mkdir(parents=True)
+
+    tags = {"model": name, "kind": entry.kind, "role": entry.role, "loss": entry.training.loss,
+            "dataset": data.stats.get("source", "?"), "dataset_hash": dataset_hash(paths.data),
+            "params_hash": config_hash, "mixed_precision": accelerator.mixed_precision}
+    run = start_run(params.tracking, name, tags, config, run_id)
+    import mlflow
+
+    if run_id is None:
+        mlflow.log_param("num_parameters", n_params)
+    boost = class_boost(entry.training, table).to(device)
+    grid_maps = _grid_batch(paths.data, device)
+
+    loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), tc.batch_size, tc.seed, start, tc.steps),
+                        num_workers=tc.num_workers)
+
+    def save(step: int) -> None:
+        if not accelerator.is_main_process:
+            return
+        tmp = paths.checkpoints / f".tmp-step-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        accelerator.save_state(str(tmp))
+        if frozen is not None:
+            torch.save(frozen.state_dict(), tmp / "frozen.pt")
+        (tmp / "state.json").write_text(json.dumps({"step": step, "config_hash": config_hash,
+                                                    "mlflow_run_id": run.info.run_id, "history": history}))
+        final = paths.checkpoints / f"step-{step}"
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        marker = paths.checkpoints / ".latest.tmp"
+        marker.write_text(final.name)
+        marker.replace(paths.checkpoints / "latest")
+        old = sorted((p for p in paths.checkpoints.glob("step-*")), key=lambda p: int(p.name[5:]))
+        for p in old[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(p, ignore_errors=True)
+
+    model.train()
+    t_start, step = time.perf_counter(), start
+    columns = [TextColumn(f"[bold]{name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    try:
+        with Progress(*columns, console=console, disable=not accelerator.is_main_process) as bar:
+            task = bar.add_task("train", total=tc.steps, completed=start, loss="-", speed="")
+            for batch in loader:
+                g = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
+                torch.manual_seed(tc.seed * 1_000_003 + step)  # dropout and anything else global
+                images, labels = batch["image"], batch["labels"]
+                if tc.augment:
+                    images, labels = augment(images, labels, g)
+                images, labels = images.to(device), labels.to(device)
+                if entry.training.loss == "ca_mse+ca_sp" and frozen is None and step >= entry.training.sp_start_step:
+                    frozen = frozen_copy(accelerator.unwrap_model(model))  # stage 2 starts here
+                with accelerator.accumulate(model):
+                    loss, terms = _loss(model, frozen, sched, entry.training, images, labels, boost, K, g, accelerator)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLoss(
+                            f"{name}: non-finite loss at step {step} ({ {k: v.item() for k, v in terms.items()} }); "
+                            f"last good checkpoint: {_latest(paths.checkpoints) or 'none'}")
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients:
+                        accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                    opt.step()
+                    lr_sched.step()
+                    opt.zero_grad(set_to_none=True)
+                ema.step(accelerator.unwrap_model(model).parameters())
+                step += 1
+                rate = (step - start) / (time.perf_counter() - t_start)
+                bar.update(task, completed=step, loss=f"{loss.item():.4g}", speed=f"{rate:.2f} it/s")
+                if step % tc.log_every == 0 or step == tc.steps:
+                    row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
+                           "lr": lr_sched.get_last_lr()[0], "steps_per_s": rate}
+                    history.append(row)
+                    mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+                if step % tc.sample_every == 0 or step == tc.steps:
+                    _log_grid(accelerator.unwrap_model(model), ema, params, entry, grid_maps, table, step)
+                if step % tc.checkpoint_every == 0 or step == tc.steps:
+                    save(step)
+                    if not console.is_terminal:  # DVC and CI logs get a line per checkpoint instead of a bar
+                        console.print(f"{name}: step {step}/{tc.steps}, loss {loss.item():.4g}, {rate:.2f} it/s, "
+                                      f"checkpoint saved")
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    accelerator.wait_for_everyone()
+    metrics = _finish(accelerator.unwrap_model(model), ema, params, entry, paths, history, n_params,
+                      time.perf_counter() - t_start, step - start)
+    mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+    mlflow.set_tag("model_path", str(paths.model.resolve()))
+    mlflow.end_run()
+    return metrics
+
+
+def _loss(model, frozen, sched, recipe, images, labels, boost, K, g, accelerator):
+    """One training loss and its named terms."""
+    b = images.shape[0]
+    onehot = to_onehot(labels, K)
+    cond = onehot
+    if recipe.drop_rate > 0:  # classifier-free guidance: the whole map zeroed
+        keep = (torch.rand(b, generator=g) >= recipe.drop_rate).float().to(images.device)
+        cond = onehot * keep.view(-1, 1, 1, 1)
+    noise = torch.randn(images.shape, generator=g).to(images.device)
+    t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(images.device)
+    x_t = sched.add_noise(images, noise, t)
+    target = sched.get_velocity(images, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+    with accelerator.autocast():
+        out = model(x_t, t, cond).sample
+    eps = out[:, : images.shape[1]]
+    terms = {}
+    if recipe.loss == "mse":
+        terms["mse"] = mse(eps, target, ignore=labels == 255)
+        return terms["mse"], terms
+    weights = class_pixel_weights(onehot, variant=recipe.ca_variant, boost=boost, alpha=recipe.ca_alpha)
+    terms["ca_mse"] = ca_mse(eps, target, onehot, weights=weights)
+    loss = terms["ca_mse"]
+    if recipe.loss == "ca_mse+ca_sp" and frozen is not None:
+        x0_hat = predict_x0(sched, x_t, eps, t)
+        with accelerator.autocast():
+            terms["ca_sp"] = ca_sp(frozen, images, x0_hat, cond, weights, sched,
+                                   g.manual_seed(g.initial_seed() + 1), levels=recipe.sp_levels)
+        loss = loss + recipe.lambda_sp * terms["ca_sp"]
+    return loss, terms
+
+
+def _grid_batch(data_dir: Path, device, n: int = 4) -> dict:
+    """The first ``n`` held-out frames (test split, else train): the maps every sample grid shows."""
+    for split in ("test", "val", "train"):
+        try:
+            ds = PreparedDataset(data_dir, split)
+            break
+        except ValueError:
+            continue
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    return {"image": torch.stack([i["image"] for i in items]), "labels": torch.stack([i["labels"] for i in items]).to(device)}
+
+
+def _pipeline(unet, params, entry) -> CASDMPipeline:
+    sched = make_scheduler(entry.sampling.scheduler, params.diffusion, learned_variance=unet.config.learn_sigma)
+    pipe = CASDMPipeline(unet, sched)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _log_grid(model, ema, params, entry, grid, table, step) -> None:
+    """Rows: map | real | sample from the EMA weights | sample from the raw weights."""
+    import mlflow
+    import numpy as np
+
+    was_training = model.training
+    model.eval()
+    rows = [table.colourise(grid["labels"].cpu().numpy()), to_uint8((grid["image"] + 1) / 2)]
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    for restore in (False, True):
+        if restore:
+            ema.restore(model.parameters())
+        g = torch.Generator(device=model.device).manual_seed(0)
+        out = _pipeline(model, params, entry)(grid["labels"], entry.sampling.num_inference_steps,
+                                              entry.sampling.guidance_scale,
+                                              generator=g, output_type="pt").images
+        rows.append(to_uint8(out))
+    model.train(was_training)
+    image = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
+    mlflow.log_image(image, key="samples_map_real_ema_raw", step=step)
+
+
+def _finish(model, ema, params, entry, paths: RunPaths, history, n_params, seconds, steps_run) -> dict:
+    """Export the EMA weights as a pipeline (raw weights beside them), write metrics and the loss curve."""
+    import csv
+
+    tmp = paths.model.with_name(f".{paths.model.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp / "unet_raw")
+    ema.store(model.parameters())
+    ema.copy_to(model.parameters())
+    _pipeline(model, params, entry).save_pretrained(tmp)
+    ema.restore(model.parameters())
+    shutil.rmtree(paths.model, ignore_errors=True)
+    tmp.rename(paths.model)
+    tail = history[-max(1, len(history) // 10):]
+    metrics = {"steps": params.train.steps, "num_parameters": n_params,
+               "final_loss": sum(r["loss"] for r in tail) / max(len(tail), 1),
+               "first_loss": history[0]["loss"] if history else math.nan,
+               "s_per_step": seconds / steps_run if steps_run else math.nan}
+    for path in (paths.metrics, paths.plot):
+        path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(paths.metrics, metrics)
+    keys = sorted({k for r in history for k in r} - {"step"})
+    tmp_plot = paths.plot.with_name(f".{paths.plot.name}.tmp")
+    with tmp_plot.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, ["step", *keys])
+        w.writeheader()
+        w.writerows(history)
+    tmp_plot.replace(paths.plot)
+    return metrics
