@@ -57,3 +57,45 @@ def start_run(tracking, run_name: str, tags: dict, params: dict, run_id: str | N
         for i in range(0, len(items), 100):
             mlflow.log_params({k: str(v)[:500] for k, v in items[i:i + 100]})
     return run
+
+
+class Tracker:
+    """MLflow for the main process and a no-op elsewhere: DDP workers must not open runs of their own."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.run_id: str | None = None
+
+    def start(self, tracking, run_name: str, tags: dict, params: dict, run_id: str | None = None) -> None:
+        if self.enabled:
+            self.run_id = start_run(tracking, run_name, tags, params, run_id).info.run_id
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_metrics(metrics, step=step)
+
+    def log_param(self, key: str, value) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_param(key, value)
+
+    def log_image(self, image, key: str, step: int) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_image(image, key=key, step=step)
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.set_tag(key, value)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            import mlflow
+
+            mlflow.end_run(status=status)

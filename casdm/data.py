@@ -37,21 +37,26 @@ class PreparedDataset(Dataset):
 
 
 class StepBatchSampler(Sampler):
-    """Batches for steps [start, end): epoch e is a permutation seeded by (seed, e)."""
+    """Per-process batches for steps [start, end): epoch e is a permutation seeded by (seed, e).
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, end: int):
+    With several processes (DDP) the global batch of ``batch_size * world`` indices is cut into one
+    slice per rank, so processes never see the same frames in a step.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, end: int, rank: int = 0, world: int = 1):
         self.n, self.b, self.seed, self.start, self.end = n, batch_size, seed, start, end
+        self.rank, self.world = rank, world
 
     def batch(self, step: int) -> list[int]:
-        idx = []
-        pos = step * self.b
-        while len(idx) < self.b:
+        idx, size = [], self.b * self.world
+        pos = step * size
+        while len(idx) < size:
             epoch, offset = divmod(pos, self.n)
             perm = np.random.default_rng([self.seed, epoch]).permutation(self.n)
-            take = perm[offset: offset + self.b - len(idx)]
+            take = perm[offset: offset + size - len(idx)]
             idx.extend(int(i) for i in take)
             pos += len(take)
-        return idx
+        return idx[self.rank * self.b: (self.rank + 1) * self.b]
 
     def __iter__(self):
         for step in range(self.start, self.end):

@@ -33,9 +33,11 @@ class CASDMPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(self, segmap: torch.Tensor, num_inference_steps: int = 50, guidance_scale: float = 1.0,
                  generator: torch.Generator | list[torch.Generator] | None = None,
-                 output_type: str = "pil", spade_reuse: bool = True, return_dict: bool = True):
-        """``segmap``: [B, H, W] class ids or [B, K, H, W] one-hot. ``guidance_scale`` 1 = no guidance
-        (a single conditional pass); s gives eps(null) + s * (eps(map) - eps(null))."""
+                 output_type: str = "pil", spade_reuse: bool = True, classifier_free: bool | None = None,
+                 return_dict: bool = True):
+        """``segmap``: [B, H, W] class ids or [B, K, H, W] one-hot. Guidance s gives
+        eps(null) + s * (eps(map) - eps(null)), the null map being all zeros; ``classifier_free``
+        defaults to ``guidance_scale != 1`` (at s = 1 the single conditional pass is the same thing)."""
         unet = self.unet
         if segmap.dim() == 3:
             segmap = to_onehot(segmap, unet.config.num_classes)
@@ -46,7 +48,7 @@ class CASDMPipeline(DiffusionPipeline):
         x = randn_tensor((b, unet.config.in_channels, h, w), generator=generator, device=self.device,
                          dtype=unet.dtype)
         x = x * self.scheduler.init_noise_sigma
-        guided = guidance_scale != 1.0
+        guided = guidance_scale != 1.0 if classifier_free is None else classifier_free
         cond = torch.cat([torch.zeros_like(segmap), segmap]) if guided else segmap
         if spade_reuse:  # the SPADE branches see only the map: compute them once for all steps
             cond = unet.spade_cache(cond)

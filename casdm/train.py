@@ -54,13 +54,13 @@ def build_model(params: Params, name: str, num_classes: int) -> SPADEUNet:
                             learn_sigma=entry.training.loss == "hybrid")
 
 
-def class_boost(recipe, table) -> torch.Tensor:
+def class_boost(recipe, table, where: str = "ca_boost") -> torch.Tensor:
     boost = torch.ones(table.num_classes)
     for cname, factor in recipe.ca_boost.items():
         try:
             boost[table.index(cname)] = factor
         except KeyError:
-            raise ValueError(f"params.yaml: ca_boost: unknown class {cname!r}; expected one of {table.names}") from None
+            raise ValueError(f"params.yaml: {where}: unknown class {cname!r}; expected one of {table.names}") from None
     return boost
 
 
@@ -81,12 +81,13 @@ def _latest(ckpt_dir: Path) -> Path | None:
 def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
     """Train model ``name`` (a key of ``params.models``); returns the final metrics."""
     from accelerate import Accelerator
+    from accelerate.utils import set_seed
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from benchmark.tracking import dataset_hash, hash_json, start_run
+    from benchmark.tracking import Tracker, dataset_hash, hash_json
 
     console = console or Console(stderr=True)
     if name not in params.models:
@@ -99,8 +100,8 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
     data = PreparedDataset(paths.data, "train")
     table = data.table
     K = table.num_classes
-
-    from accelerate.utils import set_seed
+    # an unknown class name fails here, before a run or a checkpoint is started
+    boost = class_boost(entry.training, table, f"models.{name}.training.ca_boost").to(device)
 
     set_seed(tc.seed)  # the initial weights, so an interrupted run and a straight one start alike
     model = build_model(params, name, K)
@@ -137,16 +138,15 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
     tags = {"model": name, "kind": entry.kind, "role": entry.role, "loss": entry.training.loss,
             "dataset": data.stats.get("source", "?"), "dataset_hash": dataset_hash(paths.data),
             "params_hash": config_hash, "mixed_precision": accelerator.mixed_precision}
-    run = start_run(params.tracking, name, tags, config, run_id)
-    import mlflow
-
+    tracker = Tracker(accelerator.is_main_process)
+    tracker.start(params.tracking, name, tags, config, run_id)
     if run_id is None:
-        mlflow.log_param("num_parameters", n_params)
-    boost = class_boost(entry.training, table).to(device)
+        tracker.log_param("num_parameters", n_params)
     grid_maps = _grid_batch(paths.data, device)
 
-    loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), tc.batch_size, tc.seed, start, tc.steps),
-                        num_workers=tc.num_workers)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), tc.batch_size, tc.seed, start, tc.steps,
+                                                             rank, world), num_workers=tc.num_workers)
 
     def save(step: int) -> None:
         if not accelerator.is_main_process:
@@ -157,7 +157,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
         if frozen is not None:
             torch.save(frozen.state_dict(), tmp / "frozen.pt")
         (tmp / "state.json").write_text(json.dumps({"step": step, "config_hash": config_hash,
-                                                    "mlflow_run_id": run.info.run_id, "history": history}))
+                                                    "mlflow_run_id": tracker.run_id, "history": history}))
         final = paths.checkpoints / f"step-{step}"
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
@@ -177,8 +177,9 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
         with Progress(*columns, console=console, disable=not accelerator.is_main_process) as bar:
             task = bar.add_task("train", total=tc.steps, completed=start, loss="-", speed="")
             for batch in loader:
-                g = torch.Generator().manual_seed(tc.seed * 1_000_003 + step)
-                torch.manual_seed(tc.seed * 1_000_003 + step)  # dropout and anything else global
+                step_seed = tc.seed * 1_000_003 + step + rank * 7_919_000_003  # rank 0: the single-process seed
+                g = torch.Generator().manual_seed(step_seed)
+                torch.manual_seed(step_seed)  # dropout and anything else global
                 images, labels = batch["image"], batch["labels"]
                 if tc.augment:
                     images, labels = augment(images, labels, g)
@@ -205,23 +206,26 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
                     row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
                            "lr": lr_sched.get_last_lr()[0], "steps_per_s": rate}
                     history.append(row)
-                    mlflow.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-                if step % tc.sample_every == 0 or step == tc.steps:
-                    _log_grid(accelerator.unwrap_model(model), ema, params, entry, grid_maps, table, step)
+                    tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
+                if (step % tc.sample_every == 0 or step == tc.steps) and accelerator.is_main_process:
+                    tracker.log_image(_grid(accelerator.unwrap_model(model), ema, params, entry, grid_maps, table),
+                                      "samples_map_real_ema_raw", step)
                 if step % tc.checkpoint_every == 0 or step == tc.steps:
                     save(step)
                     if not console.is_terminal:  # DVC and CI logs get a line per checkpoint instead of a bar
                         console.print(f"{name}: step {step}/{tc.steps}, loss {loss.item():.4g}, {rate:.2f} it/s, "
                                       f"checkpoint saved")
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        tracker.end(status="FAILED")
         raise
     accelerator.wait_for_everyone()
-    metrics = _finish(accelerator.unwrap_model(model), ema, params, entry, paths, history, n_params,
-                      time.perf_counter() - t_start, step - start)
-    mlflow.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
-    mlflow.set_tag("model_path", str(paths.model.resolve()))
-    mlflow.end_run()
+    metrics = {}
+    if accelerator.is_main_process:
+        metrics = _finish(accelerator.unwrap_model(model), ema, params, entry, paths, history, n_params,
+                          time.perf_counter() - t_start, step - start)
+        tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
+        tracker.set_tag("model_path", str(paths.model.resolve()))
+    tracker.end()
     return metrics
 
 
@@ -275,9 +279,8 @@ def _pipeline(unet, params, entry) -> CASDMPipeline:
     return pipe
 
 
-def _log_grid(model, ema, params, entry, grid, table, step) -> None:
-    """Rows: map | real | sample from the EMA weights | sample from the raw weights."""
-    import mlflow
+def _grid(model, ema, params, entry, grid, table):
+    """Sample grid, rows: map | real | sample from the EMA weights | sample from the raw weights."""
     import numpy as np
 
     was_training = model.training
@@ -294,8 +297,7 @@ def _log_grid(model, ema, params, entry, grid, table, step) -> None:
                                               generator=g, output_type="pt").images
         rows.append(to_uint8(out))
     model.train(was_training)
-    image = np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
-    mlflow.log_image(image, key="samples_map_real_ema_raw", step=step)
+    return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
 def _finish(model, ema, params, entry, paths: RunPaths, history, n_params, seconds, steps_run) -> dict:

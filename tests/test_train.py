@@ -84,6 +84,14 @@ def test_changed_params_do_not_resume_from_stale_checkpoints(tmp_path, prepared,
     assert len(runs) == 2
 
 
+def test_unknown_boost_class_is_named_before_anything_starts(tmp_path, prepared, mlflow_tmp):
+    p = tiny_params(models={"casdm": {"training": {"ca_boost": {"Cystic Dcut": 1.5}}}})
+    rp = paths(tmp_path, prepared)
+    with pytest.raises(ValueError, match=r"models\.casdm\.training\.ca_boost: unknown class 'Cystic Dcut'"):
+        train(p, "casdm", rp)
+    assert not rp.checkpoints.exists()
+
+
 def _weights(root):
     return {k: load_file(root / sub / "diffusion_pytorch_model.safetensors")
             for k, sub in (("ema", "unet"), ("raw", "unet_raw"))}
