@@ -8,14 +8,14 @@ the median of the timed steps is reported (nanoGPT's bench.py pattern).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
 
 import torch
 
-from benchmark.config import ModelEntry, load_params
+from benchmark.config import load_params
+from benchmark.io import write_json
 from casdm.losses import ca_mse, ca_sp, class_pixel_weights, frozen_copy, mse, predict_x0
 from casdm.pipeline import CASDMPipeline, to_onehot
 from casdm.schedulers import make_scheduler
@@ -99,6 +99,47 @@ def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: in
     return result
 
 
+def bench_models(batch: int, steps: int) -> dict:
+    """One row per model of params.yaml: its training step (through its registered kind, so CASDM's
+    CA-SP term is on) and its sampling time per image with its configured sampler."""
+    from accelerate import Accelerator
+
+    from benchmark.data.classes import CHOLECSEG8K
+    from casdm.registry import make_kind
+
+    params = load_params(REPO / "params.yaml")
+    res, acc, rows = params.data.resolution, Accelerator(), {}
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 13, (batch, res // 8, res // 8), generator=g).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    images = torch.rand(batch, 3, res, res, generator=g) * 2 - 1
+    for name, entry in params.models.items():
+        kind = make_kind(params, name, CHOLECSEG8K)
+        model = kind.build()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(trainable, lr=1e-4)
+        kind.on_step(10**9, model)  # as late in training as possible: every stage switched on
+
+        def step():
+            loss, _ = kind.loss(model, images, labels, torch.Generator().manual_seed(1), acc)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        train_s = _median_time(step, 2, steps)
+        model.eval()
+        s = entry.sampling
+        n_img = min(batch, 8)
+        pipe = kind.pipeline(model)
+        sample_s = _median_time(lambda: pipe(labels[:n_img], s.num_inference_steps, s.guidance_scale,
+                                             output_type="pt"), 1, 2) / n_img
+        rows[name] = {"kind": entry.kind, "loss": entry.training.loss,
+                      "num_parameters": sum(p.numel() for p in model.parameters()),
+                      "train_s_per_step": train_s, "sampler": f"{s.scheduler}-{s.num_inference_steps}"
+                      + (f" x{s.guidance_scale} guidance" if s.guidance_scale != 1 else ""),
+                      "sample_s_per_image": sample_s}
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="cpu")
@@ -109,7 +150,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--models", action="store_true", help="one row per params.yaml model instead")
     a = ap.parse_args()
+    if a.models:
+        return _print_models(bench_models(a.batch, a.steps), a.out)
     r = bench(a.preset, a.batch, a.steps, a.sample_steps, a.resolution, a.device, getattr(torch, a.dtype))
     from rich.console import Console
     from rich.table import Table
@@ -124,10 +168,23 @@ def main() -> None:
         t.add_row(f"sample per image: {k}", f"{v:.4f}")
     if "peak_memory_gib" in r:
         t.add_row("peak training memory (GiB)", f"{r['peak_memory_gib']:.2f}")
-    Console().print(t)
-    out = a.out or REPO / "benchmark" / "results" / f"speed_{a.preset}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2) + "\n")
+    Console(width=120).print(t)
+    write_json(a.out or REPO / "benchmark" / "results" / f"speed_{a.preset}.json", r)
+
+
+def _print_models(rows: dict, out: Path | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="per model, params.yaml (batch-8 train step; sampling with each model's own sampler)")
+    for col in ("model", "kind", "loss", "parameters (M)", "train s/step", "sampler", "sample s/image"):
+        t.add_column(col, justify="right" if col[0] in "pts" and col != "sampler" else "left")
+    for name, r in rows.items():
+        t.add_row(name, r["kind"], r["loss"], f"{r['num_parameters'] / 1e6:.2f}", f"{r['train_s_per_step']:.3f}",
+                  r["sampler"], f"{r['sample_s_per_image']:.3f}")
+    Console(width=120).print(t)
+    out = out or REPO / "benchmark" / "results" / "speed_models.json"
+    write_json(out, rows)
 
 
 if __name__ == "__main__":

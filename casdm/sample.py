@@ -12,27 +12,14 @@ from PIL import Image
 from benchmark.config import Params
 from benchmark.io import write_json
 from casdm.data import PreparedDataset
-from casdm.pipeline import CASDMPipeline, to_uint8
-from casdm.schedulers import make_scheduler
-from casdm.unet import SPADEUNet
-
-
-def load_pipeline(model_dir: Path, params: Params, name: str, use_ema: bool = True) -> CASDMPipeline:
-    """The trained pipeline with the sampler named in params.yaml (so changing the sampler needs no retraining)."""
-    model_dir = Path(model_dir)
-    if not (model_dir / "model_index.json").exists():
-        raise FileNotFoundError(f"{model_dir}: no trained pipeline; run `dvc repro train@{name}` first")
-    unet = SPADEUNet.from_pretrained(model_dir / ("unet" if use_ema else "unet_raw"))
-    entry = params.models[name]
-    pipe = CASDMPipeline(unet, make_scheduler(entry.sampling.scheduler, params.diffusion, unet.config.learn_sigma))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to("cuda" if torch.cuda.is_available() else "cpu")
+from casdm.pipeline import to_uint8
+from casdm.registry import make_kind
 
 
 def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path, metrics: Path | None = None) -> dict:
     sc, recipe = params.sample, params.models[name].sampling
-    pipe = load_pipeline(model_dir, params, name, sc.use_ema)
     test = PreparedDataset(data_dir, "test")
+    pipe = make_kind(params, name, test.table).load_pipeline(model_dir, sc.use_ema)
     n = len(test) if sc.max_images is None else min(sc.max_images, len(test))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -19,10 +19,8 @@ from torch.utils.data import DataLoader
 from benchmark.config import Params
 from benchmark.io import write_json
 from casdm.data import PreparedDataset, StepBatchSampler, augment
-from casdm.losses import ca_mse, ca_sp, class_pixel_weights, frozen_copy, mse, predict_x0
-from casdm.pipeline import CASDMPipeline, to_onehot, to_uint8
-from casdm.schedulers import make_scheduler
-from casdm.unet import SPADEUNet, unet_from_preset
+from casdm.pipeline import to_uint8
+from casdm.registry import make_kind
 
 KEEP_CHECKPOINTS = 2
 
@@ -43,25 +41,10 @@ class RunPaths:
 def resolved_config(params: Params, name: str) -> dict:
     """Everything that determines a model's training run (hashed to decide whether to resume)."""
     entry = params.models[name]
-    return {"kind": entry.kind, "training": entry.training.model_dump(), "preset": params.presets[params.train.preset].model_dump(),
+    return {"kind": entry.kind, "training": entry.training.model_dump(),
+            "preset": params.presets[params.train.preset].model_dump(),
             "train": params.train.model_dump(), "diffusion": params.diffusion.model_dump(),
             "resolution": params.data.resolution}
-
-
-def build_model(params: Params, name: str, num_classes: int) -> SPADEUNet:
-    entry = params.models[name]
-    return unet_from_preset(params.presets[params.train.preset], params.data.resolution, num_classes,
-                            learn_sigma=entry.training.loss == "hybrid")
-
-
-def class_boost(recipe, table, where: str = "ca_boost") -> torch.Tensor:
-    boost = torch.ones(table.num_classes)
-    for cname, factor in recipe.ca_boost.items():
-        try:
-            boost[table.index(cname)] = factor
-        except KeyError:
-            raise ValueError(f"params.yaml: {where}: unknown class {cname!r}; expected one of {table.names}") from None
-    return boost
 
 
 def _mixed_precision(setting: str) -> str:
@@ -99,35 +82,30 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
     device = accelerator.device
     data = PreparedDataset(paths.data, "train")
     table = data.table
-    K = table.num_classes
-    # an unknown class name fails here, before a run or a checkpoint is started
-    boost = class_boost(entry.training, table, f"models.{name}.training.ca_boost").to(device)
+    kind = make_kind(params, name, table)  # a bad kind, loss or class name fails here, before anything starts
 
     set_seed(tc.seed)  # the initial weights, so an interrupted run and a straight one start alike
-    model = build_model(params, name, K)
+    model = kind.build()
+    trainable = [p for p in model.parameters() if p.requires_grad]
     n_params = sum(p.numel() for p in model.parameters())
-    sched = make_scheduler("ddpm", params.diffusion, learned_variance=entry.training.loss == "hybrid")
-    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
+    opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
     lr_sched = get_cosine_schedule_with_warmup(opt, tc.warmup_steps * accelerator.num_processes,
                                                tc.steps * accelerator.num_processes)
     model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
-    ema = EMAModel(accelerator.unwrap_model(model).parameters(), decay=tc.ema_decay, model_cls=SPADEUNet,
-                   model_config=accelerator.unwrap_model(model).config)
+    ema = EMAModel(trainable, decay=tc.ema_decay)
     ema.to(device)
     accelerator.register_for_checkpointing(ema)
 
     # ---- resume ------------------------------------------------------------------------------
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    start, run_id, frozen, history = 0, None, None, []
+    start, run_id, history = 0, None, []
     latest = _latest(paths.checkpoints)
     if latest is not None:
         state = json.loads((latest / "state.json").read_text())
         if state["config_hash"] == config_hash:
             accelerator.load_state(str(latest))
             start, run_id, history = state["step"], state.get("mlflow_run_id"), state.get("history", [])
-            if (latest / "frozen.pt").exists():
-                frozen = frozen_copy(accelerator.unwrap_model(model))
-                frozen.load_state_dict(torch.load(latest / "frozen.pt", map_location=device))
+            kind.load_state(latest, accelerator.unwrap_model(model))
             console.print(f"[cyan]{name}: resuming from {latest.name} (step {start}/{tc.steps})[/]")
         else:
             console.print(f"[yellow]{name}: checkpoints in {paths.checkpoints} were made with other parameters; "
@@ -154,8 +132,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
         tmp = paths.checkpoints / f".tmp-step-{step}"
         shutil.rmtree(tmp, ignore_errors=True)
         accelerator.save_state(str(tmp))
-        if frozen is not None:
-            torch.save(frozen.state_dict(), tmp / "frozen.pt")
+        kind.save_state(tmp)
         (tmp / "state.json").write_text(json.dumps({"step": step, "config_hash": config_hash,
                                                     "mlflow_run_id": tracker.run_id, "history": history}))
         final = paths.checkpoints / f"step-{step}"
@@ -184,21 +161,20 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
                 if tc.augment:
                     images, labels = augment(images, labels, g)
                 images, labels = images.to(device), labels.to(device)
-                if entry.training.loss == "ca_mse+ca_sp" and frozen is None and step >= entry.training.sp_start_step:
-                    frozen = frozen_copy(accelerator.unwrap_model(model))  # stage 2 starts here
+                kind.on_step(step, accelerator.unwrap_model(model))
                 with accelerator.accumulate(model):
-                    loss, terms = _loss(model, frozen, sched, entry.training, images, labels, boost, K, g, accelerator)
+                    loss, terms = kind.loss(model, images, labels, g, accelerator)
                     if not torch.isfinite(loss):
                         raise NonFiniteLoss(
                             f"{name}: non-finite loss at step {step} ({ {k: v.item() for k, v in terms.items()} }); "
                             f"last good checkpoint: {_latest(paths.checkpoints) or 'none'}")
                     accelerator.backward(loss)
                     if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                        accelerator.clip_grad_norm_(trainable, tc.grad_clip)
                     opt.step()
                     lr_sched.step()
                     opt.zero_grad(set_to_none=True)
-                ema.step(accelerator.unwrap_model(model).parameters())
+                ema.step(trainable)
                 step += 1
                 rate = (step - start) / (time.perf_counter() - t_start)
                 bar.update(task, completed=step, loss=f"{loss.item():.4g}", speed=f"{rate:.2f} it/s")
@@ -208,7 +184,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
                     history.append(row)
                     tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
                 if (step % tc.sample_every == 0 or step == tc.steps) and accelerator.is_main_process:
-                    tracker.log_image(_grid(accelerator.unwrap_model(model), ema, params, entry, grid_maps, table),
+                    tracker.log_image(_grid(kind, accelerator.unwrap_model(model), ema, trainable, grid_maps),
                                       "samples_map_real_ema_raw", step)
                 if step % tc.checkpoint_every == 0 or step == tc.steps:
                     save(step)
@@ -221,43 +197,12 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
     accelerator.wait_for_everyone()
     metrics = {}
     if accelerator.is_main_process:
-        metrics = _finish(accelerator.unwrap_model(model), ema, params, entry, paths, history, n_params,
+        metrics = _finish(kind, accelerator.unwrap_model(model), ema, trainable, paths, history, n_params,
                           time.perf_counter() - t_start, step - start)
         tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
         tracker.set_tag("model_path", str(paths.model.resolve()))
     tracker.end()
     return metrics
-
-
-def _loss(model, frozen, sched, recipe, images, labels, boost, K, g, accelerator):
-    """One training loss and its named terms."""
-    b = images.shape[0]
-    onehot = to_onehot(labels, K)
-    cond = onehot
-    if recipe.drop_rate > 0:  # classifier-free guidance: the whole map zeroed
-        keep = (torch.rand(b, generator=g) >= recipe.drop_rate).float().to(images.device)
-        cond = onehot * keep.view(-1, 1, 1, 1)
-    noise = torch.randn(images.shape, generator=g).to(images.device)
-    t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(images.device)
-    x_t = sched.add_noise(images, noise, t)
-    target = sched.get_velocity(images, noise, t) if sched.config.prediction_type == "v_prediction" else noise
-    with accelerator.autocast():
-        out = model(x_t, t, cond).sample
-    eps = out[:, : images.shape[1]]
-    terms = {}
-    if recipe.loss == "mse":
-        terms["mse"] = mse(eps, target, ignore=labels == 255)
-        return terms["mse"], terms
-    weights = class_pixel_weights(onehot, variant=recipe.ca_variant, boost=boost, alpha=recipe.ca_alpha)
-    terms["ca_mse"] = ca_mse(eps, target, onehot, weights=weights)
-    loss = terms["ca_mse"]
-    if recipe.loss == "ca_mse+ca_sp" and frozen is not None:
-        x0_hat = predict_x0(sched, x_t, eps, t)
-        with accelerator.autocast():
-            terms["ca_sp"] = ca_sp(frozen, images, x0_hat, cond, weights, sched,
-                                   g.manual_seed(g.initial_seed() + 1), levels=recipe.sp_levels)
-        loss = loss + recipe.lambda_sp * terms["ca_sp"]
-    return loss, terms
 
 
 def _grid_batch(data_dir: Path, device, n: int = 4) -> dict:
@@ -272,49 +217,42 @@ def _grid_batch(data_dir: Path, device, n: int = 4) -> dict:
     return {"image": torch.stack([i["image"] for i in items]), "labels": torch.stack([i["labels"] for i in items]).to(device)}
 
 
-def _pipeline(unet, params, entry) -> CASDMPipeline:
-    sched = make_scheduler(entry.sampling.scheduler, params.diffusion, learned_variance=unet.config.learn_sigma)
-    pipe = CASDMPipeline(unet, sched)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
-def _grid(model, ema, params, entry, grid, table):
+def _grid(kind, model, ema, trainable, grid):
     """Sample grid, rows: map | real | sample from the EMA weights | sample from the raw weights."""
     import numpy as np
 
     was_training = model.training
     model.eval()
-    rows = [table.colourise(grid["labels"].cpu().numpy()), to_uint8((grid["image"] + 1) / 2)]
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
+    rows = [kind.table.colourise(grid["labels"].cpu().numpy()), to_uint8((grid["image"] + 1) / 2)]
+    s = kind.entry.sampling
+    ema.store(trainable)
+    ema.copy_to(trainable)
     for restore in (False, True):
         if restore:
-            ema.restore(model.parameters())
+            ema.restore(trainable)
         g = torch.Generator(device=model.device).manual_seed(0)
-        out = _pipeline(model, params, entry)(grid["labels"], entry.sampling.num_inference_steps,
-                                              entry.sampling.guidance_scale,
-                                              generator=g, output_type="pt").images
+        out = kind.pipeline(model)(grid["labels"], s.num_inference_steps, s.guidance_scale, generator=g,
+                                   output_type="pt").images
         rows.append(to_uint8(out))
     model.train(was_training)
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
-def _finish(model, ema, params, entry, paths: RunPaths, history, n_params, seconds, steps_run) -> dict:
+def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, seconds, steps_run) -> dict:
     """Export the EMA weights as a pipeline (raw weights beside them), write metrics and the loss curve."""
     import csv
 
     tmp = paths.model.with_name(f".{paths.model.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp / "unet_raw")
-    ema.store(model.parameters())
-    ema.copy_to(model.parameters())
-    _pipeline(model, params, entry).save_pretrained(tmp)
-    ema.restore(model.parameters())
+    kind.export_raw(model, tmp)
+    ema.store(trainable)
+    ema.copy_to(trainable)
+    kind.export(model, tmp)
+    ema.restore(trainable)
     shutil.rmtree(paths.model, ignore_errors=True)
     tmp.rename(paths.model)
     tail = history[-max(1, len(history) // 10):]
-    metrics = {"steps": params.train.steps, "num_parameters": n_params,
+    metrics = {"steps": kind.params.train.steps, "num_parameters": n_params,
                "final_loss": sum(r["loss"] for r in tail) / max(len(tail), 1),
                "first_loss": history[0]["loss"] if history else math.nan,
                "s_per_step": seconds / steps_run if steps_run else math.nan}

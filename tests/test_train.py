@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -12,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import casdm.train as trainer
+from casdm.kinds import CASDMKind
 from casdm.train import NonFiniteLoss, RunPaths, train
 from tests.conftest import cli_env, tiny_params
 
@@ -55,15 +56,15 @@ def test_train_logs_an_mlflow_run_with_provenance(tmp_path, prepared, mlflow_tmp
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, prepared, mlflow_tmp, monkeypatch):
-    real = trainer._loss
+    real = CASDMKind.loss
     calls = {"n": 0}
 
-    def poisoned(*args, **kw):
-        loss, terms = real(*args, **kw)
+    def poisoned(self, *args, **kw):
+        loss, terms = real(self, *args, **kw)
         calls["n"] += 1
         return (loss * float("nan"), terms) if calls["n"] == 3 else (loss, terms)
 
-    monkeypatch.setattr(trainer, "_loss", poisoned)
+    monkeypatch.setattr(CASDMKind, "loss", poisoned)
     p = tiny_params(train={"steps": 6, "checkpoint_every": 2})
     rp = paths(tmp_path, prepared)
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 2 .*step-2"):
@@ -136,27 +137,50 @@ def test_killed_run_resumes_to_identical_weights(repo_copy):
             assert torch.equal(reference[kind][k], resumed[kind][k]), (kind, k)
 
 
+def _git(repo, *args):
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
 @pytest.mark.slow
-def test_dvc_repro_trains_and_samples_end_to_end(repo_copy):
+def test_dvc_repro_trains_and_samples_every_model_end_to_end(repo_copy):
     env = cli_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo_copy / 'mlflow.db'}"
+    dvc = lambda *a: subprocess.run(["dvc", *a], cwd=repo_copy, env=env, capture_output=True, text=True)
     subprocess.run(["casdm", "params", "profile", "tiny"], cwd=repo_copy, env=env, check=True)
-    first = subprocess.run(["dvc", "repro"], cwd=repo_copy, env=env, capture_output=True, text=True)
+    first = dvc("repro")
     assert first.returncode == 0, first.stdout + first.stderr
-    manifest = json.loads((repo_copy / "samples" / "casdm" / "manifest.json").read_text())
-    ids = [r["id"] for r in manifest["images"]]
-    assert len(ids) == 8 and manifest["scheduler"] == "ddpm"
-    for r in manifest["images"]:
-        assert (repo_copy / "samples" / "casdm" / f"{r['id']}.png").exists()
-        assert (repo_copy / r["map"]).exists()
-    metrics = json.loads((repo_copy / "metrics" / "train" / "casdm.json").read_text())
-    assert metrics["steps"] == 4
-    second = subprocess.run(["dvc", "repro"], cwd=repo_copy, env=env, capture_output=True, text=True)
+    from benchmark.config import load_params
+
+    models = list(load_params(repo_copy / "params.yaml").models)
+    assert {"casdm", "casdm-mse", "casdm-camse", "sdm"} <= set(models)
+    for name in models:
+        manifest = json.loads((repo_copy / "samples" / name / "manifest.json").read_text())
+        assert len(manifest["images"]) == 8 and manifest["model"] == name
+        for r in manifest["images"]:
+            assert (repo_copy / "samples" / name / f"{r['id']}.png").exists() and (repo_copy / r["map"]).exists()
+        assert json.loads((repo_copy / "metrics" / "train" / f"{name}.json").read_text())["steps"] == 4
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
+    roles = {r.data.tags["model"]: r.data.tags["role"] for r in runs}
+    assert roles == {"casdm": "method", "casdm-mse": "ablation", "casdm-camse": "ablation", "sdm": "baseline"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+
+    second = dvc("repro")
     assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
-    # a sampler change re-runs sampling only, not training
+
+    # a sampler change re-samples that model only; a training knob of sdm re-runs only sdm's stages
+    _git(repo_copy, "add", "-A")
+    _git(repo_copy, "commit", "-qm", "tiny run")
     from benchmark.config import update_params
 
     update_params({"models": {"casdm": {"sampling": {"scheduler": "dpmsolver++"}}}}, repo_copy / "params.yaml")
-    third = subprocess.run(["dvc", "repro"], cwd=repo_copy, env=env, capture_output=True, text=True)
+    third = dvc("repro")
     assert third.returncode == 0, third.stderr
-    assert "Running stage 'sample@casdm'" in third.stdout and "Running stage 'train@casdm'" not in third.stdout
+    ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
+    assert ran == {"sample@casdm"}
+    _git(repo_copy, "commit", "-qam", "dpm sampler")
+    exp = dvc("exp", "run", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
+    assert exp.returncode == 0, exp.stdout + exp.stderr
+    ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
+    assert ran == {"train@sdm", "sample@sdm"}, exp.stdout

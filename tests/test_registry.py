@@ -1,0 +1,120 @@
+"""Model kinds by name: every params.yaml model builds, the ablations differ only in the loss, SDM's
+variational term matches a hand computation, and a new baselines/ file is found on its own."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import baselines
+from baselines.sdm import hybrid_loss, vb_term
+from benchmark.config import DiffusionConfig, load_params
+from benchmark.data.classes import CHOLECSEG8K
+from casdm.registry import KINDS, get_kind, make_kind
+from casdm.schedulers import make_scheduler
+from casdm.train import resolved_config
+from tests.conftest import REPO, tiny_params
+
+
+@pytest.mark.parametrize("name", list(tiny_params().models))
+def test_every_model_in_params_builds_and_runs_a_forward_pass(name):
+    p = tiny_params()
+    kind = make_kind(p, name, CHOLECSEG8K)
+    model = kind.build()
+    out = model(torch.randn(2, 3, 32, 32), torch.tensor([1, 999]), torch.zeros(2, 13, 32, 32)).sample
+    assert out.shape[1] == (6 if kind.learned_variance else 3)
+
+
+def test_ablations_differ_only_in_the_loss():
+    p = load_params(REPO / "params.yaml")
+    ladder = ["casdm-mse", "casdm-camse", "casdm"]
+    assert [p.models[n].training.loss for n in ladder] == ["mse", "ca_mse", "ca_mse+ca_sp"]
+    configs = []
+    for n in ladder:
+        c = resolved_config(p, n)
+        c["training"].pop("loss")
+        configs.append((c, p.models[n].sampling, p.models[n].kind))
+    assert configs[0] == configs[1] == configs[2]
+    assert {p.models[n].role for n in ladder} == {"method", "ablation"}
+
+
+def test_wrong_loss_for_a_kind_names_the_key():
+    p = tiny_params(models={"sdm": {"training": {"loss": "ca_mse"}}})
+    with pytest.raises(ValueError, match=r"models\.sdm\.training\.loss: 'ca_mse' is not a loss of kind 'sdm'"):
+        make_kind(p, "sdm", CHOLECSEG8K)
+
+
+def test_unknown_kind_lists_the_registered_ones():
+    p = tiny_params(models={"casdm": {"kind": "gan"}})
+    with pytest.raises(ValueError, match=r"unknown model kind 'gan'; registered kinds: \[.*'casdm'.*'sdm'"):
+        make_kind(p, "casdm", CHOLECSEG8K)
+
+
+def test_a_new_baseline_file_is_discovered(tmp_path, monkeypatch):
+    (tmp_path / "mybaseline.py").write_text(
+        "from casdm.kinds import CASDMKind\nfrom casdm.registry import register\n\n"
+        "@register('mine')\nclass Mine(CASDMKind):\n    losses = ('mse',)\n")
+    import sys
+
+    monkeypatch.setattr(baselines, "__path__", [*baselines.__path__, str(tmp_path)])
+    try:
+        assert get_kind("mine").__name__ == "Mine"
+    finally:
+        KINDS.pop("mine", None)
+        sys.modules.pop("baselines.mybaseline", None)
+
+
+# --- SDM's hybrid loss ------------------------------------------------------------------------
+def _hand_vb(sched, eps, v, x0, x_t, t):
+    """Improved DDPM's L_t for one image, written with Python floats, element by element."""
+    b = [float(x) for x in sched.betas.double()]
+    ab = [float(x) for x in sched.alphas_cumprod.double()]
+    ab_prev = 1.0 if t == 0 else ab[t - 1]
+    post_var = lambda s: b[s] * (1 - (1.0 if s == 0 else ab[s - 1])) / (1 - ab[s])
+    post_logvar = math.log(post_var(1) if t == 0 else post_var(t))
+    c0, ct = b[t] * math.sqrt(ab_prev) / (1 - ab[t]), (1 - ab_prev) * math.sqrt(1 - b[t]) / (1 - ab[t])
+    total, n = 0.0, 0
+    for idx in range(x0.numel()):
+        x0i, xti, ei, vi = (float(a.flatten()[idx]) for a in (x0, x_t, eps, v))
+        mu_true = c0 * x0i + ct * xti
+        x0p = (xti - math.sqrt(1 - ab[t]) * ei) / math.sqrt(ab[t])
+        mu = c0 * x0p + ct * xti
+        frac = (vi + 1) / 2
+        logvar = frac * math.log(b[t]) + (1 - frac) * post_logvar
+        if t > 0:
+            total += 0.5 * (-1 + logvar - post_logvar + math.exp(post_logvar - logvar) + (mu_true - mu) ** 2 * math.exp(-logvar))
+        else:
+            cdf = lambda z: 0.5 * (1 + math.tanh(math.sqrt(2 / math.pi) * (z + 0.044715 * z**3)))
+            s = math.exp(-0.5 * logvar)
+            hi, lo = cdf(s * (x0i - mu + 1 / 255)), cdf(s * (x0i - mu - 1 / 255))
+            p = hi if x0i < -0.999 else (1 - lo) if x0i > 0.999 else hi - lo
+            total += -math.log(max(p, 1e-12))
+        n += 1
+    return total / n / math.log(2)
+
+
+@pytest.mark.parametrize("t", [0, 7, 500])
+def test_vb_term_matches_a_hand_computation(t):
+    sched = make_scheduler("ddpm", DiffusionConfig(), learned_variance=True)
+    g = torch.Generator().manual_seed(t)
+    x0 = (torch.randint(0, 256, (1, 3, 4, 4), generator=g).float() / 127.5 - 1)
+    noise = torch.randn(1, 3, 4, 4, generator=g)
+    tt = torch.tensor([t])
+    x_t = sched.add_noise(x0, noise, tt)
+    eps = noise + 0.1 * torch.randn(1, 3, 4, 4, generator=g)
+    v = torch.rand(1, 3, 4, 4, generator=g) * 2 - 1
+    got = vb_term(sched, eps, v, x0, x_t, tt).item()
+    assert got == pytest.approx(_hand_vb(sched, eps, v, x0, x_t, t), rel=1e-4)
+
+
+def test_vb_trains_only_the_variance():
+    sched = make_scheduler("ddpm", DiffusionConfig(), learned_variance=True)
+    out = torch.randn(2, 6, 4, 4, requires_grad=True)
+    x0, noise = torch.rand(2, 3, 4, 4) * 2 - 1, torch.randn(2, 3, 4, 4)
+    t = torch.tensor([3, 400])
+    terms = hybrid_loss(sched, out, noise, x0, sched.add_noise(x0, noise, t), t)
+    (grad,) = torch.autograd.grad(terms["vb"], out)
+    assert grad[:, :3].abs().sum() == 0 and grad[:, 3:].abs().sum() > 0
+    (grad,) = torch.autograd.grad(terms["mse"], out)
+    assert grad[:, 3:].abs().sum() == 0 and grad[:, :3].abs().sum() > 0
