@@ -6,9 +6,7 @@ and writes ``benchmark/results/data_stages.json``.
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -18,21 +16,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from benchmark.io import copy_project, write_json
+
 REPO = Path(__file__).resolve().parents[1]
 
 
 def main(profile: str | None = None) -> dict:
     env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1",
                PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
     with tempfile.TemporaryDirectory() as tmp:
-        dst = Path(tmp)
-        for f in files:
-            if (REPO / f).is_file() and not f.startswith(("data/", "metrics/")) and f != "dvc.lock":
-                (dst / f).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(REPO / f, dst / f)
-        subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
+        dst = copy_project(REPO, Path(tmp))
         if profile:
             subprocess.run(["casdm", "params", "profile", profile], cwd=dst, env=env, check=True)
         times = {}
@@ -52,9 +45,7 @@ def main(profile: str | None = None) -> dict:
         t.add_column(k, justify="right")
     t.add_row(*(str(v) for v in result.values()))
     Console().print(t)
-    out_dir = REPO / "benchmark" / "results"
-    out_dir.mkdir(exist_ok=True)
-    (out_dir / f"data_stages_{result['profile']}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_json(REPO / "benchmark" / "results" / f"data_stages_{result['profile']}.json", result)
     return result
 
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmark.config import Params
-from benchmark.io import write_json
+from benchmark.io import atomic_dir, write_json
 from casdm.data import PreparedDataset, StepBatchSampler, augment
 from casdm.pipeline import to_uint8
 from casdm.registry import make_kind
@@ -242,15 +242,12 @@ def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, sec
     """Export the EMA weights as a pipeline (raw weights beside them), write metrics and the loss curve."""
     import csv
 
-    tmp = paths.model.with_name(f".{paths.model.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    kind.export_raw(model, tmp)
-    ema.store(trainable)
-    ema.copy_to(trainable)
-    kind.export(model, tmp)
-    ema.restore(trainable)
-    shutil.rmtree(paths.model, ignore_errors=True)
-    tmp.rename(paths.model)
+    with atomic_dir(paths.model) as tmp:
+        kind.export_raw(model, tmp)
+        ema.store(trainable)
+        ema.copy_to(trainable)
+        kind.export(model, tmp)
+        ema.restore(trainable)
     tail = history[-max(1, len(history) // 10):]
     metrics = {"steps": kind.params.train.steps, "num_parameters": n_params,
                "final_loss": sum(r["loss"] for r in tail) / max(len(tail), 1),

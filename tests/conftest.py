@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -36,15 +35,9 @@ def synth_copy(synth_root, tmp_path) -> Path:
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """The project's files (as a fresh clone would have them) copied into a scratch git repo."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    dst = tmp_path / "repo"
-    for f in files:
-        if (REPO / f).is_file() and not f.startswith(("data/", "metrics/")) and f != "dvc.lock":
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dst / f)
-    subprocess.run(["git", "init", "-q"], cwd=dst, check=True)
-    return dst
+    from benchmark.io import copy_project
+
+    return copy_project(REPO, tmp_path / "repo")
 
 
 def cli_env() -> dict:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from benchmark.config import DataConfig
-from benchmark.io import write_json
+from benchmark.io import atomic_dir, write_json
 from benchmark.data.classes import IGNORE_INDEX, ClassTable
 from benchmark.data.sources import open_source
 from benchmark.data.splits import split_frames
@@ -52,15 +50,12 @@ def prepare(cfg: DataConfig, out: Path, metrics: Path | None = None, progress=No
     source = open_source(cfg.source, Path(cfg.root))
     table = source.table
     split = split_frames(source.frames, cfg.split)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     K, r = table.num_classes, cfg.resolution
     counts = {s: np.zeros(K, np.int64) for s in SPLITS}
     frames = {s: np.zeros(K, np.int64) for s in SPLITS}
     nframes = dict.fromkeys(SPLITS, 0)
     strays: dict[str, dict[int, int]] = {}
-    try:
+    with atomic_dir(out) as tmp:
         (tmp / "images").mkdir()
         (tmp / "masks").mkdir()
         rows = []
@@ -95,12 +90,6 @@ def prepare(cfg: DataConfig, out: Path, metrics: Path | None = None, progress=No
         write_json(tmp / "strays.json", {"files": strays, "total_pixels": {
             str(code): sum(d.get(code, 0) for d in strays.values())
             for code in sorted({c for d in strays.values() for c in d})}})
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     if metrics is not None:
         write_json(Path(metrics), {
             s: {"frames": v["frames"], "classes_present": K - len(stats["missing"][s]),

@@ -11,8 +11,6 @@ cystic duct, liver / blood) so a 64 px model can learn them but not trivially.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from benchmark.data.classes import CHOLECSEG8K
+from benchmark.io import atomic_dir
 
 CHOLEC_VIDEOS = (1, 9, 12, 17, 18, 20, 24, 25, 26, 27, 28, 35, 37, 43, 48, 52, 55)
 C = {c.name: c.id for c in CHOLECSEG8K.classes}
@@ -223,12 +222,9 @@ def generate(spec: SyntheticSpec, out: Path) -> int:
     """Write the dataset to ``out`` (replaced atomically); returns the number of frames."""
     if not 1 <= spec.videos <= len(CHOLEC_VIDEOS):
         raise ValueError(f"data.synthetic.videos: {spec.videos} is outside 1..{len(CHOLEC_VIDEOS)}")
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     pal = CHOLECSEG8K.palette()
     count = 0
-    try:
+    with atomic_dir(out) as tmp:
         for video in CHOLEC_VIDEOS[: spec.videos]:
             for c in range(spec.clips_per_video):
                 scene = _Clip(spec, video, c)
@@ -246,10 +242,4 @@ def generate(spec: SyntheticSpec, out: Path) -> int:
                     Image.fromarray(rgb).save(clip_dir / f"{stem}_watershed_mask.png")
                     Image.fromarray(pal[lab]).save(clip_dir / f"{stem}_color_mask.png")
                     count += 1
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return count
