@@ -82,6 +82,7 @@ class TrainingRecipe(Section):
     sp_start_step: int = Field(0, ge=0, description="stage 2: the frozen copy is taken and CA-SP switched on")
     sp_levels: int = Field(1, ge=1, le=8, description="feature levels compared: the middle block, then decoder")
     drop_rate: float = Field(0.0, ge=0, le=1, description="null-map dropout for classifier-free guidance")
+    options: dict[str, Any] = Field(default_factory=dict, description="kind-specific, validated by the kind")
 
 
 class SamplingRecipe(Section):

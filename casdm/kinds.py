@@ -20,6 +20,7 @@ class ModelKind:
     """What the shared trainer needs from a model family. Subclass it and ``register`` a name."""
 
     losses: tuple[str, ...] = ()
+    find_unused_parameters = False  # DDP: True when a step may leave parameters out of the graph
 
     def __init__(self, params, name: str, table):
         self.params, self.name, self.table = params, name, table
@@ -34,8 +35,10 @@ class ModelKind:
         """The training loss of one batch and its named terms (logged separately)."""
         raise NotImplementedError
 
-    def on_step(self, step: int, model) -> None:
-        """Called before each step with the unwrapped model (e.g. to start a training stage)."""
+    def on_step(self, step: int, model) -> bool:
+        """Called before each step with the unwrapped model (e.g. to start a training stage).
+        Return True when the trainable weights were replaced, so the EMA restarts from them."""
+        return False
 
     def save_state(self, folder: Path) -> None:
         """Extra state to checkpoint beside model/optimizer/EMA."""
@@ -105,9 +108,10 @@ class CASDMKind(ModelKind):
             out = model(x_t, t, cond).sample
         return dict(onehot=onehot, cond=cond, noise=noise, t=t, x_t=x_t, target=target, out=out)
 
-    def on_step(self, step: int, model) -> None:
+    def on_step(self, step: int, model) -> bool:
         if self.recipe.loss == "ca_mse+ca_sp" and self.frozen is None and step >= self.recipe.sp_start_step:
             self.frozen = frozen_copy(model)  # stage 2 starts here
+        return False
 
     def loss(self, model, images, labels, g, accelerator):
         r = self.noisy_batch(model, images, labels, g, accelerator)

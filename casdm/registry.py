@@ -23,7 +23,7 @@ def register(name: str):
 
 
 def _discover() -> None:
-    import casdm.kinds  # noqa: F401  (the method's own kinds)
+    import casdm.kinds  # noqa: F401  (registers the method's own kinds)
     import baselines
 
     for mod in pkgutil.iter_modules(baselines.__path__):

@@ -64,7 +64,7 @@ def _latest(ckpt_dir: Path) -> Path | None:
 def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
     """Train model ``name`` (a key of ``params.models``); returns the final metrics."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     from rich.console import Console
@@ -78,11 +78,12 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
     entry, tc = params.models[name], params.train
     config = resolved_config(params, name)
     config_hash = hash_json(config)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision))
-    device = accelerator.device
     data = PreparedDataset(paths.data, "train")
     table = data.table
     kind = make_kind(params, name, table)  # a bad kind, loss or class name fails here, before anything starts
+    accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision), kwargs_handlers=[
+        DistributedDataParallelKwargs(find_unused_parameters=kind.find_unused_parameters)])
+    device = accelerator.device
 
     set_seed(tc.seed)  # the initial weights, so an interrupted run and a straight one start alike
     model = kind.build()
@@ -161,7 +162,9 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
                 if tc.augment:
                     images, labels = augment(images, labels, g)
                 images, labels = images.to(device), labels.to(device)
-                kind.on_step(step, accelerator.unwrap_model(model))
+                if kind.on_step(step, accelerator.unwrap_model(model)):  # new weights: the EMA restarts
+                    ema.shadow_params = [p.detach().clone() for p in trainable]
+                    ema.optimization_step = 0
                 with accelerator.accumulate(model):
                     loss, terms = kind.loss(model, images, labels, g, accelerator)
                     if not torch.isfinite(loss):

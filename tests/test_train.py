@@ -152,7 +152,7 @@ def test_dvc_repro_trains_and_samples_every_model_end_to_end(repo_copy):
     from benchmark.config import load_params
 
     models = list(load_params(repo_copy / "params.yaml").models)
-    assert {"casdm", "casdm-mse", "casdm-camse", "sdm"} <= set(models)
+    assert {"casdm", "casdm-mse", "casdm-camse", "sdm", "controlnet"} <= set(models)
     for name in models:
         manifest = json.loads((repo_copy / "samples" / name / "manifest.json").read_text())
         assert len(manifest["images"]) == 8 and manifest["model"] == name
@@ -162,7 +162,8 @@ def test_dvc_repro_trains_and_samples_every_model_end_to_end(repo_copy):
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
     roles = {r.data.tags["model"]: r.data.tags["role"] for r in runs}
-    assert roles == {"casdm": "method", "casdm-mse": "ablation", "casdm-camse": "ablation", "sdm": "baseline"}
+    assert roles == {"casdm": "method", "casdm-mse": "ablation", "casdm-camse": "ablation", "sdm": "baseline",
+                     "controlnet": "baseline"}
     assert all(r.info.status == "FINISHED" for r in runs)
 
     second = dvc("repro")

@@ -1,0 +1,214 @@
+"""ControlNet (Zhang et al. 2023) on the shared harness: diffusers' ``ControlNetModel`` beside a
+``UNet2DConditionModel``; control image = the colour-coded map, text = the classes present.
+
+CPU / offline route (``options.pretrained: null``), in pixel space, the ControlNet recipe in one run:
+the base U-Net is first trained with the class-list condition alone (``base_fraction`` of the
+steps), then a ControlNet copied from it is trained with the base frozen. The class list is one token
+per class: its text embedding (``text_encoder``: ``minilm`` offline, ``clip:<path>``, or ``learned``)
+where the class is present, zeros where it is absent.
+
+Paper-scale route (``options.pretrained: /path/to/stable-diffusion``) lives in
+``controlnet_sd.py``: latent space through the checkpoint's VAE, CLIP prompts, ControlNet only.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import ControlNetModel, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.torch_utils import randn_tensor
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from torch import nn
+
+from benchmark.data.classes import IGNORE_INDEX
+from casdm.kinds import ModelKind
+from casdm.losses import mse
+from casdm.registry import register
+from casdm.schedulers import make_scheduler
+from casdm.text import encode_phrases
+from casdm.unet import groups_for
+
+COND_CHANNELS = (16,)  # pixel space: the control image already has the sample's size, no down-sampling
+
+
+class ControlNetOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text_encoder: str = Field("minilm", description="minilm | learned | clip:<local path or hub id>")
+    base_fraction: float = Field(0.5, gt=0, lt=1, description="share of the steps that train the base U-Net")
+    pretrained: str | None = Field(None, description="local Stable Diffusion folder: the latent route")
+    conditioning_scale: float = Field(1.0, ge=0)
+    learned_dim: int = Field(64, ge=8, description="embedding size for text_encoder: learned")
+
+
+class ClassPrompt(ModelMixin, ConfigMixin):
+    """Class-list prompt and control image from a class-id map."""
+
+    @register_to_config
+    def __init__(self, num_classes: int = 13, dim: int = 384, palette: tuple = ()):
+        super().__init__()
+        self.embed = nn.Embedding(num_classes, dim)
+        self.register_buffer("colours", torch.tensor(palette, dtype=torch.float32).view(-1, 3) / 255.0)
+
+    def forward(self, labels: torch.Tensor) -> torch.Tensor:
+        """[B, H, W] ids -> [B, K, D]: class c's token where c is in the map, zeros where it is not."""
+        K = self.config.num_classes
+        present = torch.stack([(labels == c).flatten(1).any(1) for c in range(K)], dim=1).to(self.embed.weight)
+        return present.unsqueeze(-1) * self.embed.weight.unsqueeze(0)
+
+    def control_image(self, labels: torch.Tensor) -> torch.Tensor:
+        """[B, H, W] ids -> [B, 3, H, W] palette colours in [0, 1]; ignore pixels white."""
+        white = torch.ones(1, 3, device=labels.device)
+        lut = torch.cat([self.colours, white.expand(256 - len(self.colours), 3)])
+        return lut[labels.long().clamp(0, 255)].permute(0, 3, 1, 2)
+
+
+class ControlNetPair(nn.Module):
+    """Base U-Net + ControlNet + class prompt, trained by the shared trainer as one module."""
+
+    def __init__(self, prompt: ClassPrompt, unet: UNet2DConditionModel, controlnet: ControlNetModel):
+        super().__init__()
+        self.prompt, self.unet, self.controlnet = prompt, unet, controlnet
+        self.use_control = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def forward(self, x_t, t, labels, scale: float = 1.0):
+        text = self.prompt(labels).to(x_t.dtype)
+        if not self.use_control:
+            return self.unet(x_t, t, encoder_hidden_states=text).sample
+        down, mid = self.controlnet(x_t, t, encoder_hidden_states=text, controlnet_cond=self.prompt.control_image(labels),
+                                    conditioning_scale=scale, return_dict=False)
+        return self.unet(x_t, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid).sample
+
+
+class ControlNetPixelPipeline(DiffusionPipeline):
+    """Maps in, images out, with the ControlNet steering the frozen base at every step."""
+
+    def __init__(self, prompt, unet, controlnet, scheduler):
+        super().__init__()
+        self.register_modules(prompt=prompt, unet=unet, controlnet=controlnet, scheduler=scheduler)
+        self.conditioning_scale = 1.0
+
+    @torch.no_grad()
+    def __call__(self, segmap: torch.Tensor, num_inference_steps: int = 50, guidance_scale: float = 1.0,
+                 generator=None, output_type: str = "pt", return_dict: bool = True):
+        if segmap.dim() != 3:
+            raise ValueError("ControlNetPixelPipeline takes [B, H, W] class-id maps")
+        pair = ControlNetPair(self.prompt, self.unet, self.controlnet)
+        pair.use_control = True
+        labels = segmap.to(self.device)
+        b, h, w = labels.shape
+        x = randn_tensor((b, self.unet.config.in_channels, h, w), generator=generator, device=self.device,
+                         dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        for t in self.progress_bar(self.scheduler.timesteps):
+            eps = pair(self.scheduler.scale_model_input(x, t), t, labels, self.conditioning_scale)
+            if guidance_scale != 1.0:  # classifier-free on the class list: the empty prompt is the null
+                text_free = ControlNetPair(self.prompt, self.unet, self.controlnet)
+                text_free.use_control = True
+                null = text_free(x, t, torch.full_like(labels, IGNORE_INDEX), self.conditioning_scale)
+                eps = null + guidance_scale * (eps - null)
+            x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
+        image = (x.float() / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = self.numpy_to_pil(image.permute(0, 2, 3, 1).cpu().numpy())
+        return ImagePipelineOutput(images=image) if return_dict else (image,)
+
+
+def base_unet(preset, resolution: int, cross_dim: int) -> UNet2DConditionModel:
+    """A pixel-space conditional U-Net sized by the same preset as the SPADE U-Net."""
+    channels = tuple(preset.base_channels * m for m in preset.channel_mult)
+    res, down, up = resolution, [], []
+    for _ in channels:
+        down.append("CrossAttnDownBlock2D" if res in preset.attention_resolutions else "DownBlock2D")
+        res //= 2
+    up = ["CrossAttnUpBlock2D" if d.startswith("CrossAttn") else "UpBlock2D" for d in reversed(down)]
+    return UNet2DConditionModel(sample_size=resolution, in_channels=3, out_channels=3, block_out_channels=channels,
+                                layers_per_block=preset.num_res_blocks, down_block_types=tuple(down),
+                                up_block_types=tuple(up), cross_attention_dim=cross_dim,
+                                attention_head_dim=max(1, channels[-1] // preset.head_channels),
+                                norm_num_groups=groups_for(channels[0]))
+
+
+@register("controlnet")
+class ControlNetKind(ModelKind):
+    losses = ("controlnet",)
+    find_unused_parameters = True  # each phase leaves one of the two networks out of the graph
+
+    def __init__(self, params, name, table):
+        super().__init__(params, name, table)
+        try:
+            self.options = ControlNetOptions(**self.recipe.options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            key = ".".join(str(p) for p in err["loc"])
+            raise ValueError(f"params.yaml: models.{name}.training.options.{key}: {err['msg']}") from None
+        if self.options.pretrained is not None:
+            raise ValueError(f"params.yaml: models.{name}.training.options.pretrained: the latent route is "
+                             "kind 'controlnet-sd' (baselines/controlnet_sd.py); set kind: controlnet-sd")
+        self.noise_scheduler = make_scheduler("ddpm", params.diffusion)
+        self.switch = max(1, int(params.train.steps * self.options.base_fraction))
+
+    def build(self) -> ControlNetPair:
+        names = self.table.names
+        enc = self.options.text_encoder
+        dim = self.options.learned_dim if enc == "learned" else None
+        emb = None if enc == "learned" else encode_phrases(enc, [n.lower() for n in names])
+        prompt = ClassPrompt(len(names), dim or emb.shape[1], tuple(map(tuple, self.table.palette()[: len(names)].tolist())))
+        if emb is not None:
+            prompt.embed.weight.data.copy_(emb)
+            prompt.requires_grad_(False)  # a pretrained encoder stays frozen
+        p = self.params
+        unet = base_unet(p.presets[p.train.preset], p.data.resolution, prompt.config.dim)
+        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=COND_CHANNELS)
+        return ControlNetPair(prompt, unet, controlnet)
+
+    def on_step(self, step: int, model) -> bool:
+        """Phase 2 from ``switch``: freeze the base, copy it into the ControlNet once, reset the EMA."""
+        model.use_control = step >= self.switch
+        if step < self.switch:
+            return False
+        model.unet.requires_grad_(False)
+        model.prompt.requires_grad_(False)
+        if step == self.switch:
+            fresh = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=COND_CHANNELS)
+            model.controlnet.load_state_dict(fresh.state_dict())
+            return True
+        return False
+
+    def loss(self, model, images, labels, g, accelerator):
+        sched, b = self.noise_scheduler, images.shape[0]
+        noise = torch.randn(images.shape, generator=g).to(images.device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(images.device)
+        with accelerator.autocast():
+            eps = model(sched.add_noise(images, noise, t), t, labels)
+        name = "controlnet_mse" if accelerator.unwrap_model(model).use_control else "base_mse"
+        terms = {name: mse(eps, noise)}
+        return terms[name], terms
+
+    def pipeline(self, model: ControlNetPair) -> ControlNetPixelPipeline:
+        s = self.entry.sampling
+        pipe = ControlNetPixelPipeline(model.prompt, model.unet, model.controlnet,
+                                       make_scheduler(s.scheduler, self.params.diffusion))
+        pipe.conditioning_scale = self.options.conditioning_scale
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def export_raw(self, model: ControlNetPair, folder: Path) -> None:
+        for part in ("prompt", "unet", "controlnet"):
+            getattr(model, part).save_pretrained(folder / f"{part}_raw")
+
+    def load_pipeline(self, folder: Path, use_ema: bool = True) -> ControlNetPixelPipeline:
+        folder = Path(folder)
+        if not (folder / "model_index.json").exists():
+            raise FileNotFoundError(f"{folder}: no trained pipeline; run `dvc repro train@{self.name}` first")
+        sfx = "" if use_ema else "_raw"
+        pair = ControlNetPair(ClassPrompt.from_pretrained(folder / f"prompt{sfx}"),
+                              UNet2DConditionModel.from_pretrained(folder / f"unet{sfx}"),
+                              ControlNetModel.from_pretrained(folder / f"controlnet{sfx}"))
+        return self.pipeline(pair).to("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,149 @@
+"""ControlNet on a pretrained Stable Diffusion checkpoint (the paper-scale, GPU route).
+
+``options.pretrained`` is a local diffusers folder (``unet/ vae/ text_encoder/ tokenizer/
+scheduler/``). Images are encoded by its VAE, prompts ("liver, fat, grasper") by its CLIP text
+encoder, and only a ControlNet copied from its U-Net is trained, the control image being the
+colour-coded map at image resolution. Nothing is downloaded: a missing folder is an error naming it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel)
+from pydantic import ValidationError
+from torch import nn
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from baselines.controlnet import ClassPrompt, ControlNetOptions
+from casdm.kinds import ModelKind
+from casdm.losses import mse
+from casdm.registry import register
+from casdm.schedulers import make_scheduler
+
+PARTS = ("unet", "vae", "text_encoder", "tokenizer")
+
+
+class SDControlNet(nn.Module):
+    """Frozen Stable Diffusion parts + the trainable ControlNet."""
+
+    def __init__(self, root: Path, colours):
+        super().__init__()
+        self.vae = AutoencoderKL.from_pretrained(root / "vae")
+        self.text_encoder = CLIPTextModel.from_pretrained(root / "text_encoder")
+        self.tokenizer = CLIPTokenizer.from_pretrained(root / "tokenizer")
+        self.unet = UNet2DConditionModel.from_pretrained(root / "unet")
+        for m in (self.vae, self.text_encoder, self.unet):
+            m.requires_grad_(False)
+        factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.controlnet = ControlNetModel.from_unet(
+            self.unet, conditioning_embedding_out_channels=tuple(16 * 2**i for i in range(int(math.log2(factor)) + 1)))
+        self.maps = ClassPrompt(len(colours), 1, tuple(map(tuple, colours)))  # colours only; no trainable tokens
+        self.maps.requires_grad_(False)
+        self.class_names: list[str] = []
+
+    @property
+    def device(self) -> torch.device:
+        return self.unet.device
+
+    def prompts(self, labels: torch.Tensor) -> list[str]:
+        return [", ".join(n.lower() for c, n in enumerate(self.class_names) if (lab == c).any()) for lab in labels]
+
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        ids = self.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
+                             max_length=self.tokenizer.model_max_length).input_ids.to(self.device)
+        return self.text_encoder(ids)[0]
+
+
+class MapToImage:
+    """The shared sampler call (class-id maps in, images in [0, 1] out) over diffusers' SD ControlNet pipeline."""
+
+    def __init__(self, pipe: StableDiffusionControlNetPipeline, model: SDControlNet, scale: float):
+        self.pipe, self.model, self.scale = pipe, model, scale
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.device
+
+    def __call__(self, segmap, num_inference_steps=50, guidance_scale=1.0, generator=None, output_type="pt"):
+        labels = segmap.to(self.device)
+        images = self.pipe(prompt=self.model.prompts(labels), image=self.model.maps.control_image(labels),
+                           num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                           generator=generator, height=labels.shape[1], width=labels.shape[2],
+                           controlnet_conditioning_scale=self.scale, output_type="pt").images
+        return type("Out", (), {"images": images})()
+
+    def save_pretrained(self, folder: Path) -> None:
+        self.pipe.controlnet.save_pretrained(Path(folder) / "controlnet")
+
+
+@register("controlnet-sd")
+class ControlNetSDKind(ModelKind):
+    losses = ("controlnet",)
+
+    def __init__(self, params, name, table):
+        super().__init__(params, name, table)
+        try:
+            self.options = ControlNetOptions(**self.recipe.options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValueError(f"params.yaml: models.{name}.training.options.{'.'.join(map(str, err['loc']))}: "
+                             f"{err['msg']}") from None
+        key = f"params.yaml: models.{name}.training.options.pretrained"
+        if not self.options.pretrained:
+            raise ValueError(f"{key}: required for kind 'controlnet-sd' (a local Stable Diffusion folder)")
+        self.root = Path(self.options.pretrained)
+        missing = [p for p in PARTS if not (self.root / p).is_dir()]
+        if missing:
+            raise ValueError(f"{key}: {self.root} lacks {missing}; expected a diffusers Stable Diffusion folder "
+                             f"with {list(PARTS)}")
+        self.noise_scheduler = make_scheduler("ddpm", params.diffusion)
+
+    def build(self) -> SDControlNet:
+        model = SDControlNet(self.root, self.table.palette()[: self.table.num_classes].tolist())
+        model.class_names = self.table.names
+        return model
+
+    def loss(self, model, images, labels, g, accelerator):
+        m = accelerator.unwrap_model(model)
+        with torch.no_grad():
+            latents = m.vae.encode(images.to(m.vae.dtype)).latent_dist.sample(g) * m.vae.config.scaling_factor
+            text = m.encode_text(m.prompts(labels))
+        sched, b = self.noise_scheduler, images.shape[0]
+        noise = torch.randn(latents.shape, generator=g).to(latents)
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(latents.device)
+        noisy = sched.add_noise(latents, noise, t)
+        with accelerator.autocast():
+            down, mid = m.controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=m.maps.control_image(labels),
+                                     conditioning_scale=self.options.conditioning_scale, return_dict=False)
+            eps = m.unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
+                         mid_block_additional_residual=mid).sample
+        terms = {"controlnet_mse": mse(eps, noise)}
+        return terms["controlnet_mse"], terms
+
+    def pipeline(self, model: SDControlNet) -> MapToImage:
+        s = self.entry.sampling
+        pipe = StableDiffusionControlNetPipeline(
+            vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
+            controlnet=model.controlnet, scheduler=make_scheduler(s.scheduler, self.params.diffusion),
+            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        pipe.set_progress_bar_config(disable=True)
+        return MapToImage(pipe, model, self.options.conditioning_scale)
+
+    def export(self, model, folder: Path) -> None:
+        self.pipeline(model).save_pretrained(folder)
+        (Path(folder) / "model_index.json").write_text(json.dumps({"pretrained": str(self.root.resolve()),
+                                                                   "controlnet": "controlnet"}, indent=2))
+
+    def export_raw(self, model, folder: Path) -> None:
+        model.controlnet.save_pretrained(Path(folder) / "controlnet_raw")
+
+    def load_pipeline(self, folder: Path, use_ema: bool = True) -> MapToImage:
+        folder = Path(folder)
+        if not (folder / "model_index.json").exists():
+            raise FileNotFoundError(f"{folder}: no trained ControlNet; run `dvc repro train@{self.name}` first")
+        model = self.build()
+        model.controlnet = ControlNetModel.from_pretrained(folder / ("controlnet" if use_ema else "controlnet_raw"))
+        return self.pipeline(model.to("cuda" if torch.cuda.is_available() else "cpu"))

