@@ -130,15 +130,12 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
     def save(step: int) -> None:
         if not accelerator.is_main_process:
             return
-        tmp = paths.checkpoints / f".tmp-step-{step}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.save_state(str(tmp))
-        kind.save_state(tmp)
-        (tmp / "state.json").write_text(json.dumps({"step": step, "config_hash": config_hash,
-                                                    "mlflow_run_id": tracker.run_id, "history": history}))
         final = paths.checkpoints / f"step-{step}"
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        with atomic_dir(final) as tmp:
+            accelerator.save_state(str(tmp))
+            kind.save_state(tmp)
+            write_json(tmp / "state.json", {"step": step, "config_hash": config_hash,
+                                            "mlflow_run_id": tracker.run_id, "history": history})
         marker = paths.checkpoints / ".latest.tmp"
         marker.write_text(final.name)
         marker.replace(paths.checkpoints / "latest")
