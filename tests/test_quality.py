@@ -1,0 +1,69 @@
+"""FID/KID: equal to clean-fid called directly with the same extractor; a set against itself ~0;
+too few images is a clear error; the offline EfficientNet-Lite0 loads completely."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark.metrics.quality import Extractor, efficientnet_lite0, fid_kid, folder_features, inception
+
+
+def tiny_extractor() -> Extractor:
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 7, stride=4).double()  # float64: no run-to-run kernel noise
+
+    @torch.no_grad()
+    def fn(x):
+        return torch.nn.functional.adaptive_avg_pool2d(torch.relu(conv(x.double() / 255.0)), 1).flatten(1)
+
+    return Extractor("tiny-test", 8, fn)
+
+
+def write_images(folder, n, seed, shift=0):
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img = np.clip(rng.normal(120 + shift, 40, (32, 32, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_fid_and_kid_equal_clean_fid_called_directly(tmp_path):
+    from cleanfid import fid
+
+    a, b = write_images(tmp_path / "a", 30, 0), write_images(tmp_path / "b", 30, 1, shift=30)
+    ex = tiny_extractor()
+    ours = fid_kid(folder_features(a, ex), folder_features(b, ex), ex)
+    direct_fid = fid.compute_fid(str(a), str(b), mode="clean", custom_feat_extractor=ex.fn,
+                                 device=torch.device("cpu"), num_workers=0, verbose=False)
+    fa = fid.get_folder_features(str(a), ex.fn, num_workers=0, device=torch.device("cpu"), mode="clean", verbose=False)
+    fb = fid.get_folder_features(str(b), ex.fn, num_workers=0, device=torch.device("cpu"), mode="clean", verbose=False)
+    assert ours["fid"] == pytest.approx(direct_fid, rel=1e-9)
+    assert ours["kid"] == pytest.approx(float(fid.kernel_distance(fa, fb)), rel=1e-9)
+    assert ours["fid"] > 1e-3 and ours["extractor"] == "tiny-test"
+    same = fid_kid(folder_features(a, ex), folder_features(a, ex), ex)
+    assert abs(same["fid"]) < 1e-6
+
+
+def test_too_few_images_for_the_feature_size_is_a_clear_error(tmp_path):
+    a = write_images(tmp_path / "a", 6, 0)
+    ex = tiny_extractor()
+    with pytest.raises(ValueError, match=r"needs more than 8 images per set; got 6 generated and 6 real"):
+        fid_kid(folder_features(a, ex), folder_features(a, ex), ex)
+    with pytest.raises(FileNotFoundError, match="no images"):
+        folder_features(tmp_path, ex)
+
+
+def test_efficientnet_lite0_loads_every_weight_and_gives_features():
+    ex = efficientnet_lite0()
+    x = torch.rand(2, 3, 64, 64) * 255
+    f = ex.fn(x)
+    assert f.shape == (2, 1280) and torch.isfinite(f).all() and ex.name == "efficientnet_lite0"
+    assert not torch.allclose(f[0], f[1])
+
+
+def test_missing_inception_weights_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt"):
+        inception("cpu", tmp_path / "inception-2015-12-05.pt")
