@@ -19,7 +19,7 @@ from diffusers import ControlNetModel, DiffusionPipeline, ImagePipelineOutput, U
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from benchmark.data.classes import IGNORE_INDEX
@@ -139,15 +139,10 @@ def base_unet(preset, resolution: int, cross_dim: int) -> UNet2DConditionModel:
 class ControlNetKind(ModelKind):
     losses = ("controlnet",)
     find_unused_parameters = True  # each phase leaves one of the two networks out of the graph
+    options_schema = ControlNetOptions
 
     def __init__(self, params, name, table):
         super().__init__(params, name, table)
-        try:
-            self.options = ControlNetOptions(**self.recipe.options)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            key = ".".join(str(p) for p in err["loc"])
-            raise ValueError(f"params.yaml: models.{name}.training.options.{key}: {err['msg']}") from None
         if self.options.pretrained is not None:
             raise ValueError(f"params.yaml: models.{name}.training.options.pretrained: the latent route is "
                              "kind 'controlnet-sd' (baselines/controlnet_sd.py); set kind: controlnet-sd")

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel)
-from pydantic import ValidationError
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -82,15 +81,10 @@ class MapToImage:
 @register("controlnet-sd")
 class ControlNetSDKind(ModelKind):
     losses = ("controlnet",)
+    options_schema = ControlNetOptions
 
     def __init__(self, params, name, table):
         super().__init__(params, name, table)
-        try:
-            self.options = ControlNetOptions(**self.recipe.options)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ValueError(f"params.yaml: models.{name}.training.options.{'.'.join(map(str, err['loc']))}: "
-                             f"{err['msg']}") from None
         key = f"params.yaml: models.{name}.training.options.pretrained"
         if not self.options.pretrained:
             raise ValueError(f"{key}: required for kind 'controlnet-sd' (a local Stable Diffusion folder)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 
 from casdm.losses import ca_mse, ca_sp, class_pixel_weights, frozen_copy, mse, predict_x0
 from casdm.pipeline import CASDMPipeline, to_onehot
@@ -21,11 +22,26 @@ class ModelKind:
 
     losses: tuple[str, ...] = ()
     find_unused_parameters = False  # DDP: True when a step may leave parameters out of the graph
+    options_schema = None  # a pydantic model for ``training.options``; None: the kind takes none
 
     def __init__(self, params, name: str, table):
         self.params, self.name, self.table = params, name, table
         self.entry = params.models[name]
         self.recipe = self.entry.training
+        self.options = self._parse_options()
+
+    def _parse_options(self):
+        """Validate ``training.options`` against the kind's schema; an error names the key."""
+        where = f"params.yaml: models.{self.name}.training.options"
+        if self.options_schema is None:
+            if self.recipe.options:
+                raise ValueError(f"{where}: kind {self.entry.kind!r} takes no options, got {sorted(self.recipe.options)}")
+            return None
+        try:
+            return self.options_schema(**self.recipe.options)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValueError(f"{where}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
 
     def build(self) -> torch.nn.Module:
         """The trainable network (parameters with ``requires_grad`` are optimised and averaged by EMA)."""

@@ -56,6 +56,12 @@ def test_wrong_loss_for_a_kind_names_the_key():
         make_kind(p, "sdm", CHOLECSEG8K)
 
 
+def test_options_a_kind_does_not_take_are_refused():
+    p = tiny_params(models={"casdm": {"training": {"options": {"text_encoder": "minilm"}}}})
+    with pytest.raises(ValueError, match=r"models\.casdm\.training\.options: kind 'casdm' takes no options"):
+        make_kind(p, "casdm", CHOLECSEG8K)
+
+
 def test_unknown_kind_lists_the_registered_ones():
     p = tiny_params(models={"casdm": {"kind": "gan"}})
     with pytest.raises(ValueError, match=r"unknown model kind 'gan'; registered kinds: \[.*'casdm'.*'sdm'"):
