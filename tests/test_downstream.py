@@ -1,0 +1,62 @@
+"""Downstream segmenters: build, train on real or real + generated data, score on the real test split."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from benchmark.downstream import GeneratedDataset, build_segmenter, evaluate_segmenter, train_segmenter
+from casdm.data import PreparedDataset
+
+
+def fake_samples(prepared, folder, n=4):
+    """A sample stage's output: images with a manifest that points at the maps."""
+    folder.mkdir()
+    test = PreparedDataset(prepared, "test")
+    records = []
+    for i in range(n):
+        fid = test.rows[i]["id"]
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(folder / f"{fid}.png")
+        records.append({"id": fid, "image": f"{fid}.png", "map": str(prepared / "masks" / f"{fid}.png"), "seed": i})
+    (folder / "manifest.json").write_text(json.dumps({"images": records}))
+    return folder
+
+
+@pytest.mark.parametrize("arch", ["segformer", "unet"])
+def test_train_on_real_plus_generated_and_score_the_real_test_split(prepared, tmp_path, arch):
+    real = PreparedDataset(prepared, "train")
+    generated = GeneratedDataset(fake_samples(prepared, tmp_path / "samples"))
+    assert len(generated) == 4 and generated[0]["image"].shape == (3, 32, 32)
+    model = build_segmenter(arch, real.table.num_classes)
+    before = [p.detach().clone() for p in model.parameters()]
+    train_segmenter(model, [real, generated], steps=3, batch_size=4, lr=1e-3, seed=0)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    test = PreparedDataset(prepared, "test")
+    scores = evaluate_segmenter(model, test, test.table)
+    support = np.zeros(13, int)
+    for i in range(len(test)):
+        lab = test[i]["labels"].numpy()
+        support += np.bincount(lab[lab != 255], minlength=13)[:13]
+    assert scores.absent == [n for n, k in zip(test.table.names, support) if k == 0]
+    assert 0 <= scores.miou <= 1
+
+
+def test_offline_efficientnet_encoder_weights_load_and_imagenet_fails_fast(monkeypatch):
+    model = build_segmenter("unet", 13, "efficientnet_lite0")
+    from benchmark.metrics.quality import _effnet_state
+
+    stem = _effnet_state()["conv_stem.weight"]
+    assert torch.equal(model.encoder.model.conv_stem.weight, stem)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE=1"):
+        build_segmenter("segformer", 13, "imagenet")
+    with pytest.raises(ValueError, match="unknown segmenter 'deeplab'"):
+        build_segmenter("deeplab", 13)
+
+
+def test_missing_manifest_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        GeneratedDataset(tmp_path)
