@@ -22,7 +22,6 @@ from diffusers.utils.torch_utils import randn_tensor
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from benchmark.data.classes import IGNORE_INDEX
 from casdm.kinds import ModelKind
 from casdm.losses import mse
 from casdm.registry import register
@@ -42,6 +41,12 @@ class ControlNetOptions(BaseModel):
     learned_dim: int = Field(64, ge=8, description="embedding size for text_encoder: learned")
 
 
+def colour_map(labels: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """[B, H, W] ids -> [B, 3, H, W] control image: ``colours`` ([K, 3] in [0, 1]); ignore pixels white."""
+    white = torch.ones(256 - len(colours), 3, device=colours.device, dtype=colours.dtype)
+    return torch.cat([colours, white])[labels.long().clamp(0, 255)].permute(0, 3, 1, 2)
+
+
 class ClassPrompt(ModelMixin, ConfigMixin):
     """Class-list prompt and control image from a class-id map."""
 
@@ -58,10 +63,7 @@ class ClassPrompt(ModelMixin, ConfigMixin):
         return present.unsqueeze(-1) * self.embed.weight.unsqueeze(0)
 
     def control_image(self, labels: torch.Tensor) -> torch.Tensor:
-        """[B, H, W] ids -> [B, 3, H, W] palette colours in [0, 1]; ignore pixels white."""
-        white = torch.ones(1, 3, device=labels.device)
-        lut = torch.cat([self.colours, white.expand(256 - len(self.colours), 3)])
-        return lut[labels.long().clamp(0, 255)].permute(0, 3, 1, 2)
+        return colour_map(labels, self.colours)
 
 
 class ControlNetPair(nn.Module):
@@ -76,8 +78,11 @@ class ControlNetPair(nn.Module):
     def device(self) -> torch.device:
         return self.unet.device
 
-    def forward(self, x_t, t, labels, scale: float = 1.0):
+    def forward(self, x_t, t, labels, scale: float = 1.0, drop_text: bool = False):
+        """``drop_text``: the empty class list (the null of classifier-free guidance); the map still steers."""
         text = self.prompt(labels).to(x_t.dtype)
+        if drop_text:
+            text = torch.zeros_like(text)
         if not self.use_control:
             return self.unet(x_t, t, encoder_hidden_states=text).sample
         down, mid = self.controlnet(x_t, t, encoder_hidden_states=text, controlnet_cond=self.prompt.control_image(labels),
@@ -107,11 +112,10 @@ class ControlNetPixelPipeline(DiffusionPipeline):
                          dtype=self.unet.dtype) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         for t in self.progress_bar(self.scheduler.timesteps):
-            eps = pair(self.scheduler.scale_model_input(x, t), t, labels, self.conditioning_scale)
+            inp = self.scheduler.scale_model_input(x, t)
+            eps = pair(inp, t, labels, self.conditioning_scale)
             if guidance_scale != 1.0:  # classifier-free on the class list: the empty prompt is the null
-                text_free = ControlNetPair(self.prompt, self.unet, self.controlnet)
-                text_free.use_control = True
-                null = text_free(x, t, torch.full_like(labels, IGNORE_INDEX), self.conditioning_scale)
+                null = pair(inp, t, labels, self.conditioning_scale, drop_text=True)
                 eps = null + guidance_scale * (eps - null)
             x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
         image = (x.float() / 2 + 0.5).clamp(0, 1)

@@ -16,7 +16,7 @@ from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionControlNet
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from baselines.controlnet import ClassPrompt, ControlNetOptions
+from baselines.controlnet import ControlNetOptions, colour_map
 from casdm.kinds import ModelKind
 from casdm.losses import mse
 from casdm.registry import register
@@ -39,8 +39,7 @@ class SDControlNet(nn.Module):
         factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.controlnet = ControlNetModel.from_unet(
             self.unet, conditioning_embedding_out_channels=tuple(16 * 2**i for i in range(int(math.log2(factor)) + 1)))
-        self.maps = ClassPrompt(len(colours), 1, tuple(map(tuple, colours)))  # colours only; no trainable tokens
-        self.maps.requires_grad_(False)
+        self.register_buffer("colours", torch.tensor(colours, dtype=torch.float32) / 255.0)
         self.class_names: list[str] = []
 
     @property
@@ -49,6 +48,9 @@ class SDControlNet(nn.Module):
 
     def prompts(self, labels: torch.Tensor) -> list[str]:
         return [", ".join(n.lower() for c, n in enumerate(self.class_names) if (lab == c).any()) for lab in labels]
+
+    def control_image(self, labels: torch.Tensor) -> torch.Tensor:
+        return colour_map(labels, self.colours)
 
     def encode_text(self, prompts: list[str]) -> torch.Tensor:
         ids = self.tokenizer(prompts, padding="max_length", truncation=True, return_tensors="pt",
@@ -68,7 +70,7 @@ class MapToImage:
 
     def __call__(self, segmap, num_inference_steps=50, guidance_scale=1.0, generator=None, output_type="pt"):
         labels = segmap.to(self.device)
-        images = self.pipe(prompt=self.model.prompts(labels), image=self.model.maps.control_image(labels),
+        images = self.pipe(prompt=self.model.prompts(labels), image=self.model.control_image(labels),
                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            generator=generator, height=labels.shape[1], width=labels.shape[2],
                            controlnet_conditioning_scale=self.scale, output_type="pt").images
@@ -110,7 +112,7 @@ class ControlNetSDKind(ModelKind):
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(latents.device)
         noisy = sched.add_noise(latents, noise, t)
         with accelerator.autocast():
-            down, mid = m.controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=m.maps.control_image(labels),
+            down, mid = m.controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=m.control_image(labels),
                                      conditioning_scale=self.options.conditioning_scale, return_dict=False)
             eps = m.unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid).sample

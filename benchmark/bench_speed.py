@@ -16,10 +16,9 @@ import torch
 
 from benchmark.config import load_params
 from benchmark.io import write_json
-from casdm.losses import ca_mse, ca_sp, class_pixel_weights, frozen_copy, mse, predict_x0
+from casdm.losses import class_pixel_weights
 from casdm.pipeline import CASDMPipeline, to_onehot
 from casdm.schedulers import make_scheduler
-from casdm.unet import unet_from_preset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,43 +34,49 @@ def _median_time(fn, warmup: int, steps: int) -> float:
     return statistics.median(times)
 
 
+def _batch(batch: int, res: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random images and blocky 13-class maps (8x8-pixel cells), fixed by seed."""
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 13, (batch, res // 8, res // 8), generator=g).repeat_interleave(8, 1).repeat_interleave(8, 2)
+    return (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device), labels.to(device)
+
+
+def _train_step(kind, model, opt, images, labels, accelerator):
+    """One step through the kind's own loss (what the trainer runs), every training stage switched on."""
+    kind.on_step(10**9, model)
+    loss, _ = kind.loss(model, images, labels, torch.Generator().manual_seed(1), accelerator)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if images.is_cuda:
+        torch.cuda.synchronize()
+
+
 def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: int | None, device: str,
           dtype: torch.dtype) -> dict:
-    params = load_params(REPO / "params.yaml")
-    res = resolution or params.data.resolution
-    K = 13
-    model = unet_from_preset(params.presets[preset], res, K).to(device)
-    n_params = sum(p.numel() for p in model.parameters())
-    sched = make_scheduler("ddpm", params.diffusion)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, K, (batch, res // 8, res // 8), generator=g)
-    labels = labels.repeat_interleave(8, 1).repeat_interleave(8, 2).to(device)
-    oh = to_onehot(labels, K)
-    x0 = (torch.rand(batch, 3, res, res, generator=g) * 2 - 1).to(device)
-    frozen = frozen_copy(model)
-    autocast = torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
+    from accelerate import Accelerator
 
-    def step(kind: str):
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, 1000, (batch,), device=device)
-        x_t = sched.add_noise(x0, noise, t)
-        with autocast:
-            eps = model(x_t, t, oh).sample
-            if kind == "weights":
-                return class_pixel_weights(oh)
-            if kind == "mse":
-                loss = mse(eps, noise)
-            else:
-                w = class_pixel_weights(oh)
-                loss = ca_mse(eps, noise, oh, weights=w)
-                if kind == "ca_mse+ca_sp":
-                    loss = loss + 0.1 * ca_sp(frozen, x0, predict_x0(sched, x_t, eps, t), oh, w, sched)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
+    from benchmark.data.classes import CHOLECSEG8K
+    from casdm.registry import make_kind
+
+    base = load_params(REPO / "params.yaml")
+    res = resolution or base.data.resolution
+    accelerator = Accelerator(cpu=device == "cpu", mixed_precision="bf16" if dtype == torch.bfloat16 else "no")
+
+    def kind_for(loss: str):
+        entry = base.models["casdm"]
+        entry = entry.model_copy(update={"training": entry.training.model_copy(update={"loss": loss})})
+        params = base.model_copy(update={"train": base.train.model_copy(update={"preset": preset}),
+                                         "data": base.data.model_copy(update={"resolution": res}),
+                                         "models": {"casdm": entry}})
+        return make_kind(params, "casdm", CHOLECSEG8K)
+
+    model = kind_for("mse").build().to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x0, labels = _batch(batch, res, device)
+    oh = to_onehot(labels, 13)
+    autocast = torch.autocast(device_type=device.split(":")[0], dtype=dtype, enabled=dtype != torch.float32)
 
     def weights_only():
         class_pixel_weights(oh)
@@ -82,15 +87,17 @@ def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: in
               "num_parameters": n_params, "train_s_per_step": {}, "sample_s_per_image": {}}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    for kind in ("mse", "ca_mse", "ca_mse+ca_sp"):
-        result["train_s_per_step"][kind] = _median_time(lambda: step(kind), 2, steps)
+    for loss in ("mse", "ca_mse", "ca_mse+ca_sp"):
+        kind = kind_for(loss)
+        result["train_s_per_step"][loss] = _median_time(
+            lambda: _train_step(kind, model, opt, x0, labels, accelerator), 2, steps)
     result["train_s_per_step"]["ca_weights_only"] = _median_time(weights_only, 2, steps)
     if device.startswith("cuda"):
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     model.eval()
     n_img = min(batch, 8)
     for name, nsteps in (("ddim", sample_steps), ("dpmsolver++", max(sample_steps // 2, 1)), ("ddpm", sample_steps)):
-        pipe = CASDMPipeline(model, make_scheduler(name, params.diffusion))
+        pipe = CASDMPipeline(model, make_scheduler(name, base.diffusion))
         pipe.set_progress_bar_config(disable=True)
         for reuse in (True, False):
             with autocast:
@@ -108,24 +115,14 @@ def bench_models(batch: int, steps: int) -> dict:
     from casdm.registry import make_kind
 
     params = load_params(REPO / "params.yaml")
-    res, acc, rows = params.data.resolution, Accelerator(), {}
-    g = torch.Generator().manual_seed(0)
-    labels = torch.randint(0, 13, (batch, res // 8, res // 8), generator=g).repeat_interleave(8, 1).repeat_interleave(8, 2)
-    images = torch.rand(batch, 3, res, res, generator=g) * 2 - 1
+    acc, rows = Accelerator(cpu=True), {}
+    images, labels = _batch(batch, params.data.resolution, "cpu")
     for name, entry in params.models.items():
         kind = make_kind(params, name, CHOLECSEG8K)
         model = kind.build()
         trainable = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=1e-4)
-        kind.on_step(10**9, model)  # as late in training as possible: every stage switched on
-
-        def step():
-            loss, _ = kind.loss(model, images, labels, torch.Generator().manual_seed(1), acc)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-
-        train_s = _median_time(step, 2, steps)
+        train_s = _median_time(lambda: _train_step(kind, model, opt, images, labels, acc), 2, steps)
         model.eval()
         s = entry.sampling
         n_img = min(batch, 8)

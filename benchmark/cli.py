@@ -39,6 +39,14 @@ def _params(path: Path):
         fail(str(exc))
 
 
+def _model_params(path: Path, name: str):
+    """The validated params, with ``name`` checked against its ``models:`` section."""
+    p = _params(path)
+    if name not in p.models:
+        fail(f"unknown model {name!r}; params.yaml models: {', '.join(p.models)}")
+    return p
+
+
 @params_app.command("check")
 def params_check(params: Path = PARAMS) -> None:
     """Validate params.yaml and print its sections."""
@@ -155,9 +163,7 @@ def train_cmd(name: str = typer.Argument(..., help="model name (a key of params.
     """Train one model; re-running resumes from its last checkpoint."""
     from casdm.train import NonFiniteLoss, RunPaths, train
 
-    p = _params(params)
-    if name not in p.models:
-        fail(f"unknown model {name!r}; params.yaml models: {', '.join(p.models)}")
+    p = _model_params(params, name)
     paths = RunPaths(data=data, checkpoints=Path("runs") / name / "checkpoints", model=Path("models") / name,
                      metrics=Path("metrics/train") / f"{name}.json", plot=Path("plots/train") / f"{name}.csv")
     try:
@@ -174,9 +180,7 @@ def sample_cmd(name: str = typer.Argument(..., help="model name"), params: Path 
     """Generate one image per test map with a trained model."""
     from casdm.sample import sample
 
-    p = _params(params)
-    if name not in p.models:
-        fail(f"unknown model {name!r}; params.yaml models: {', '.join(p.models)}")
+    p = _model_params(params, name)
     try:
         r = sample(p, name, Path("models") / name, data, Path("samples") / name, Path("metrics/sample") / f"{name}.json")
     except (ValueError, FileNotFoundError) as exc:

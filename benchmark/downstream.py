@@ -11,13 +11,12 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from benchmark.data.classes import IGNORE_INDEX, ClassTable
 from benchmark.metrics.segmentation import SegmentationMeter, SegScores
+from casdm.data import load_pair
 
 ARCHS = {"segformer": ("Segformer", "mit_b0"), "unet": ("Unet", "resnet18")}
 
@@ -37,10 +36,7 @@ class GeneratedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
-        img = np.asarray(Image.open(self.folder / r["image"]).convert("RGB"), dtype=np.float32)
-        lab = np.asarray(Image.open(r["map"]), dtype=np.int64)
-        return {"image": torch.from_numpy(img).permute(2, 0, 1) / 127.5 - 1, "labels": torch.from_numpy(lab),
-                "id": r["id"]}
+        return {**load_pair(self.folder / r["image"], Path(r["map"])), "id": r["id"]}
 
 
 def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none") -> torch.nn.Module:

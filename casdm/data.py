@@ -15,6 +15,13 @@ from torch.utils.data import Dataset, Sampler
 from benchmark.data.prepare import load_prepared
 
 
+def load_pair(image: Path, mask: Path) -> dict:
+    """An RGB PNG as a [3, H, W] tensor in [-1, 1] and a class-id PNG as [H, W] int64."""
+    img = np.asarray(Image.open(image).convert("RGB"), dtype=np.float32)
+    lab = np.asarray(Image.open(mask), dtype=np.int64)
+    return {"image": torch.from_numpy(img).permute(2, 0, 1) / 127.5 - 1, "labels": torch.from_numpy(lab)}
+
+
 class PreparedDataset(Dataset):
     """Images in [-1, 1] and class-id maps (255 = ignore) of one split of ``data/prepared``."""
 
@@ -30,10 +37,7 @@ class PreparedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         fid = self.rows[i]["id"]
-        img = np.asarray(Image.open(self.root / "images" / f"{fid}.png").convert("RGB"), dtype=np.float32)
-        lab = np.asarray(Image.open(self.root / "masks" / f"{fid}.png"), dtype=np.int64)
-        return {"image": torch.from_numpy(img).permute(2, 0, 1) / 127.5 - 1, "labels": torch.from_numpy(lab),
-                "id": fid}
+        return {**load_pair(self.root / "images" / f"{fid}.png", self.root / "masks" / f"{fid}.png"), "id": fid}
 
 
 class StepBatchSampler(Sampler):

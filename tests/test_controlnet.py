@@ -86,3 +86,20 @@ def test_bad_options_are_named():
     p = tiny_params(models={"controlnet": {"training": {"options": {"text_encoder": "bert"}}}})
     with pytest.raises(TextEncoderError, match="unknown text encoder 'bert'"):
         make_kind(p, "controlnet", CHOLECSEG8K).build()
+
+
+def test_guidance_drops_the_class_list_but_keeps_the_map():
+    kind, model = kind_and_model(text_encoder="learned")
+    for p in model.parameters():  # non-zero outputs everywhere (zero convolutions would hide the control)
+        torch.nn.init.normal_(p, std=0.05)
+    model.use_control = True
+    labels = torch.randint(0, 13, (2, 32, 32))
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([5, 500])
+    no_text = model(x, t, labels, drop_text=True)
+    other_map = model(x, t, torch.randint(0, 13, (2, 32, 32)), drop_text=True)
+    assert not torch.allclose(no_text, other_map)  # the control image still steers the null branch
+    assert not torch.allclose(no_text, model(x, t, labels))
+    pipe = kind.pipeline(model)
+    run = lambda s: pipe(labels, 2, s, generator=torch.Generator().manual_seed(0)).images
+    guided = run(1.5)
+    assert torch.isfinite(guided).all() and not torch.allclose(guided, run(1.0))

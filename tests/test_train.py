@@ -184,3 +184,13 @@ def test_dvc_repro_trains_and_samples_every_model_end_to_end(repo_copy):
     assert exp.returncode == 0, exp.stdout + exp.stderr
     ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
     assert ran == {"train@sdm", "sample@sdm"}, exp.stdout
+
+
+def test_cli_unknown_model_is_named():
+    from typer.testing import CliRunner
+
+    from benchmark.cli import app
+
+    for cmd in ("train", "sample"):
+        res = CliRunner().invoke(app, [cmd, "nope"])
+        assert res.exit_code == 1 and "unknown model 'nope'" in res.output and "casdm-mse" in res.output
