@@ -18,6 +18,11 @@ data_app = typer.Typer(help="Datasets: generate, validate, prepare.", no_args_is
 params_app = typer.Typer(help="params.yaml: check, apply a profile.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 app.add_typer(params_app, name="params")
+evaluate_app = typer.Typer(help="Evaluation stages: real features, real-only row, one model's row.",
+                           no_args_is_help=True)
+leaderboard_app = typer.Typer(help="Print the latest leaderboard from MLflow; `build` is the DVC stage.")
+app.add_typer(evaluate_app, name="evaluate")
+app.add_typer(leaderboard_app, name="leaderboard")
 
 # Rich wraps at 80 columns when not on a terminal (DVC logs, CI); tables read better wider.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -187,6 +192,104 @@ def sample_cmd(name: str = typer.Argument(..., help="model name"), params: Path 
         fail(str(exc))
     console.print(f"{name}: {r['images']} images, {r['s_per_image']:.3f} s/image ({r['scheduler']}, "
                   f"{r['num_inference_steps']} steps)")
+
+
+EVAL_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+
+
+@evaluate_app.command("features")
+def evaluate_features(params: Path = PARAMS, data: Path = typer.Option(Path("data/prepared")),
+                      out: Path = typer.Option(Path("features/real"))) -> None:
+    """Features of the real test images (cached per dataset version and extractor)."""
+    from benchmark.evaluate import real_features
+
+    try:
+        meta = real_features(_params(params), data, out)
+    except EVAL_ERRORS as exc:
+        fail(str(exc))
+    console.print(f"{meta['images']} real test images, {meta['extractor']} ({meta['dims']}-d) -> {out}")
+
+
+@evaluate_app.command("real")
+def evaluate_real_cmd(params: Path = PARAMS, data: Path = typer.Option(Path("data/prepared"))) -> None:
+    """The real-only row: the semantic-fidelity judge and downstream segmenters on real images."""
+    from benchmark.evaluate import evaluate_real
+
+    try:
+        r = evaluate_real(_params(params), data, Path("segmenters/judge"), Path("metrics/evaluate/real.json"),
+                          Path("plots/evaluate/real.csv"), log=err.print)
+    except EVAL_ERRORS as exc:
+        fail(str(exc))
+    console.print(f"real only: downstream mIoU {r['downstream']['miou']:.3f}, judge on real test images "
+                  f"mIoU {r['semantic']['miou']:.3f}")
+
+
+@evaluate_app.command("model")
+def evaluate_model_cmd(name: str = typer.Argument(..., help="model name"), params: Path = PARAMS,
+                       data: Path = typer.Option(Path("data/prepared"))) -> None:
+    """One model's row: FID/KID, semantic fidelity, downstream with its synthetic pairs."""
+    from benchmark.evaluate import evaluate_model
+
+    p = _model_params(params, name)
+    try:
+        r = evaluate_model(p, name, data, Path("samples") / name, Path("features/real"), Path("segmenters/judge"),
+                           Path("metrics/evaluate") / f"{name}.json", Path("plots/evaluate") / f"{name}.csv",
+                           log=err.print)
+    except EVAL_ERRORS as exc:
+        fail(str(exc))
+    console.print(f"{name}: FID {r['quality']['fid']:.2f} ({r['quality']['extractor']}), semantic mIoU "
+                  f"{r['semantic']['miou']:.3f}, downstream mIoU {r['downstream']['miou']:.3f}")
+
+
+@leaderboard_app.callback(invoke_without_command=True)
+def leaderboard_show(ctx: typer.Context, params: Path = PARAMS,
+                     full: bool = typer.Option(False, "--full", help="every column, deltas included")) -> None:
+    """Print the newest leaderboard run's table from MLflow."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from benchmark.leaderboard import display_columns, fmt, latest_table
+
+    p = _params(params)
+    try:
+        run_id, df = latest_table(p)
+    except LookupError as exc:
+        fail(str(exc))
+    columns = [c for c in df.columns if c != "run_id"]
+    short = {"semantic_miou": "semantic mIoU", "semantic_rare_miou": "semantic rare mIoU",
+             "downstream_miou": "mIoU", "downstream_mdice": "mDice", "downstream_rare_miou": "rare mIoU",
+             "downstream_rare_mdice": "rare mDice", "delta_miou": "Δ mIoU", "delta_rare_miou": "Δ rare mIoU",
+             "delta_mdice": "Δ mDice", "delta_rare_mdice": "Δ rare mDice"}
+    shown = [c for c in display_columns(columns) if full or c in ("model", "role") or c.startswith(("fid:", "kid:"))
+             or c in short and "mdice" not in c.removeprefix("downstream_") or c == "downstream_mdice"]
+    extractors = sorted({c.split(":", 1)[1] for c in shown if c.startswith("fid:")})
+    t = Table(title=f"leaderboard (MLflow run {run_id[:8]}, sorted by {p.leaderboard.primary}); "
+                    f"FID/KID features: {', '.join(extractors) or '-'}; downstream: mean ± std over seeds")
+    for c in shown:
+        label = c.split(":")[0].upper() + (f" [{extractors.index(c.split(':', 1)[1]) + 1}]" if len(extractors) > 1
+                                            else "") if c.startswith(("fid:", "kid:")) else short.get(c, c)
+        t.add_column(label, justify="left" if c in ("model", "role") else "right", no_wrap=True)
+    for rec in df.to_dict("records"):
+        rec = {k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()}
+        t.add_row(*[fmt(rec, c) for c in shown])
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
+
+
+@leaderboard_app.command("build")
+def leaderboard_build(params: Path = PARAMS, mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow")) -> None:
+    """The DVC stage: gather metrics/evaluate/*.json into metrics, plots, a report and MLflow."""
+    from benchmark.leaderboard import load_rows, log_mlflow, write_outputs
+
+    p = _params(params)
+    try:
+        rows = load_rows(Path("metrics/evaluate"), p)
+        table = write_outputs(p, rows, Path("metrics/leaderboard.json"), Path("plots/leaderboard"),
+                              Path("reports/leaderboard.md"))
+    except EVAL_ERRORS as exc:
+        fail(str(exc))
+    if mlflow_log:
+        run_id = log_mlflow(p, table, rows, Path("reports/leaderboard.md"))
+        err.print(f"MLflow leaderboard run {run_id}")
+    console.print(Path("reports/leaderboard.md").read_text(), markup=False, highlight=False)
 
 
 if __name__ == "__main__":

@@ -134,19 +134,74 @@ class TrainConfig(Section):
 class SampleConfig(Section):
     batch_size: int = Field(16, ge=1)
     max_images: int | None = Field(None, ge=1, description="cap on test maps sampled (None = all)")
+    train_maps: int | None = Field(160, ge=0, description="training maps turned into images for the downstream "
+                                   "real + synthetic variant (None = all, 0 = none)")
+    train_selection: Literal["rare_first", "random"] = Field(
+        "rare_first", description="which training maps: those holding rare classes first, or a random draw")
     seed: int = 0
     use_ema: bool = True
 
 
-class EvaluateConfig(Section):
-    feature_extractor: Literal["inception", "efficientnet_lite0", "auto"] = "auto"
-    segmenters: list[str] = Field(default_factory=lambda: ["segformer", "unet"])
+EXTRACTOR_HELP = "auto | inception | efficientnet_lite0 | efficientnet_lite0:blocks.N (N = 0..6)"
+
+
+def check_extractor(v: str) -> str:
+    base, _, layer = v.partition(":")
+    ok = v in ("auto", "inception", "efficientnet_lite0") or (
+        base == "efficientnet_lite0" and layer in {f"blocks.{i}" for i in range(7)})
+    if not ok:
+        raise ValueError(f"unknown feature extractor {v!r}; expected {EXTRACTOR_HELP}")
+    return v
+
+
+class FidConfig(Section):
+    """FID/KID of the test-map samples against the real test images (clean-fid, "clean" mode)."""
+
+    extractor: str = Field("auto", description=EXTRACTOR_HELP)
+    offline_extractor: str = Field("efficientnet_lite0:blocks.4", description="what `auto` uses without Inception")
+    inception_weights: str | None = Field(None, description="local inception-2015-12-05.pt (offline GPU boxes)")
+    batch_size: int = Field(32, ge=1)
+
+    @field_validator("extractor")
+    @classmethod
+    def _extractor(cls, v: str) -> str:
+        return check_extractor(v)
+
+    @field_validator("offline_extractor")
+    @classmethod
+    def _offline(cls, v: str) -> str:
+        if not v.startswith("efficientnet_lite0"):
+            raise ValueError(f"must be an offline extractor (efficientnet_lite0[:blocks.N]), got {v!r}")
+        return check_extractor(v)
+
+
+class SegmenterRecipe(Section):
+    """One segmentation-models-pytorch training recipe (cross-entropy, AdamW, flips)."""
+
     encoder_weights: Literal["none", "efficientnet_lite0", "imagenet"] = "none"
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
-    steps: int = Field(300, ge=1)
+    steps: int = Field(200, ge=1)
     batch_size: int = Field(8, ge=1)
     lr: float = Field(1e-3, gt=0)
-    synthetic_ratio: float = Field(1.0, ge=0, description="synthetic images per real image")
+
+
+class SemanticConfig(SegmenterRecipe):
+    """The judge: trained once on the real training split, run on every model's test-map samples."""
+
+    segmenter: Literal["segformer", "unet"] = "segformer"
+    seed: int = 0
+
+
+class DownstreamConfig(SegmenterRecipe):
+    """Real only vs real + each model's synthetic pairs: the same step budget, several seeds."""
+
+    segmenters: list[Literal["segformer", "unet"]] = Field(default_factory=lambda: ["segformer"], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+
+
+class EvaluateConfig(Section):
+    fid: FidConfig = FidConfig()
+    semantic: SemanticConfig = SemanticConfig()
+    downstream: DownstreamConfig = DownstreamConfig()
 
 
 class LeaderboardConfig(Section):

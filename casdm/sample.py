@@ -1,42 +1,68 @@
-"""The sample stage: one generated image per test map, PNG named after the map, plus a manifest."""
+"""The sample stage: images for every test map (FID, semantic fidelity) and for a chosen set of
+training maps (the "real + synthetic" downstream variant), PNGs named after their maps, one manifest.
+
+Why two sets: images made from test maps must never train a downstream segmenter (that would show
+it the test labels), and images made from training maps are not what FID compares with the real
+test images.
+"""
 from __future__ import annotations
 
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
-from benchmark.config import Params
+from benchmark.config import Params, SampleConfig
 from benchmark.io import atomic_dir, write_json
 from casdm.data import PreparedDataset
 from casdm.pipeline import to_uint8
 from casdm.registry import make_kind
 
 
+def pick_train_maps(data: PreparedDataset, cfg: SampleConfig) -> list[int]:
+    """Indices of the training maps to turn into images: ``rare_first`` takes maps holding a rare
+    class first (each group in a seeded random order), ``random`` a seeded random draw."""
+    n = len(data) if cfg.train_maps is None else min(cfg.train_maps, len(data))
+    order = np.random.default_rng(cfg.seed).permutation(len(data)).tolist()
+    if cfg.train_selection == "rare_first":
+        rare = set(data.table.rare_ids)
+        has_rare = {i for i in order
+                    if rare & set(np.unique(np.asarray(Image.open(data.root / "masks" / f"{data.rows[i]['id']}.png"))))}
+        order = [i for i in order if i in has_rare] + [i for i in order if i not in has_rare]
+    return sorted(order[:n])
+
+
 def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path, metrics: Path | None = None) -> dict:
     sc, recipe = params.sample, params.models[name].sampling
-    test = PreparedDataset(data_dir, "test")
+    test, train = PreparedDataset(data_dir, "test"), PreparedDataset(data_dir, "train")
     pipe = make_kind(params, name, test.table).load_pipeline(model_dir, sc.use_ema)
-    n = len(test) if sc.max_images is None else min(sc.max_images, len(test))
+    jobs = {"test": (test, list(range(len(test) if sc.max_images is None else min(sc.max_images, len(test))))),
+            "train": (train, pick_train_maps(train, sc))}
     records, t0 = [], time.perf_counter()
     with atomic_dir(out) as tmp:
-        for s in range(0, n, sc.batch_size):
-            items = [test[i] for i in range(s, min(n, s + sc.batch_size))]
-            labels = torch.stack([it["labels"] for it in items]).to(pipe.device)
-            seeds = [sc.seed * 1_000_003 + s + k for k in range(len(items))]
-            gens = [torch.Generator(device=pipe.device).manual_seed(seed) for seed in seeds]
-            images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
-                          output_type="pt").images
-            for it, img, seed in zip(items, to_uint8(images), seeds):
-                Image.fromarray(img).save(tmp / f"{it['id']}.png")
-                records.append({"id": it["id"], "image": f"{it['id']}.png",
-                                "map": str(Path(data_dir) / "masks" / f"{it['id']}.png"), "seed": seed})
+        for split, (data, indices) in jobs.items():
+            (tmp / split).mkdir()
+            for s in range(0, len(indices), sc.batch_size):
+                items = [data[i] for i in indices[s: s + sc.batch_size]]
+                labels = torch.stack([it["labels"] for it in items]).to(pipe.device)
+                # seeds differ between splits and images, and do not depend on the batch size
+                seeds = [sc.seed * 1_000_003 + (0 if split == "test" else 500_000) + s + k for k in range(len(items))]
+                gens = [torch.Generator(device=pipe.device).manual_seed(seed) for seed in seeds]
+                images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
+                              output_type="pt").images
+                for it, img, seed in zip(items, to_uint8(images), seeds):
+                    Image.fromarray(img).save(tmp / split / f"{it['id']}.png")
+                    records.append({"id": it["id"], "split": split, "image": f"{split}/{it['id']}.png",
+                                    "map": str(Path(data_dir) / "masks" / f"{it['id']}.png"), "seed": seed})
         seconds = time.perf_counter() - t0
         manifest = {"model": name, "scheduler": recipe.scheduler, "num_inference_steps": recipe.num_inference_steps,
                     "guidance_scale": recipe.guidance_scale, "use_ema": sc.use_ema, "images": records}
         write_json(tmp / "manifest.json", manifest)
-    result = {"images": n, "s_per_image": seconds / max(n, 1), "scheduler": recipe.scheduler,
+    counts = {split: sum(r["split"] == split for r in records) for split in jobs}
+    result = {"images": len(records), "test_images": counts["test"], "train_images": counts["train"],
+              "s_per_image": seconds / max(len(records), 1), "scheduler": recipe.scheduler,
               "num_inference_steps": recipe.num_inference_steps}
     if metrics is not None:
         write_json(Path(metrics), result)

@@ -12,15 +12,16 @@ from benchmark.downstream import GeneratedDataset, build_segmenter, evaluate_seg
 from casdm.data import PreparedDataset
 
 
-def fake_samples(prepared, folder, n=4):
-    """A sample stage's output: images with a manifest that points at the maps."""
-    folder.mkdir()
-    test = PreparedDataset(prepared, "test")
+def fake_samples(prepared, folder, n=4, split="train"):
+    """A sample stage's output: images of one split with a manifest that points at the maps."""
+    (folder / split).mkdir(parents=True)
+    data = PreparedDataset(prepared, split)
     records = []
     for i in range(n):
-        fid = test.rows[i]["id"]
-        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(folder / f"{fid}.png")
-        records.append({"id": fid, "image": f"{fid}.png", "map": str(prepared / "masks" / f"{fid}.png"), "seed": i})
+        fid = data.rows[i]["id"]
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(folder / split / f"{fid}.png")
+        records.append({"id": fid, "split": split, "image": f"{split}/{fid}.png",
+                        "map": str(prepared / "masks" / f"{fid}.png"), "seed": i})
     (folder / "manifest.json").write_text(json.dumps({"images": records}))
     return folder
 
@@ -57,6 +58,10 @@ def test_offline_efficientnet_encoder_weights_load_and_imagenet_fails_fast(monke
         build_segmenter("deeplab", 13)
 
 
-def test_missing_manifest_is_named(tmp_path):
+def test_missing_manifest_or_split_is_named(prepared, tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         GeneratedDataset(tmp_path)
+    folder = fake_samples(prepared, tmp_path / "samples", n=2, split="test")
+    assert len(GeneratedDataset(folder, "test")) == 2
+    with pytest.raises(ValueError, match="no generated images from train maps"):
+        GeneratedDataset(folder, "train")

@@ -53,7 +53,13 @@ def _effnet_state() -> dict[str, torch.Tensor]:
     return {_effnet_key(k): v for k, v in state.items()}
 
 
-def efficientnet_lite0(device: str | torch.device = "cpu") -> Extractor:
+EFFNET_BLOCK_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
+
+
+def efficientnet_lite0(device: str | torch.device = "cpu", layer: str | None = None) -> Extractor:
+    """Pooled 1280-d head features, or with ``layer="blocks.N"`` the pooled output of stage N
+    (16-320 d): FID needs more images per set than feature dimensions, so a small test split
+    (160 frames in the default synthetic set) needs a smaller layer."""
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
@@ -62,12 +68,21 @@ def efficientnet_lite0(device: str | torch.device = "cpu") -> Extractor:
     model = model.eval().to(device)
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor([0.229, 0.224, 0.225], device=device).view(1, 3, 1, 1) * 255
+    if layer is None:
+        name, dims, forward = "efficientnet_lite0", 1280, model
+    else:
+        stage = int(layer.removeprefix("blocks."))
+        name, dims = f"efficientnet_lite0:{layer}", EFFNET_BLOCK_CHANNELS[stage]
+
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            x = model.blocks[: stage + 1](model.bn1(model.conv_stem(x)))
+            return x.mean((2, 3))
 
     @torch.no_grad()
     def fn(x: torch.Tensor) -> torch.Tensor:
-        return model((x.to(device) - mean) / std)
+        return forward((x.to(device) - mean) / std)
 
-    return Extractor("efficientnet_lite0", 1280, fn)
+    return Extractor(name, dims, fn)
 
 
 def inception(device: str | torch.device = "cpu", weights: str | Path | None = None) -> Extractor:
@@ -94,31 +109,43 @@ def inception(device: str | torch.device = "cpu", weights: str | Path | None = N
     return Extractor("inception", 2048, fn)
 
 
-def make_extractor(name: str, device: str | torch.device = "cpu", inception_weights: str | None = None) -> Extractor:
-    """``inception``, ``efficientnet_lite0``, or ``auto`` (Inception when a local weights file is
-    given or already cached by clean-fid, else EfficientNet-Lite0)."""
+def make_extractor(name: str, device: str | torch.device = "cpu", inception_weights: str | None = None,
+                   offline: str = "efficientnet_lite0") -> Extractor:
+    """``inception``, ``efficientnet_lite0[:blocks.N]``, or ``auto``: Inception when a local weights
+    file is given or already cached by clean-fid, else ``offline``. Never a silent download."""
     if name == "auto":
         cached = Path("/tmp") / INCEPTION_FILE
         if inception_weights or cached.exists():
             return inception(device, inception_weights or cached)
-        return efficientnet_lite0(device)
+        name = offline
     if name == "inception":
         return inception(device, inception_weights)
-    if name == "efficientnet_lite0":
-        return efficientnet_lite0(device)
-    raise ValueError(f"unknown feature extractor {name!r}; expected inception, efficientnet_lite0 or auto")
+    base, _, layer = name.partition(":")
+    if base == "efficientnet_lite0" and (not layer or layer in {f"blocks.{i}" for i in range(7)}):
+        return efficientnet_lite0(device, layer or None)
+    raise ValueError(f"unknown feature extractor {name!r}; expected auto, inception, efficientnet_lite0 or "
+                     "efficientnet_lite0:blocks.N (N = 0..6)")
+
+
+def files_features(files: list[Path], extractor: Extractor, device: str | torch.device = "cpu",
+                   batch_size: int = 32) -> np.ndarray:
+    """clean-fid's own image reader and "clean" resize, with the given extractor."""
+    from cleanfid import fid
+
+    if not files:
+        raise FileNotFoundError("no images to compute features of")
+    return fid.get_files_features([str(f) for f in files], model=extractor.fn, num_workers=0, batch_size=batch_size,
+                                  device=torch.device(device), mode="clean", verbose=False)
 
 
 def folder_features(folder: str | Path, extractor: Extractor, device: str | torch.device = "cpu",
                     batch_size: int = 32) -> np.ndarray:
-    """clean-fid's own folder reader and "clean" resize, with the given extractor."""
-    from cleanfid import fid
-
+    """Features of every PNG/JPG in ``folder`` (sorted, as clean-fid lists them)."""
     folder = Path(folder)
-    if not any(folder.glob("*.png")) and not any(folder.glob("*.jpg")):
+    files = sorted([*folder.glob("*.png"), *folder.glob("*.jpg")])
+    if not files:
         raise FileNotFoundError(f"{folder}: no images to compute features of")
-    return fid.get_folder_features(str(folder), model=extractor.fn, num_workers=0, batch_size=batch_size,
-                                   device=torch.device(device), mode="clean", verbose=False)
+    return files_features(files, extractor, device, batch_size)
 
 
 def fid_kid(generated: np.ndarray, real: np.ndarray, extractor: Extractor) -> dict:

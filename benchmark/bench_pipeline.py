@@ -1,0 +1,77 @@
+"""Time the whole benchmark: ``dvc repro`` of every stage from scratch, per stage and in total.
+
+Run from the repo root with the venv active: ``python -m benchmark.bench_pipeline [tiny] [--keep DIR]``.
+It works on a scratch copy of the project (the working tree's outputs and dvc.lock are left alone;
+``--keep DIR`` keeps the copy, e.g. to read its leaderboard). Budgets (issue 5): default profile
+<= 30 min, tiny <= 5 min on 2 CPU cores. Writes ``benchmark/results/pipeline_<profile>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmark.io import copy_project, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET_S = {"default": 30 * 60, "tiny": 5 * 60}
+
+
+def run(dst: Path, profile: str | None) -> dict:
+    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MLFLOW_TRACKING_URI=f"sqlite:///{dst}/mlflow.db",
+               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+    if profile:
+        subprocess.run(["casdm", "params", "profile", profile], cwd=dst, env=env, check=True)
+    stages, current, t0 = {}, None, time.perf_counter()
+    log = (dst / "repro.log").open("w")
+    proc = subprocess.Popen(["dvc", "repro"], cwd=dst, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    for line in proc.stdout:
+        log.write(line)
+        log.flush()
+        m = re.match(r"Running stage '([^']+)'", line)
+        now = time.perf_counter()
+        if m:
+            if current:
+                stages[current] = round(now - stages[current], 1)
+            current, stages[m.group(1)] = m.group(1), now
+    total = time.perf_counter() - t0
+    if current:
+        stages[current] = round(time.perf_counter() - stages[current], 1)
+    if proc.wait():
+        raise SystemExit(f"dvc repro failed; see {dst / 'repro.log'}")
+    name = profile or "default"
+    return {"profile": name, "total_s": round(total, 1), "budget_s": BUDGET_S.get(name),
+            "within_budget": total <= BUDGET_S.get(name, float("inf")), "cpu_count": os.cpu_count(), "stages": stages}
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("profile", nargs="?")
+    ap.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    a = ap.parse_args()
+    if a.keep:
+        result = run(copy_project(REPO, a.keep), a.profile)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run(copy_project(REPO, Path(tmp)), a.profile)
+    t = Table(title=f"dvc repro from scratch, profile {result['profile']}: {result['total_s'] / 60:.1f} min")
+    t.add_column("stage")
+    t.add_column("s", justify="right")
+    for k, v in result["stages"].items():
+        t.add_row(k, f"{v:.1f}")
+    Console().print(t)
+    write_json(REPO / "benchmark" / "results" / f"pipeline_{result['profile']}.json", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""The leaderboard stage: every evaluated row in one table, as DVC metrics and plots, a markdown
+report, and MLflow (a leaderboard run holding the table; each model's training run gets its numbers).
+
+Columns carry their extractor (``fid:efficientnet_lite0:blocks.4``), so FIDs from different feature
+extractors can never share a column. Deltas are against the real-only row, paired by seed (the same
+segmenter seeds train both), with the spread of the paired differences.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import statistics
+import time
+from pathlib import Path
+
+from benchmark.config import Params
+from benchmark.evaluate import SCALARS
+from benchmark.io import write_json
+
+REAL = "real"
+
+
+def load_rows(folder: Path, params: Params) -> dict[str, dict]:
+    """metrics/evaluate/*.json in leaderboard order: real, then params.yaml's models."""
+    folder = Path(folder)
+    wanted = [REAL, *params.models]
+    rows = {}
+    for name in wanted:
+        path = folder / f"{name}.json"
+        if not path.exists():
+            stage = "evaluate-real" if name == REAL else f"evaluate@{name}"
+            raise FileNotFoundError(f"{path}: missing; run `dvc repro {stage}`")
+        rows[name] = json.loads(path.read_text())
+    return rows
+
+
+def _paired_delta(row: dict, real: dict, key: str) -> tuple[float | None, float | None]:
+    ours = {p["seed"]: p[key] for p in row["downstream"]["per_seed"]}
+    base = {p["seed"]: p[key] for p in real["downstream"]["per_seed"]}
+    diffs = [ours[s] - base[s] for s in ours if s in base and ours[s] is not None and base[s] is not None]
+    if not diffs or len(diffs) < len(ours):
+        return None, None
+    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else None)
+
+
+def build(rows: dict[str, dict]) -> tuple[list[str], list[dict]]:
+    """(columns, table rows) from the evaluation results."""
+    real = rows[REAL]
+    extractors = sorted({r["quality"]["extractor"] for r in rows.values() if "quality" in r})
+    columns = ["model", "role"]
+    for ex in extractors:
+        columns += [f"fid:{ex}", f"kid:{ex}"]
+    columns += ["semantic_miou", "semantic_rare_miou"]
+    for k in SCALARS:
+        columns += [f"downstream_{k}", f"downstream_{k}_std"]
+    for k in SCALARS:
+        columns += [f"delta_{k}", f"delta_{k}_std"]
+    table = []
+    for name, r in rows.items():
+        row = {"model": name, "role": r.get("role", "")}
+        for ex in extractors:
+            q = r.get("quality") if r.get("quality", {}).get("extractor") == ex else None
+            row[f"fid:{ex}"], row[f"kid:{ex}"] = (q["fid"], q["kid"]) if q else (None, None)
+        row["semantic_miou"], row["semantic_rare_miou"] = r["semantic"]["miou"], r["semantic"]["rare_miou"]
+        for k in SCALARS:
+            row[f"downstream_{k}"], row[f"downstream_{k}_std"] = r["downstream"][k], r["downstream"][f"{k}_std"]
+            row[f"delta_{k}"], row[f"delta_{k}_std"] = (None, None) if name == REAL else _paired_delta(r, real, k)
+        table.append(row)
+    return columns, table
+
+
+def sort_rows(table: list[dict], primary: str, order: str) -> list[dict]:
+    if table and primary not in table[0]:
+        raise ValueError(f"leaderboard.primary {primary!r} is not a leaderboard column; expected one of "
+                         f"{', '.join(k for k in table[0] if k not in ('model', 'role'))}")
+    present = [r for r in table if r[primary] is not None]
+    missing = [r for r in table if r[primary] is None]
+    return sorted(present, key=lambda r: r[primary], reverse=order == "desc") + missing
+
+
+def fmt(row: dict, col: str) -> str:
+    """``mean ± std`` for a column with a spread, ``-`` for a missing value."""
+    v = row.get(col)
+    if v is None:
+        return "-"
+    if isinstance(v, str):
+        return v
+    digits = 2 if col.startswith("fid:") else 4 if col.startswith("kid:") else 3
+    std = row.get(f"{col}_std")
+    return f"{v:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def display_columns(columns: list[str]) -> list[str]:
+    return [c for c in columns if not c.endswith("_std")]
+
+
+def markdown(columns: list[str], table: list[dict], title: str) -> str:
+    cols = display_columns(columns)
+    lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r, c) for c in cols) + " |" for r in table]
+    lines += ["", "Downstream columns: mean ± sample std over segmenter seeds; deltas are paired by seed against "
+              "the real-only row. FID/KID are one sample set per model (no spread). `-`: not applicable or "
+              "absent (a class with no test pixel never enters a mean)."]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(params: Params, rows: dict[str, dict], metrics: Path, plots: Path, report: Path) -> list[dict]:
+    columns, table = build(rows)
+    table = sort_rows(table, params.leaderboard.primary, params.leaderboard.sort)
+    write_json(metrics, {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table})
+    plots = Path(plots)
+    plots.mkdir(parents=True, exist_ok=True)
+    for name, cols in {"summary.csv": columns,
+                       "per_class.csv": ["model", "class", "rare", "iou", "iou_std", "dice", "dice_std"]}.items():
+        tmp = plots / f".{name}.tmp"
+        with tmp.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, cols)
+            w.writeheader()
+            if name == "summary.csv":
+                w.writerows(table)
+            else:
+                for model, r in rows.items():
+                    for cls, d in r["downstream"]["per_class"].items():
+                        w.writerow({"model": model, "class": cls, "rare": int(cls in r["rare_classes"]),
+                                    **d})
+        tmp.replace(plots / name)
+    report = Path(report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    tmp = report.with_name(f".{report.name}.tmp")
+    tmp.write_text(markdown(columns, table, f"{params.report.title}: leaderboard"))
+    tmp.replace(report)
+    return table
+
+
+def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report: Path) -> str:
+    """A leaderboard run with the table artifact; each model's training run gets its numbers."""
+    import os
+
+    import mlflow
+
+    from benchmark.tracking import flatten, git_commit, hash_json
+    from casdm.train import resolved_config
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", params.tracking.uri))
+    exp = mlflow.set_experiment(params.tracking.experiment)
+    numeric = lambda r: {k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and v is not None}
+    client = mlflow.MlflowClient()
+    linked, now = {}, int(time.time() * 1000)
+    for name in params.models:
+        config_hash = hash_json(resolved_config(params, name))
+        runs = client.search_runs([exp.experiment_id], f"tags.model = '{name}' and tags.params_hash = '{config_hash}' "
+                                  "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+        if runs:
+            row = next(r for r in table if r["model"] == name)
+            client.log_batch(runs[0].info.run_id, [mlflow.entities.Metric(f"eval/{k}", v, now, 0)
+                                                   for k, v in numeric(row).items()])
+            linked[name] = runs[0].info.run_id
+    with mlflow.start_run(run_name="leaderboard") as run:
+        mlflow.set_tags({"kind": "leaderboard", "git_commit": git_commit(), "primary": params.leaderboard.primary,
+                         "params_hash": hash_json(params.model_dump(mode="json"))})
+        mlflow.log_params({"primary": params.leaderboard.primary, "sort": params.leaderboard.sort,
+                           **{f"run/{k}": v for k, v in linked.items()}})
+        mlflow.log_table({c: [r.get(c) for r in table] for c in table[0]}, artifact_file="leaderboard.json")
+        mlflow.log_artifact(str(report))
+        for r in table:
+            mlflow.log_metrics({f"{r['model']}/{k}": v for k, v in numeric(r).items()})
+        mlflow.log_dict({n: flatten(r["downstream"]["per_class"]) for n, r in rows.items()}, "per_class.json")
+        return run.info.run_id
+
+
+def latest_table(params: Params) -> tuple[str, "object"]:
+    """The newest leaderboard run's table (a pandas DataFrame) from MLflow."""
+    import os
+
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", params.tracking.uri))
+    exp = mlflow.get_experiment_by_name(params.tracking.experiment)
+    runs = [] if exp is None else mlflow.MlflowClient().search_runs(
+        [exp.experiment_id], "tags.kind = 'leaderboard' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise LookupError(f"no leaderboard run in MLflow experiment {params.tracking.experiment!r} at "
+                          f"{mlflow.get_tracking_uri()}; run `dvc repro leaderboard` first")
+    run_id = runs[0].info.run_id
+    return run_id, mlflow.MlflowClient().load_table(exp.experiment_id, "leaderboard.json", run_ids=[run_id])
