@@ -23,6 +23,10 @@ evaluate_app = typer.Typer(help="Evaluation stages: real features, real-only row
 leaderboard_app = typer.Typer(help="Print the latest leaderboard from MLflow; `build` is the DVC stage.")
 app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(leaderboard_app, name="leaderboard")
+study_app = typer.Typer(help="Optuna loss-weight studies: run (or resume), show, best.", no_args_is_help=True)
+app.add_typer(study_app, name="study")
+STORAGE = typer.Option(None, "--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., "
+                       "journal:<file>); default study.storage, else sqlite:///runs/studies/<name>.db")
 
 # Rich wraps at 80 columns when not on a terminal (DVC logs, CI); tables read better wider.
 console = Console(width=None if sys.stdout.isatty() else 120)
@@ -290,6 +294,83 @@ def leaderboard_build(params: Path = PARAMS, mlflow_log: bool = typer.Option(Tru
         run_id = log_mlflow(p, table, rows, Path("reports/leaderboard.md"))
         err.print(f"MLflow leaderboard run {run_id}")
     console.print(Path("reports/leaderboard.md").read_text(), markup=False, highlight=False)
+
+
+@study_app.command("run")
+def study_run(params: Path = PARAMS, storage: str = STORAGE, data: Path = typer.Option(Path("data/prepared")),
+              n_trials: int = typer.Option(None, "--n-trials", help="finished trials wanted (default study.n_trials)"),
+              judge: Path = typer.Option(Path("segmenters/judge"), help="the semantic-fidelity judge")) -> None:
+    """Run the study in params.yaml's `study:` section; the same command resumes it. Start it in
+    several shells (journal or PostgreSQL storage) for several workers."""
+    from benchmark.study import run_study
+
+    p = _params(params)
+    try:
+        study = run_study(p, data, judge, storage, n_trials, log=err.print)
+    except EVAL_ERRORS as exc:
+        fail(str(exc))
+    _trials_table(study, p)
+
+
+def _study(params: Path, storage: str | None):
+    import optuna
+
+    from benchmark.study import storage_for
+
+    p = _params(params)
+    try:
+        return p, optuna.load_study(study_name=p.study.name, storage=storage_for(p, storage))
+    except KeyError:
+        fail(f"no study named {p.study.name!r} in {storage or p.study.storage or 'the default storage'}; "
+             "run `casdm study run` first")
+
+
+def _trials_table(study, p) -> None:
+    t = Table(title=f"study {study.study_name}: {len(study.trials)} trials")
+    for c in ("#", "state", *p.study.objectives, "params", "note"):
+        t.add_column(c, justify="right" if c in ("#", *p.study.objectives) else "left")
+    for tr in study.trials:
+        values = [f"{v:.4g}" for v in tr.values] if tr.values else ["-"] * len(p.study.objectives)
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tr.params.items())
+        note = tr.user_attrs.get("fail_reason") or tr.system_attrs.get("fail_reason", "")
+        if tr.state.name == "PRUNED" and tr.intermediate_values:
+            note = f"pruned at step {max(tr.intermediate_values)}"
+        t.add_row(str(tr.number), tr.state.name, *values, shown, note[:80])
+    console.print(t)
+
+
+@study_app.command("show")
+def study_show(params: Path = PARAMS, storage: str = STORAGE) -> None:
+    """Every trial: state, objective values, parameters, why it failed or was pruned."""
+    p, study = _study(params, storage)
+    _trials_table(study, p)
+
+
+@study_app.command("best")
+def study_best(params: Path = PARAMS, storage: str = STORAGE,
+               trial: int = typer.Option(None, "--trial", help="a Pareto-optimal trial to take (several objectives)"),
+               write_params: bool = typer.Option(False, "--write-params",
+                                                 help="write its values into params.yaml's tuned model")) -> None:
+    """The best trial (or the Pareto front); with --write-params, into params.yaml for `dvc repro`."""
+    from benchmark.config import ConfigError
+    from benchmark.study import pick_best, write_best
+
+    p, study = _study(params, storage)
+    try:
+        best = pick_best(study, p, trial)
+    except LookupError as exc:
+        fail(str(exc))
+    if len(p.study.objectives) > 1:
+        console.print("Pareto front: " + "; ".join(f"trial {t.number}: {dict(zip(p.study.objectives, t.values))}"
+                                                   for t in study.best_trials), soft_wrap=True)
+    console.print(f"trial {best.number}: {dict(zip(p.study.objectives, best.values))}", soft_wrap=True)
+    console.print(f"models.{p.study.model}.training: {best.user_attrs['training']}", soft_wrap=True)
+    if write_params:
+        try:
+            write_best(p, best, params)
+        except ConfigError as exc:
+            fail(str(exc))
+        console.print(f"[green]wrote trial {best.number}'s values into {params}[/]; `dvc repro` trains the tuned model")
 
 
 if __name__ == "__main__":

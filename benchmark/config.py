@@ -209,21 +209,62 @@ class LeaderboardConfig(Section):
     sort: Literal["asc", "desc"] = "desc"
 
 
-class StudyConfig(Section):
-    name: str = "casdm-loss-weights"
-    n_trials: int = Field(20, ge=1)
-    storage: str | None = None
-    directions: list[Literal["maximize", "minimize"]] = Field(default_factory=lambda: ["maximize"])
-    objectives: list[str] = Field(default_factory=lambda: ["rare_semantic_miou"])
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    search_space: dict[str, Any] = Field(default_factory=dict)
+OBJECTIVES = {  # name -> the direction it is good in; computed on the study's evaluation maps
+    "semantic_miou": "maximize", "rare_semantic_miou": "maximize", "fid": "minimize", "kid": "minimize"}
+SEARCHABLE = ("lambda_sp", "ca_variant", "ca_alpha", "ca_boost", "sp_start_fraction", "sp_levels")
+
+
+class SearchParam(Section):
+    """One dimension of the search space (Optuna ``suggest_*``)."""
+
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
 
     @model_validator(mode="after")
-    def _same_length(self):
+    def _bounds(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs `choices`")
+        elif self.low is None or self.high is None or self.low >= self.high:
+            raise ValueError(f"a {self.type} parameter needs low < high (got low={self.low}, high={self.high})")
+        elif self.log and self.low <= 0:
+            raise ValueError(f"a log-scale parameter needs low > 0 (got {self.low})")
+        return self
+
+
+class StudyConfig(Section):
+    name: str = Field("casdm-loss-weights", pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = Field("casdm", description="the models: entry whose training block is tuned")
+    n_trials: int = Field(20, ge=1, description="finished (complete or pruned) trials, all workers together")
+    storage: str | None = Field(None, description="Optuna storage URL, journal:<file>, or None = "
+                                "sqlite:///runs/studies/<name>.db")
+    directions: list[Literal["maximize", "minimize"]] = Field(default_factory=lambda: ["maximize"])
+    objectives: list[str] = Field(default_factory=lambda: ["rare_semantic_miou"], min_length=1)
+    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    seed: int = 0
+    train_steps: int | None = Field(None, ge=1, description="training steps per trial (None = train.steps)")
+    report_every: int = Field(100, ge=1, description="steps between intermediate scores (pruning)")
+    eval_split: Literal["val", "test"] = Field("test", description="maps the objectives are computed on")
+    eval_maps: int | None = Field(None, ge=2, description="cap on evaluation maps (None = the whole split)")
+    search_space: dict[str, SearchParam] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self):
         if len(self.objectives) != len(self.directions):
             raise ValueError(f"objectives ({len(self.objectives)}) and directions ({len(self.directions)}) "
                              "must have the same length")
+        for name, direction in zip(self.objectives, self.directions):
+            if name not in OBJECTIVES:
+                raise ValueError(f"unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}")
+            if direction != OBJECTIVES[name]:
+                raise ValueError(f"objective {name!r} should be {OBJECTIVES[name]}d, not {direction}d")
+        for key in self.search_space:
+            if key not in SEARCHABLE:
+                raise ValueError(f"search_space: unknown parameter {key!r}; expected one of {list(SEARCHABLE)}")
         return self
 
 
@@ -254,6 +295,8 @@ class Params(Section):
     def _preset_exists(self):
         if self.train.preset not in self.presets:
             raise ValueError(f"train.preset {self.train.preset!r} is not in presets {sorted(self.presets)}")
+        if self.study.model not in self.models:
+            raise ValueError(f"study.model {self.study.model!r} is not in models {sorted(self.models)}")
         return self
 
 

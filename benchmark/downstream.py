@@ -46,7 +46,9 @@ class GeneratedDataset(Dataset):
         return [self.folder / r["image"] for r in self.records]
 
 
-def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none") -> torch.nn.Module:
+def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none", load: bool = True) -> torch.nn.Module:
+    """``load=False`` builds the architecture that ``encoder_weights`` implies without loading weights
+    (a saved segmenter's state dict goes in next)."""
     import segmentation_models_pytorch as smp
 
     if arch not in ARCHS:
@@ -58,6 +60,8 @@ def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none") 
         from benchmark.metrics.quality import _effnet_state
 
         model = getattr(smp, cls)(encoder_name="tu-tf_efficientnet_lite0", encoder_weights=None, classes=num_classes)
+        if not load:
+            return model
         own = model.encoder.model.state_dict()
         weights = {k: v for k, v in _effnet_state().items() if k in own}
         if len(weights) != len(own):
@@ -65,6 +69,8 @@ def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none") 
         model.encoder.model.load_state_dict(weights, strict=True)
         return model
     if encoder_weights == "imagenet":
+        if not load:
+            return getattr(smp, cls)(encoder_name=encoder, encoder_weights=None, classes=num_classes)
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise RuntimeError(f"encoder weights 'imagenet' for {arch} are downloaded by smp, and HF_HUB_OFFLINE=1; "
                                "use 'efficientnet_lite0' (offline ImageNet weights) or 'none'")

@@ -141,7 +141,8 @@ def evaluate_real(params: Params, data_dir: Path, judge_dir: Path, metrics: Path
     train_segmenter(judge, [train], sem.steps, sem.batch_size, sem.lr, sem.seed, device())
     with atomic_dir(judge_dir) as tmp:
         torch.save(judge.state_dict(), tmp / "judge.pt")
-        write_json(tmp / "judge.json", {"segmenter": sem.segmenter, "num_classes": test.table.num_classes,
+        write_json(tmp / "judge.json", {"segmenter": sem.segmenter, "encoder_weights": sem.encoder_weights,
+                                        "num_classes": test.table.num_classes,
                                         "dataset_hash": dataset_hash(data_dir)})
     reference = evaluate_segmenter(judge, test, test.table, device=device())
     log(f"downstream, real only: {len(train)} images")
@@ -157,7 +158,7 @@ def load_judge(judge_dir: Path) -> torch.nn.Module:
     if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path}: no semantic-fidelity judge; run `dvc repro evaluate-real`")
     meta = json.loads(meta_path.read_text())
-    model = build_segmenter(meta["segmenter"], meta["num_classes"], "none")
+    model = build_segmenter(meta["segmenter"], meta["num_classes"], meta["encoder_weights"], load=False)
     model.load_state_dict(torch.load(Path(judge_dir) / "judge.pt", map_location="cpu"))
     return model.eval()
 

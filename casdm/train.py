@@ -61,8 +61,15 @@ def _latest(ckpt_dir: Path) -> Path | None:
     return path if (path / "state.json").exists() else None
 
 
-def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
-    """Train model ``name`` (a key of ``params.models``); returns the final metrics."""
+def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, hook_every: int = 0,
+          track: bool = True) -> dict:
+    """Train model ``name`` (a key of ``params.models``); returns the final metrics.
+
+    ``hook(step, with_ema)`` runs every ``hook_every`` steps in the main process (Optuna reports an
+    intermediate score there and may raise ``TrialPruned``); ``with_ema(fn)`` calls ``fn`` with a
+    sampling pipeline holding the EMA weights. ``track=False`` opens no MLflow run of its own (a
+    study logs its trials as nested runs instead).
+    """
     from accelerate import Accelerator
     from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -117,7 +124,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
     tags = {"model": name, "kind": entry.kind, "role": entry.role, "loss": entry.training.loss,
             "dataset": data.stats.get("source", "?"), "dataset_hash": dataset_hash(paths.data),
             "params_hash": config_hash, "mixed_precision": accelerator.mixed_precision}
-    tracker = Tracker(accelerator.is_main_process)
+    tracker = Tracker(accelerator.is_main_process and track)
     tracker.start(params.tracking, name, tags, config, run_id)
     if run_id is None:
         tracker.log_param("num_parameters", n_params)
@@ -186,6 +193,8 @@ def train(params: Params, name: str, paths: RunPaths, console=None) -> dict:
                 if (step % tc.sample_every == 0 or step == tc.steps) and accelerator.is_main_process:
                     tracker.log_image(_grid(kind, accelerator.unwrap_model(model), ema, trainable, grid_maps),
                                       "samples_map_real_ema_raw", step)
+                if hook is not None and hook_every and step % hook_every == 0 and accelerator.is_main_process:
+                    hook(step, lambda fn: _with_ema(kind, accelerator.unwrap_model(model), ema, trainable, fn))
                 if step % tc.checkpoint_every == 0 or step == tc.steps:
                     save(step)
                     if not console.is_terminal:  # DVC and CI logs get a line per checkpoint instead of a bar
@@ -215,6 +224,20 @@ def _grid_batch(data_dir: Path, device, n: int = 4) -> dict:
             continue
     items = [ds[i] for i in range(min(n, len(ds)))]
     return {"image": torch.stack([i["image"] for i in items]), "labels": torch.stack([i["labels"] for i in items]).to(device)}
+
+
+def _with_ema(kind, model, ema, trainable, fn):
+    """``fn(pipeline)`` with the EMA weights swapped in, the training weights and mode restored after."""
+    was_training = model.training
+    model.eval()
+    ema.store(trainable)
+    ema.copy_to(trainable)
+    try:
+        with torch.no_grad():
+            return fn(kind.pipeline(model))
+    finally:
+        ema.restore(trainable)
+        model.train(was_training)
 
 
 def _grid(kind, model, ema, trainable, grid):

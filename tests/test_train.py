@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import signal
 import subprocess
@@ -142,7 +143,7 @@ def _git(repo, *args):
 
 
 @pytest.mark.slow
-def test_dvc_repro_trains_and_samples_every_model_end_to_end(repo_copy):
+def test_dvc_repro_runs_the_whole_benchmark_end_to_end(repo_copy):
     env = cli_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo_copy / 'mlflow.db'}"
     dvc = lambda *a: subprocess.run(["dvc", *a], cwd=repo_copy, env=env, capture_output=True, text=True)
@@ -155,16 +156,39 @@ def test_dvc_repro_trains_and_samples_every_model_end_to_end(repo_copy):
     assert {"casdm", "casdm-mse", "casdm-camse", "sdm", "controlnet"} <= set(models)
     for name in models:
         manifest = json.loads((repo_copy / "samples" / name / "manifest.json").read_text())
-        assert len(manifest["images"]) == 8 and manifest["model"] == name
+        splits = [r["split"] for r in manifest["images"]]
+        assert splits.count("test") == 24 and splits.count("train") == 8 and manifest["model"] == name
         for r in manifest["images"]:
-            assert (repo_copy / "samples" / name / f"{r['id']}.png").exists() and (repo_copy / r["map"]).exists()
+            assert (repo_copy / "samples" / name / r["image"]).exists() and (repo_copy / r["map"]).exists()
         assert json.loads((repo_copy / "metrics" / "train" / f"{name}.json").read_text())["steps"] == 4
+    board = json.loads((repo_copy / "metrics" / "leaderboard.json").read_text())
+    assert set(board) == {"real", *models}
+    columns = {"role", "fid:efficientnet_lite0:blocks.0", "kid:efficientnet_lite0:blocks.0", "semantic_miou",
+               "semantic_rare_miou"} | {f"{p}_{k}{s}" for p in ("downstream", "delta") for s in ("", "_std")
+                                        for k in ("miou", "mdice", "rare_miou", "rare_mdice")}
+    for name, row in board.items():
+        assert set(row) == columns, name
+        numbers = [row["semantic_miou"], row["downstream_miou"], row["downstream_miou_std"]]
+        if name != "real":
+            numbers += [row["fid:efficientnet_lite0:blocks.0"], row["kid:efficientnet_lite0:blocks.0"], row["delta_miou"]]
+        assert all(isinstance(v, float) and math.isfinite(v) for v in numbers), (name, row)
+    assert board["real"]["fid:efficientnet_lite0:blocks.0"] is None and board["real"]["delta_miou"] is None
+    shown = subprocess.run(["casdm", "leaderboard"], cwd=repo_copy, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert all(name in shown.stdout for name in board) and "efficientnet_lite0:blocks.0" in shown.stdout
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
-    roles = {r.data.tags["model"]: r.data.tags["role"] for r in runs}
+    trained = [r for r in runs if r.data.tags.get("kind") != "leaderboard"]
+    roles = {r.data.tags["model"]: r.data.tags["role"] for r in trained}
     assert roles == {"casdm": "method", "casdm-mse": "ablation", "casdm-camse": "ablation", "sdm": "baseline",
                      "controlnet": "baseline"}
     assert all(r.info.status == "FINISHED" for r in runs)
+    # each model's training run carries its leaderboard numbers; one leaderboard run holds the table
+    assert all(r.data.metrics["eval/downstream_miou"] == board[r.data.tags["model"]]["downstream_miou"]
+               for r in trained)
+    (leader,) = [r for r in runs if r.data.tags.get("kind") == "leaderboard"]
+    table = client.load_table(leader.info.experiment_id, "leaderboard.json", run_ids=[leader.info.run_id])
+    assert sorted(table["model"]) == sorted(board)
 
     second = dvc("repro")
     assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
@@ -178,12 +202,12 @@ def test_dvc_repro_trains_and_samples_every_model_end_to_end(repo_copy):
     third = dvc("repro")
     assert third.returncode == 0, third.stderr
     ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
-    assert ran == {"sample@casdm"}
+    assert ran == {"sample@casdm", "evaluate@casdm", "leaderboard"}
     _git(repo_copy, "commit", "-qam", "dpm sampler")
     exp = dvc("exp", "run", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
     assert exp.returncode == 0, exp.stdout + exp.stderr
     ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
-    assert ran == {"train@sdm", "sample@sdm"}, exp.stdout
+    assert ran == {"train@sdm", "sample@sdm", "evaluate@sdm", "leaderboard"}, exp.stdout
 
 
 def test_cli_unknown_model_is_named():

@@ -1,0 +1,121 @@
+"""Evaluation and leaderboard: seed aggregation, paired deltas, extractor-named columns, absent
+classes, training-map selection, the small-layer feature extractors and their config checks."""
+from __future__ import annotations
+
+import json
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from benchmark.config import ConfigError
+from benchmark.evaluate import aggregate
+from benchmark.leaderboard import REAL, build, load_rows, markdown, sort_rows
+from tests.conftest import tiny_params
+
+NAMES = ["bg", "organ", "duct", "vein"]
+
+
+def run(seg, seed, miou, rare, organ, duct):
+    """One segmenter run: 'vein' is absent from the test split (None), as SegScores reports it."""
+    return {"segmenter": seg, "seed": seed, "miou": miou, "mdice": miou + 0.1, "rare_miou": rare,
+            "rare_mdice": rare, "iou": {"bg": 0.9, "organ": organ, "duct": duct, "vein": None},
+            "dice": {"bg": 0.95, "organ": organ, "duct": duct, "vein": None}}
+
+
+def test_aggregate_averages_segmenters_per_seed_then_spreads_over_seeds():
+    runs = [run("segformer", 0, 0.5, 0.1, 0.4, 0.1), run("unet", 0, 0.7, 0.3, 0.6, 0.3),
+            run("segformer", 1, 0.4, 0.2, 0.3, 0.2), run("unet", 1, 0.6, 0.0, 0.5, 0.0)]
+    a = aggregate(runs, NAMES)
+    per_seed = [0.6, 0.5]  # seed 0: (0.5 + 0.7) / 2, seed 1: (0.4 + 0.6) / 2
+    assert a["miou"] == pytest.approx(statistics.fmean(per_seed))
+    assert a["miou_std"] == pytest.approx(statistics.stdev(per_seed))
+    assert a["rare_miou"] == pytest.approx(0.15) and a["rare_miou_std"] == pytest.approx(statistics.stdev([0.2, 0.1]))
+    assert a["per_class"]["organ"]["iou"] == pytest.approx(0.45)
+    assert a["per_class"]["vein"] == {"iou": None, "iou_std": None, "dice": None, "dice_std": None}
+    assert a["absent"] == ["vein"] and a["seeds"] == [0, 1] and a["segmenters"] == ["segformer", "unet"]
+    single = aggregate(runs[:1], NAMES)
+    assert single["miou"] == 0.5 and single["miou_std"] is None  # one seed: no spread, not a 0
+
+
+def result(model, role, seeds_miou, extractor="efficientnet_lite0:blocks.4", fid=None):
+    per_seed = [{"seed": s, "miou": v, "mdice": v, "rare_miou": v / 2, "rare_mdice": None} for s, v in seeds_miou.items()]
+    vals = list(seeds_miou.values())
+    r = {"model": model, "role": role, "rare_classes": ["duct", "vein"],
+         "semantic": {"miou": 0.3, "rare_miou": None},
+         "downstream": {"per_seed": per_seed, "per_class": {"duct": {"iou": 0.1, "iou_std": None, "dice": 0.2,
+                                                                     "dice_std": None}}}}
+    for k in ("miou", "mdice"):
+        r["downstream"][k], r["downstream"][f"{k}_std"] = statistics.fmean(vals), statistics.stdev(vals)
+    r["downstream"]["rare_miou"], r["downstream"]["rare_miou_std"] = statistics.fmean(vals) / 2, None
+    r["downstream"]["rare_mdice"], r["downstream"]["rare_mdice_std"] = None, None
+    if fid is not None:
+        r["quality"] = {"fid": fid, "kid": fid / 100, "extractor": extractor}
+    return r
+
+
+def test_leaderboard_rows_columns_and_paired_deltas():
+    rows = {REAL: result(REAL, "reference", {0: 0.50, 1: 0.60}),
+            "casdm": result("casdm", "method", {0: 0.55, 1: 0.70}, fid=12.0),
+            "sdm": result("sdm", "baseline", {0: 0.40, 1: 0.58}, extractor="inception", fid=30.0)}
+    columns, table = build(rows)
+    assert {"fid:efficientnet_lite0:blocks.4", "fid:inception", "kid:inception", "delta_miou_std"} <= set(columns)
+    by = {r["model"]: r for r in table}
+    # two extractors never share a column: each row has a value in its own column only
+    assert by["casdm"]["fid:efficientnet_lite0:blocks.4"] == 12.0 and by["casdm"]["fid:inception"] is None
+    assert by["sdm"]["fid:inception"] == 30.0 and by["sdm"]["fid:efficientnet_lite0:blocks.4"] is None
+    assert by[REAL]["fid:inception"] is None and by[REAL]["delta_miou"] is None
+    assert by["casdm"]["delta_miou"] == pytest.approx(0.075)  # (0.05 + 0.10) / 2, paired by seed
+    assert by["casdm"]["delta_miou_std"] == pytest.approx(statistics.stdev([0.05, 0.10]))
+    assert by["casdm"]["delta_rare_mdice"] is None  # absent stays absent
+    assert all(set(columns) == set(r) for r in table)  # every row has every column
+    ordered = sort_rows(table, "downstream_miou", "desc")
+    assert [r["model"] for r in ordered] == ["casdm", REAL, "sdm"]
+    assert [r["model"] for r in sort_rows(table, "fid:inception", "asc")] == ["sdm", REAL, "casdm"]
+    with pytest.raises(ValueError, match="leaderboard.primary 'fid' is not a leaderboard column"):
+        sort_rows(table, "fid", "asc")
+    md = markdown(columns, ordered, "t")
+    assert "| casdm | method | 12.00 | 0.1200 | - | - |" in md and "0.625 ± 0.106" in md
+
+
+def test_missing_evaluation_is_named_with_its_stage(tmp_path):
+    params = tiny_params()
+    (tmp_path / "real.json").write_text(json.dumps(result(REAL, "reference", {0: 0.5, 1: 0.6})))
+    with pytest.raises(FileNotFoundError, match=r"casdm\.json: missing; run `dvc repro evaluate@casdm`"):
+        load_rows(tmp_path, params)
+
+
+def test_rare_first_picks_maps_holding_rare_classes(prepared):
+    from casdm.data import PreparedDataset
+    from casdm.sample import pick_train_maps
+
+    train = PreparedDataset(prepared, "train")
+    rare = set(train.table.rare_ids)
+    holds = [bool(rare & set(train[i]["labels"].unique().tolist())) for i in range(len(train))]
+    k = sum(holds)
+    assert 0 < k < len(train)
+    cfg = tiny_params().sample
+    picked = pick_train_maps(train, cfg.model_copy(update={"train_maps": k}))
+    assert len(picked) == k and all(holds[i] for i in picked)
+    rnd = pick_train_maps(train, cfg.model_copy(update={"train_maps": k + 2, "train_selection": "random"}))
+    assert len(rnd) == k + 2 == len(set(rnd))
+    assert pick_train_maps(train, cfg.model_copy(update={"train_maps": None})) == list(range(len(train)))
+
+
+def test_efficientnet_stage_features_and_extractor_names_are_checked():
+    from benchmark.metrics.quality import make_extractor
+
+    ex = make_extractor("efficientnet_lite0:blocks.4")
+    f = ex.fn(torch.rand(3, 3, 64, 64) * 255)
+    assert ex.name == "efficientnet_lite0:blocks.4" and ex.dims == 112 and f.shape == (3, 112)
+    assert np.isfinite(f.numpy()).all() and not torch.allclose(f[0], f[1])
+    assert make_extractor("auto", offline="efficientnet_lite0:blocks.0").dims == 16
+    with pytest.raises(ValueError, match="unknown feature extractor 'vgg'"):
+        make_extractor("vgg")
+    with pytest.raises(ConfigError, match=r"evaluate\.fid\.extractor: .*'efficientnet_lite0:blocks\.9'"):
+        tiny_params(evaluate={"fid": {"extractor": "efficientnet_lite0:blocks.9"}})
+    with pytest.raises(ConfigError, match=r"evaluate\.fid\.offline_extractor: .*must be an offline extractor"):
+        tiny_params(evaluate={"fid": {"offline_extractor": "inception"}})
+    with pytest.raises(ConfigError, match=r"evaluate\.downstream\.segmenters\.0"):
+        tiny_params(evaluate={"downstream": {"segmenters": ["deeplab"]}})

@@ -1,0 +1,204 @@
+"""Optuna studies: a tiny study nests its trials under one MLflow parent; a failing trial is FAIL and
+the next one runs; a killed study resumes with its completed trials intact; --write-params changes
+only the tuned keys; the study section is validated."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import mlflow
+import optuna
+import pytest
+import yaml
+
+from benchmark.config import ConfigError
+from tests.conftest import REPO, cli_env, tiny_params
+
+
+def study_params(**study):
+    """The tiny profile's study; its test split (8 frames) holds no rare class, so the objective is
+    semantic_miou (a rare_semantic_miou study there is refused up front, as tested below)."""
+    return tiny_params(study={"objectives": ["semantic_miou"], **study})
+
+
+@pytest.fixture
+def study_dir(tmp_path, prepared, monkeypatch):
+    """A working folder with the prepared data, a trained judge and its own MLflow store."""
+    from benchmark.evaluate import evaluate_real
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    evaluate_real(tiny_params(evaluate={"downstream": {"seeds": [0]}}), prepared, tmp_path / "judge",
+                  tmp_path / "real.json", tmp_path / "real.csv", log=lambda *a: None)
+    return tmp_path
+
+
+def runs_of(tmp_path):
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("casdm-bench")
+    return client.search_runs([exp.experiment_id])
+
+
+def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
+    from benchmark.study import run_study
+
+    params = study_params()
+    study = run_study(params, prepared, study_dir / "judge", log=lambda *a: None)
+    states = [t.state for t in study.trials]
+    assert len(states) == 2 and all(s == optuna.trial.TrialState.COMPLETE for s in states)
+    assert all(0 <= t.value <= 1 for t in study.trials)
+    runs = runs_of(study_dir)
+    (parent,) = [r for r in runs if r.data.tags.get("kind") == "study"]
+    trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert sorted(r.data.tags["trial"] for r in trials) == ["0", "1"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in trials)
+    for r in trials:  # params, objective, state and where the trial's files are
+        t = study.trials[int(r.data.tags["trial"])]
+        assert r.data.metrics["semantic_miou"] == pytest.approx(t.value)
+        assert r.data.params["lambda_sp"] == str(t.params["lambda_sp"]) and r.data.tags["state"] == "COMPLETE"
+        assert os.path.isdir(r.data.tags["artifacts"]) and "intermediate_semantic_miou" in r.data.metrics
+    assert (study_dir / "runs/studies/casdm-loss-weights/plots/history_semantic_miou.png").exists()
+    artifacts = mlflow.MlflowClient().list_artifacts(parent.info.run_id, "plots")
+    assert "plots/history_semantic_miou.png" in [a.path for a in artifacts]
+    # the same command again: nothing left to do, the same study and parent
+    again = run_study(params, prepared, study_dir / "judge", log=lambda *a: None)
+    assert len(again.trials) == 2 and len([r for r in runs_of(study_dir) if r.data.tags.get("kind") == "study"]) == 1
+
+
+def test_a_failing_trial_is_recorded_and_the_next_one_runs(study_dir, prepared, monkeypatch):
+    import torch
+
+    from benchmark.study import run_study
+    from casdm.kinds import CASDMKind
+
+    calls = {"n": 0}
+    real_loss = CASDMKind.loss
+
+    def poisoned(self, *args, **kw):
+        calls["n"] += 1
+        loss, terms = real_loss(self, *args, **kw)
+        return (loss * torch.nan if calls["n"] == 1 else loss), terms
+
+    monkeypatch.setattr(CASDMKind, "loss", poisoned)
+    study = run_study(study_params(), prepared, study_dir / "judge", log=lambda *a: None)
+    first, *rest = study.trials
+    assert first.state == optuna.trial.TrialState.FAIL and "non-finite loss" in first.user_attrs["fail_reason"]
+    assert [t.state for t in rest] == [optuna.trial.TrialState.COMPLETE] * 2  # n_trials counts finished ones
+    failed = [r for r in runs_of(study_dir) if r.data.tags.get("state") == "FAIL"]
+    assert len(failed) == 1 and failed[0].info.status == "FAILED" and "non-finite" in failed[0].data.tags["reason"]
+
+
+def test_a_killed_study_resumes_with_its_completed_trials(study_dir, prepared):
+    from benchmark.study import run_study, storage_for
+
+    params = study_params(**{"n_trials": 1})
+    study = run_study(params, prepared, study_dir / "judge", log=lambda *a: None)
+    done = {t.number: t.values for t in study.trials}
+    # a worker that is killed in the middle of its trial
+    slow = study_params(**{"train_steps": 400})
+    (study_dir / "params.yaml").write_text(yaml.safe_dump(slow.model_dump(mode="json"), sort_keys=False))
+    env = cli_env()
+    proc = subprocess.Popen(["casdm", "study", "run", "--n-trials", "3", "--data", str(prepared), "--judge",
+                             str(study_dir / "judge")], cwd=study_dir, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    storage = storage_for(params)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        s = optuna.load_study(study_name=params.study.name, storage=storage)
+        if any(t.state == optuna.trial.TrialState.RUNNING for t in s.trials):
+            break
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.2)
+    time.sleep(2)  # into the training
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    resumed = run_study(study_params(**{"n_trials": 2}), prepared, study_dir / "judge", log=lambda *a: None)
+    states = [t.state for t in resumed.trials]
+    assert resumed.trials[0].values == done[0] and states[0] == optuna.trial.TrialState.COMPLETE
+    assert states[1] in (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL)  # the killed one
+    assert states[2] == optuna.trial.TrialState.COMPLETE and len(states) == 3
+
+
+def test_write_params_changes_only_the_tuned_keys(study_dir, prepared):
+    from benchmark.study import pick_best, run_study, write_best
+
+    params_file = study_dir / "params.yaml"
+    params_file.write_text((REPO / "params.yaml").read_text())
+    before = yaml.safe_load(params_file.read_text())
+    params = study_params(**{"n_trials": 1})
+    study = run_study(params, prepared, study_dir / "judge", log=lambda *a: None)
+    best = pick_best(study, params)
+    written = write_best(params, best, params_file)
+    after = yaml.safe_load(params_file.read_text())
+    assert set(written) == {"lambda_sp", "ca_variant", "ca_alpha", "ca_boost", "sp_start_step"}
+    assert written["sp_start_step"] == round(best.params["sp_start_fraction"] * before["train"]["steps"])
+    for key, value in written.items():
+        assert after["models"]["casdm"]["training"][key] == value
+        after["models"]["casdm"]["training"][key] = before["models"]["casdm"]["training"][key]
+    assert after == before  # nothing else changed
+    assert "# casdm-bench parameters" in params_file.read_text()  # comments kept
+
+
+def test_study_section_is_validated():
+    with pytest.raises(ConfigError, match="unknown objective 'miou'"):
+        tiny_params(study={"objectives": ["miou"]})
+    with pytest.raises(ConfigError, match="objective 'fid' should be minimized, not maximized"):
+        tiny_params(study={"objectives": ["fid"], "directions": ["maximize"]})
+    with pytest.raises(ConfigError, match="search_space: unknown parameter 'lr'"):
+        tiny_params(study={"search_space": {"lr": {"type": "float", "low": 0.1, "high": 1}}})
+    with pytest.raises(ConfigError, match=r"study\.search_space\.lambda_sp: .*low > 0"):
+        tiny_params(study={"search_space": {"lambda_sp": {"type": "float", "low": 0, "high": 1, "log": True}}})
+    with pytest.raises(ConfigError, match="study.model 'nope' is not in models"):
+        tiny_params(study={"model": "nope"})
+
+
+def test_hopeless_studies_stop_instead_of_looping(study_dir, prepared, monkeypatch):
+    import torch
+
+    from benchmark.study import run_study
+    from casdm.kinds import CASDMKind
+
+    with pytest.raises(ValueError, match="rare_semantic_miou: no rare class in the 8 test maps"):
+        run_study(tiny_params(), prepared, study_dir / "judge", log=lambda *a: None)  # before any trial
+    real_loss = CASDMKind.loss
+    monkeypatch.setattr(CASDMKind, "loss", lambda self, *a, **k: (real_loss(self, *a, **k)[0] * torch.nan, {}))
+    with pytest.raises(RuntimeError, match="3 trials in a row failed; stopping. Last: NonFiniteLoss"):
+        run_study(study_params(), prepared, study_dir / "judge", log=lambda *a: None)
+
+
+@pytest.mark.postgres
+def test_two_workers_share_one_study_on_postgresql(study_dir, prepared):
+    import re
+
+    from benchmark.study import load_study
+    from tests.postgres import postgres_server
+
+    with postgres_server("optuna", "mlflow") as server:
+        params = study_params(**{"n_trials": 4, "storage": f"{server}/optuna"})
+        (study_dir / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        env = dict(cli_env(), MLFLOW_TRACKING_URI=f"{server}/mlflow")
+        # create the tables once, as a deployment would, so the workers do not race to make them
+        mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"]).search_experiments()
+        load_study(params)
+        cmd = ["casdm", "study", "run", "--data", str(prepared), "--judge", str(study_dir / "judge")]
+        workers = [subprocess.Popen(cmd, cwd=study_dir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True) for _ in range(2)]
+        logs = [w.communicate(timeout=400)[0] for w in workers]
+        assert [w.returncode for w in workers] == [0, 0], logs
+        ran = [set(map(int, re.findall(r"^trial (\d+)[: ]", log, re.M))) for log in logs]
+        study = optuna.load_study(study_name=params.study.name, storage=params.study.storage)
+        numbers = [t.number for t in study.trials]
+        assert ran[0] and ran[1] and not ran[0] & ran[1], ran  # both worked, never on the same trial
+        assert sorted(numbers) == sorted(ran[0] | ran[1]) == list(range(len(numbers)))  # each stored once
+        from benchmark.study import FINISHED
+
+        assert sum(t.state in FINISHED for t in study.trials) >= 4  # complete or pruned, both workers together
+        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
+        parents = {r.info.run_id for r in runs if r.data.tags.get("kind") == "study"}
+        trial_runs = sorted(int(r.data.tags["trial"]) for r in runs if r.data.tags.get("kind") == "trial")
+        assert len(parents) == 1 and trial_runs == sorted(numbers)
+        assert {r.data.tags["mlflow.parentRunId"] for r in runs if r.data.tags.get("kind") == "trial"} == parents
