@@ -170,31 +170,35 @@ class Scorer:
 
 
 # ------------------------------------------------------------------------------------ tracking
-def parent_run(params: Params, study: optuna.Study) -> str:
-    """The study's MLflow parent run: created by the first worker, its id kept in the study."""
+def parent_run(params: Params, study: optuna.Study, storage_url: str) -> str:
+    """The study's MLflow parent run, its id kept in the study's user attrs. Workers that start
+    together may each create one: all then agree on the earliest created and delete their own."""
     import mlflow
 
-    from benchmark.tracking import git_commit
+    from benchmark.tracking import git_commit, hash_json
 
     known = study.user_attrs.get("mlflow_parent_run_id")
     if known:
         return known
     client = mlflow.MlflowClient()
     exp = mlflow.set_experiment(params.tracking.experiment)
-    run = client.create_run(exp.experiment_id, run_name=f"study {params.study.name}",
-                            tags={"kind": "study", "study": params.study.name, "git_commit": git_commit()})
-    study.set_user_attr("mlflow_parent_run_id", run.info.run_id)
-    won = study.user_attrs["mlflow_parent_run_id"]  # read back from the storage
-    if won != run.info.run_id:  # another worker created one at the same moment: use theirs
-        client.delete_run(run.info.run_id)
-        return won
+    key = hash_json([storage_url.split("@")[-1], study.study_name])  # no password in a tag
+    tags = {"kind": "study", "study": params.study.name, "study_key": key, "git_commit": git_commit()}
+    mine = client.create_run(exp.experiment_id, run_name=f"study {params.study.name}", tags=tags).info.run_id
+    candidates = client.search_runs([exp.experiment_id], f"tags.study_key = '{key}' and tags.kind = 'study'",
+                                    order_by=["attributes.start_time ASC"], max_results=50)
+    winner = min(candidates, key=lambda r: (r.info.start_time, r.info.run_id)).info.run_id
+    if winner != mine:
+        client.delete_run(mine)
+        return winner
+    study.set_user_attr("mlflow_parent_run_id", mine)
     s = params.study
     for k, v in {"objectives": s.objectives, "directions": s.directions, "sampler": s.sampler, "pruner": s.pruner,
                  "train_steps": s.train_steps or params.train.steps, "eval_split": s.eval_split,
                  "search_space": {k: v.model_dump(exclude_none=True) for k, v in s.search_space.items()}}.items():
-        client.log_param(run.info.run_id, k, json.dumps(v))
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+        client.log_param(mine, k, json.dumps(v))
+    client.set_terminated(mine, "FINISHED")
+    return mine
 
 
 def save_plots(study: optuna.Study, params: Params, folder: Path) -> list[Path]:
@@ -308,7 +312,7 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
     mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", params.tracking.uri))
     mlflow.set_experiment(params.tracking.experiment)
     study = load_study(params, storage)
-    parent = parent_run(params, study)
+    parent = parent_run(params, study, storage or s.storage or f"sqlite:///{(STUDIES / s.name).resolve()}.db")
     target = n_trials or s.n_trials
     done = sum(t.state in FINISHED for t in study.trials)
     log(f"study {s.name}: {done} of {target} trials finished; MLflow parent run {parent}")

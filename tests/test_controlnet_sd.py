@@ -97,4 +97,5 @@ def test_the_shared_trainer_runs_the_sd_route(tiny_sd, tmp_path, prepared, monke
     mlflow.end_run()
     assert m["steps"] == 2 and (rp.model / "controlnet" / "config.json").exists()
     r = sample(p, "controlnet", rp.model, prepared, tmp_path / "samples")
-    assert r["images"] == 8 and len(list((tmp_path / "samples").glob("*.png"))) == 8
+    assert r["test_images"] == 8 and len(list((tmp_path / "samples" / "test").glob("*.png"))) == 8
+    assert r["train_images"] == 8 and len(list((tmp_path / "samples" / "train").glob("*.png"))) == 8

@@ -143,7 +143,7 @@ def _git(repo, *args):
 
 
 @pytest.mark.slow
-def test_dvc_repro_runs_the_whole_benchmark_end_to_end(repo_copy):
+def test_dvc_repro_runs_the_whole_benchmark_end_to_end(repo_copy, monkeypatch):
     env = cli_env()
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo_copy / 'mlflow.db'}"
     dvc = lambda *a: subprocess.run(["dvc", *a], cwd=repo_copy, env=env, capture_output=True, text=True)
@@ -187,6 +187,7 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(repo_copy):
     assert all(r.data.metrics["eval/downstream_miou"] == board[r.data.tags["model"]]["downstream_miou"]
                for r in trained)
     (leader,) = [r for r in runs if r.data.tags.get("kind") == "leaderboard"]
+    monkeypatch.chdir(repo_copy)  # the default artifact root (./mlruns) is relative to the project
     table = client.load_table(leader.info.experiment_id, "leaderboard.json", run_ids=[leader.info.run_id])
     assert sorted(table["model"]) == sorted(board)
 
