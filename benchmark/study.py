@@ -236,6 +236,23 @@ def save_plots(study: optuna.Study, params: Params, folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------- running
+def current_values(params: Params) -> dict:
+    """The tuned model's values in params.yaml, as search-space values (a study's trial 0, so every
+    study says whether tuning beats the configured, i.e. the paper's, weights)."""
+    t, out = params.models[params.study.model].training, {}
+    for key, p in params.study.search_space.items():
+        if key == "ca_boost":
+            v = next(iter(t.ca_boost.values()), 1.0)
+        elif key == "sp_start_fraction":
+            v = t.sp_start_step / params.train.steps
+        else:
+            v = getattr(t, key)
+        if p.type == "categorical" and v not in p.choices or p.type != "categorical" and not p.low <= v <= p.high:
+            continue  # outside the search space: let the sampler choose
+        out[key] = v
+    return out
+
+
 def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Path, log=print):
     import mlflow
 
@@ -313,6 +330,8 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
     mlflow.set_experiment(params.tracking.experiment)
     study = load_study(params, storage)
     parent = parent_run(params, study, storage or s.storage or f"sqlite:///{(STUDIES / s.name).resolve()}.db")
+    if not study.trials:
+        study.enqueue_trial(current_values(params), user_attrs={"baseline": "params.yaml"})
     target = n_trials or s.n_trials
     done = sum(t.state in FINISHED for t in study.trials)
     log(f"study {s.name}: {done} of {target} trials finished; MLflow parent run {parent}")

@@ -50,6 +50,10 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
     states = [t.state for t in study.trials]
     assert len(states) == 2 and all(s == optuna.trial.TrialState.COMPLETE for s in states)
     assert all(0 <= t.value <= 1 for t in study.trials)
+    first = study.trials[0]  # trial 0 is the configured (paper) weights, the yardstick for tuning
+    training = params.models["casdm"].training
+    assert first.user_attrs["baseline"] == "params.yaml" and first.params["lambda_sp"] == training.lambda_sp
+    assert first.params["ca_boost"] == 1.5 and first.params["ca_variant"] == training.ca_variant
     runs = runs_of(study_dir)
     (parent,) = [r for r in runs if r.data.tags.get("kind") == "study"]
     trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
