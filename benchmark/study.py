@@ -158,13 +158,17 @@ class Scorer:
         if any(o in ("fid", "kid") for o in objectives):
             from PIL import Image
 
-            folder = self.work / "eval-images"
-            folder.mkdir(parents=True, exist_ok=True)
-            files = []
-            for it, img in zip(self.items, (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)):
-                files.append(folder / f"{it['id']}.png")
-                Image.fromarray(img.numpy()).save(files[-1])
-            q = fid_kid(files_features(files, self.extractor, device()), self.real, self.extractor)
+            import tempfile
+
+            self.work.mkdir(parents=True, exist_ok=True)
+            # a folder of this call's own: workers of one study share `work`, and must not
+            # overwrite each other's images while clean-fid reads them
+            with tempfile.TemporaryDirectory(prefix="eval-images-", dir=self.work) as tmp:
+                files = []
+                for it, img in zip(self.items, (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)):
+                    files.append(Path(tmp) / f"{it['id']}.png")
+                    Image.fromarray(img.numpy()).save(files[-1])
+                q = fid_kid(files_features(files, self.extractor, device()), self.real, self.extractor)
             scores["fid"], scores["kid"] = q["fid"], q["kid"]
         return {k: float(v) for k, v in scores.items() if v is not None}
 
