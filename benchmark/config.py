@@ -74,7 +74,7 @@ class UNetPreset(Section):
 class TrainingRecipe(Section):
     """What ``train@<model>`` depends on: the loss and its knobs."""
 
-    loss: Literal["mse", "ca_mse", "ca_mse+ca_sp", "hybrid", "controlnet"] = "ca_mse+ca_sp"
+    loss: Literal["mse", "ca_mse", "ca_mse+ca_sp", "hybrid", "controlnet", "map_ce"] = "ca_mse+ca_sp"
     ca_variant: Literal["paper", "balanced"] = "paper"
     ca_alpha: float = Field(1.0, ge=0, le=2, description="class weight ~ n^-alpha (1 = the paper)")
     ca_boost: dict[str, float] = Field(default_factory=dict, description="class name -> weight multiplier")
@@ -273,6 +273,86 @@ class ReportConfig(Section):
     formats: list[Literal["md", "html"]] = Field(default_factory=lambda: ["md"])
 
 
+# ------------------------------------------------------------------------- map generator
+class MapPreset(Section):
+    """Widths of the map generator's UNet2DConditionModel (one entry per resolution level)."""
+
+    block_out_channels: list[int] = Field(min_length=2)
+    attention_levels: list[bool] = Field(min_length=2, description="cross-attention to the prompt at this level")
+    layers_per_block: int = Field(1, ge=1)
+    cross_attention_dim: int = Field(64, ge=8)
+    attention_head_dim: int = Field(8, ge=1)
+    norm_num_groups: int = Field(8, ge=1)
+
+    @model_validator(mode="after")
+    def _levels(self):
+        if len(self.attention_levels) != len(self.block_out_channels):
+            raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, block_out_channels "
+                             f"{len(self.block_out_channels)}: give one per level")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"every block_out_channels entry must be a multiple of norm_num_groups "
+                             f"({self.norm_num_groups}), got {self.block_out_channels}")
+        return self
+
+
+def _map_presets() -> dict[str, MapPreset]:
+    return {"tiny": MapPreset(block_out_channels=[16, 32], attention_levels=[False, True], cross_attention_dim=32),
+            "cpu": MapPreset(block_out_channels=[16, 32, 64, 64], attention_levels=[False, False, True, True]),
+            "paper": MapPreset(block_out_channels=[128, 256, 512, 512], attention_levels=[False, False, True, True],
+                               layers_per_block=2, cross_attention_dim=512, attention_head_dim=64,
+                               norm_num_groups=32)}
+
+
+class MapGenerateConfig(Section):
+    """Which prompts the ``maps`` stage generates maps for, and which image model draws them."""
+
+    prompts: Literal["train", "file"] = Field("train", description="train: prompts of random training maps; "
+                                              "file: one prompt per line of prompt_file")
+    prompt_file: str | None = Field(None, description="hand-written prompts, e.g. prompts/rare.txt")
+    num: int = Field(80, ge=1, description="maps generated (file prompts are cycled through)")
+    image_model: str = Field("casdm", description="the models: entry that turns the maps into images")
+    batch_size: int = Field(16, ge=1)
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _file(self):
+        if self.prompts == "file" and not self.prompt_file:
+            raise ValueError("prompts: file needs prompt_file (a text file, one prompt per line)")
+        return self
+
+
+class MapMetricsConfig(Section):
+    diversity_prompts: int = Field(16, ge=1, description="prompts whose maps are sampled several times")
+    diversity_samples: int = Field(4, ge=2, description="maps per prompt for diversity")
+
+
+class MapsConfig(Section):
+    """The text-prompted map generator (casdm.md section 5): ``train-maps``, ``maps``, ``evaluate-maps``."""
+
+    text_encoder: str = Field("minilm", description="minilm | learned | clip:<local path or hub id>")
+    preset: str = "cpu"
+    presets: dict[str, MapPreset] = Field(default_factory=_map_presets)
+    min_region: float = Field(0.002, gt=0, lt=0.5, description="regions under this share of the map are specks")
+    drop_rate: float = Field(0.1, ge=0, le=1, description="empty-prompt dropout (classifier-free guidance)")
+    train: dict[str, Any] = Field(default_factory=dict, description="overrides of the train: section")
+    sampling: SamplingRecipe = SamplingRecipe(scheduler="ddpm", num_inference_steps=25, guidance_scale=1.0)
+    generate: MapGenerateConfig = MapGenerateConfig()
+    metrics: MapMetricsConfig = MapMetricsConfig()
+
+    @field_validator("text_encoder")
+    @classmethod
+    def _encoder(cls, v: str) -> str:
+        if v not in ("minilm", "learned") and not (v.startswith("clip:") and len(v) > 5):
+            raise ValueError(f"unknown text encoder {v!r}; expected minilm, learned or clip:<local path or hub id>")
+        return v
+
+    @model_validator(mode="after")
+    def _preset(self):
+        if self.preset not in self.presets:
+            raise ValueError(f"preset {self.preset!r} is not in maps.presets {sorted(self.presets)}")
+        return self
+
+
 class TrackingConfig(Section):
     uri: str = Field("sqlite:///mlflow.db", description="overridden by MLFLOW_TRACKING_URI")
     experiment: str = "casdm-bench"
@@ -290,6 +370,7 @@ class Params(Section):
     study: StudyConfig = StudyConfig()
     report: ReportConfig = ReportConfig()
     tracking: TrackingConfig = TrackingConfig()
+    maps: MapsConfig = MapsConfig()
 
     @model_validator(mode="after")
     def _preset_exists(self):
@@ -297,6 +378,17 @@ class Params(Section):
             raise ValueError(f"train.preset {self.train.preset!r} is not in presets {sorted(self.presets)}")
         if self.study.model not in self.models:
             raise ValueError(f"study.model {self.study.model!r} is not in models {sorted(self.models)}")
+        if self.maps.generate.image_model not in self.models:
+            raise ValueError(f"maps.generate.image_model {self.maps.generate.image_model!r} is not in models "
+                             f"{sorted(self.models)}")
+        if "mapgen" in self.models:
+            raise ValueError("models.mapgen: the name is the map generator's (maps: section); rename the model")
+        try:
+            TrainConfig(**{**self.train.model_dump(), **self.maps.train})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ValueError(f"maps.train.{'.'.join(str(p) for p in err['loc'])}: "
+                             f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}") from None
         return self
 
 

@@ -43,6 +43,10 @@ class ModelKind:
             err = exc.errors()[0]
             raise ValueError(f"{where}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}") from None
 
+    def prepare(self, data) -> None:
+        """Learn what the kind needs from the training split before ``build`` (the map generator fits
+        its prompt vocabulary here); ``data`` is the training ``PreparedDataset``."""
+
     def build(self) -> torch.nn.Module:
         """The trainable network (parameters with ``requires_grad`` are optimised and averaged by EMA)."""
         raise NotImplementedError
@@ -65,6 +69,10 @@ class ModelKind:
     def pipeline(self, model):
         """A sampling pipeline around the (unwrapped) model, with the sampler from params.yaml."""
         raise NotImplementedError
+
+    def preview(self, pipe, labels: torch.Tensor, steps: int, guidance: float, generator) -> torch.Tensor:
+        """[B, 3, H, W] in [0, 1] for the training sample grid: what the model makes of these maps."""
+        return pipe(labels, steps, guidance, generator=generator, output_type="pt").images
 
     def export(self, model, folder: Path) -> None:
         """Write the pipeline for ``model`` (the trainer swaps the EMA weights in first)."""

@@ -24,6 +24,7 @@ def register(name: str):
 
 def _discover() -> None:
     import casdm.kinds  # noqa: F401  (registers the method's own kinds)
+    import casdm.mapgen  # noqa: F401  (the map generator)
     import baselines
 
     for mod in pkgutil.iter_modules(baselines.__path__):

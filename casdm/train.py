@@ -88,6 +88,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     data = PreparedDataset(paths.data, "train")
     table = data.table
     kind = make_kind(params, name, table)  # a bad kind, loss or class name fails here, before anything starts
+    kind.prepare(data)
     accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision), kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=kind.find_unused_parameters)])
     device = accelerator.device
@@ -254,9 +255,8 @@ def _grid(kind, model, ema, trainable, grid):
         if restore:
             ema.restore(trainable)
         g = torch.Generator(device=model.device).manual_seed(0)
-        out = kind.pipeline(model)(grid["labels"], s.num_inference_steps, s.guidance_scale, generator=g,
-                                   output_type="pt").images
-        rows.append(to_uint8(out))
+        rows.append(to_uint8(kind.preview(kind.pipeline(model), grid["labels"], s.num_inference_steps,
+                                          s.guidance_scale, g)))
     model.train(was_training)
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
