@@ -262,7 +262,8 @@ def leaderboard_show(ctx: typer.Context, params: Path = PARAMS,
     short = {"semantic_miou": "semantic mIoU", "semantic_rare_miou": "semantic rare mIoU",
              "downstream_miou": "mIoU", "downstream_mdice": "mDice", "downstream_rare_miou": "rare mIoU",
              "downstream_rare_mdice": "rare mDice", "delta_miou": "Δ mIoU", "delta_rare_miou": "Δ rare mIoU",
-             "delta_mdice": "Δ mDice", "delta_rare_mdice": "Δ rare mDice"}
+             "delta_mdice": "Δ mDice", "delta_rare_mdice": "Δ rare mDice", "maps_adherence": "maps adherence",
+             "maps_baseline_adherence": "baseline adherence"}
     shown = [c for c in display_columns(columns) if full or c in ("model", "role") or c.startswith(("fid:", "kid:"))
              or c in short and "mdice" not in c.removeprefix("downstream_") or c == "downstream_mdice"]
     extractors = sorted({c.split(":", 1)[1] for c in shown if c.startswith("fid:")})
@@ -372,6 +373,24 @@ def study_best(params: Path = PARAMS, storage: str = STORAGE,
             fail(str(exc))
         console.print(f"[green]wrote trial {best.number}'s values into {params}[/]; `dvc repro` trains the tuned model")
 
+
+@evaluate_app.command("maps")
+def evaluate_maps_cmd(params: Path = PARAMS, data: Path = typer.Option(Path("data/prepared"))) -> None:
+    """The "real + generated maps" row: downstream with the map generator's pairs, judge on its images."""
+    from benchmark.evaluate import evaluate_maps
+
+    try:
+        r = evaluate_maps(_params(params), data, Path("samples/maps"), Path("segmenters/judge"),
+                          Path("metrics/evaluate/maps.json"), Path("plots/evaluate/maps.csv"), log=err.print)
+    except EVAL_ERRORS as exc:
+        fail(str(exc))
+    console.print(f"{r['model']}: downstream mIoU {r['downstream']['miou']:.3f}, rare mIoU "
+                  f"{r['downstream']['rare_miou']}, judge mIoU {r['semantic']['miou']:.3f}")
+
+
+from benchmark.cli_maps import maps_app  # noqa: E402  (it imports the helpers above)
+
+app.add_typer(maps_app, name="maps")
 
 if __name__ == "__main__":
     app()

@@ -39,7 +39,8 @@ class GeneratedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
-        return {**load_pair(self.folder / r["image"], Path(r["map"])), "id": r["id"]}
+        mask = self.folder / r["map"] if r.get("map_in_folder") else Path(r["map"])  # generated maps live beside
+        return {**load_pair(self.folder / r["image"], mask), "id": r["id"]}
 
     @property
     def image_files(self) -> list[Path]:

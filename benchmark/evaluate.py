@@ -182,3 +182,28 @@ def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, fea
     write_json(metrics, result)
     write_plot(plot, test.table, result)
     return result
+
+
+def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path, metrics: Path, plot: Path,
+                  log=print) -> dict:
+    """The "real + generated maps" row: downstream segmenters on real + (generated map, image) pairs;
+    the judge's IoU of the images against the generated maps that made them; the generator's metrics."""
+    train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
+    pairs = GeneratedDataset(samples, "train")
+    maps_metrics = json.loads((Path(samples) / "metrics.json").read_text())
+    name = f"{maps_metrics['image_model']}+maps"
+    semantic = evaluate_segmenter(load_judge(judge_dir), pairs, test.table, device=device())
+    log(f"{name}: judge on images of generated maps, mIoU {semantic.miou:.3f}")
+    log(f"downstream, real + {name}: {len(train)} + {len(pairs)} images")
+    result = {"model": name, "role": "generated maps", "rare_classes": [test.table.names[i] for i in test.table.rare_ids],
+              "train_images": {"real": len(train), "synthetic": len(pairs)}, "semantic": semantic.summary(),
+              "maps": {who: {"adherence": maps_metrics[who]["adherence"]["adherence"],
+                             "rare_presence": maps_metrics[who]["adherence"]["rare_presence"],
+                             "cooccurrence_l1": maps_metrics[who]["realism"]["cooccurrence_l1"],
+                             "area_w1": maps_metrics[who]["realism"]["area_w1"],
+                             "diversity": maps_metrics[who]["diversity"]} for who in ("generator", "baseline")},
+              "text_encoder": maps_metrics["text_encoder"],
+              "downstream": downstream(params, [train, pairs], test, log)}
+    write_json(metrics, result)
+    write_plot(plot, test.table, result)
+    return result

@@ -18,19 +18,22 @@ from benchmark.evaluate import SCALARS
 from benchmark.io import write_json
 
 REAL = "real"
+MAPS = "maps"  # metrics/evaluate/maps.json: the "real + generated maps" row (evaluate-maps)
+MAP_COLUMNS = ("adherence", "rare_presence", "cooccurrence_l1", "area_w1", "diversity")
 
 
 def load_rows(folder: Path, params: Params) -> dict[str, dict]:
-    """metrics/evaluate/*.json in leaderboard order: real, then params.yaml's models."""
+    """metrics/evaluate/*.json in leaderboard order: real, params.yaml's models, the generated-maps row
+    (named ``<image model>+maps``)."""
     folder = Path(folder)
-    wanted = [REAL, *params.models]
     rows = {}
-    for name in wanted:
+    for name in [REAL, *params.models, MAPS]:
         path = folder / f"{name}.json"
         if not path.exists():
-            stage = "evaluate-real" if name == REAL else f"evaluate@{name}"
+            stage = {REAL: "evaluate-real", MAPS: "evaluate-maps"}.get(name, f"evaluate@{name}")
             raise FileNotFoundError(f"{path}: missing; run `dvc repro {stage}`")
-        rows[name] = json.loads(path.read_text())
+        row = json.loads(path.read_text())
+        rows[row["model"] if name == MAPS else name] = row
     return rows
 
 
@@ -55,6 +58,8 @@ def build(rows: dict[str, dict]) -> tuple[list[str], list[dict]]:
         columns += [f"downstream_{k}", f"downstream_{k}_std"]
     for k in SCALARS:
         columns += [f"delta_{k}", f"delta_{k}_std"]
+    if any("maps" in r for r in rows.values()):
+        columns += [f"maps_{k}" for k in MAP_COLUMNS] + [f"maps_baseline_{k}" for k in MAP_COLUMNS]
     table = []
     for name, r in rows.items():
         row = {"model": name, "role": r.get("role", "")}
@@ -65,6 +70,10 @@ def build(rows: dict[str, dict]) -> tuple[list[str], list[dict]]:
         for k in SCALARS:
             row[f"downstream_{k}"], row[f"downstream_{k}_std"] = r["downstream"][k], r["downstream"][f"{k}_std"]
             row[f"delta_{k}"], row[f"delta_{k}_std"] = (None, None) if name == REAL else _paired_delta(r, real, k)
+        if "maps_adherence" in columns:  # the map generator's own scores, and the retrieval baseline's
+            for who, prefix in (("generator", "maps_"), ("baseline", "maps_baseline_")):
+                for k in MAP_COLUMNS:
+                    row[prefix + k] = r["maps"][who][k] if "maps" in r else None
         table.append(row)
     return columns, table
 
@@ -101,6 +110,12 @@ def markdown(columns: list[str], table: list[dict], title: str) -> str:
     lines += ["", "Downstream columns: mean ± sample std over segmenter seeds; deltas are paired by seed against "
               "the real-only row. FID/KID are one sample set per model (no spread). `-`: not applicable or "
               "absent (a class with no test pixel never enters a mean)."]
+    if any(c.startswith("maps_") for c in cols):
+        lines += ["", "`maps_*`: the text-prompted map generator's maps (row `<image model>+maps`), "
+                  "`maps_baseline_*`: a random real training map with the prompt's class set. adherence: mean of "
+                  "presence / absence / size / location / quantity shares; cooccurrence_l1, area_w1: distance "
+                  "to the real training maps (lower = more realistic); diversity: pixel disagreement between "
+                  "maps of one prompt."]
     return "\n".join(lines) + "\n"
 
 
@@ -164,7 +179,8 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report:
         mlflow.log_table({c: [r.get(c) for r in table] for c in table[0]}, artifact_file="leaderboard.json")
         mlflow.log_artifact(str(report))
         for r in table:
-            mlflow.log_metrics({f"{r['model']}/{k}": v for k, v in numeric(r).items()})
+            key = r["model"].replace("+", "_plus_")  # MLflow metric names allow no "+" ("casdm+maps")
+            mlflow.log_metrics({f"{key}/{k}": v for k, v in numeric(r).items()})
         mlflow.log_dict({n: flatten(r["downstream"]["per_class"]) for n, r in rows.items()}, "per_class.json")
         return run.info.run_id
 

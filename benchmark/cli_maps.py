@@ -1,0 +1,115 @@
+"""``casdm maps ...``: the text-prompted map generator (train, build = the DVC stages; generate and
+prompts for people). Kept apart from ``cli.py`` to keep both files short; ``cli.py`` mounts it."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from benchmark.cli import PARAMS, _params, console, err, fail
+
+maps_app = typer.Typer(help="Text-prompted segmentation-map generator: train, build (stages), generate, prompts.",
+                       no_args_is_help=True)
+DATA = typer.Option(Path("data/prepared"), "--data", help="prepared dataset")
+ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+
+
+@maps_app.command("train")
+def maps_train(params: Path = PARAMS, data: Path = DATA) -> None:
+    """The DVC stage train-maps: the generator on the shared trainer (re-running resumes)."""
+    from benchmark.maps import train_generator
+    from casdm.train import NonFiniteLoss
+
+    try:
+        m = train_generator(_params(params), data, console=err)
+    except (NonFiniteLoss, *ERRORS) as exc:
+        fail(str(exc))
+    console.print(f"mapgen: {m['steps']} steps, loss {m['first_loss']:.4g} -> {m['final_loss']:.4g}, "
+                  f"{m['s_per_step']:.3f} s/step, {m['num_parameters'] / 1e6:.2f} M parameters")
+
+
+@maps_app.command("build")
+def maps_build(params: Path = PARAMS, data: Path = DATA) -> None:
+    """The DVC stage maps: maps for the prompt set, images by maps.generate.image_model, metrics."""
+    from benchmark.maps import build_maps
+
+    try:
+        r = build_maps(_params(params), data, Path("models/mapgen"), Path("samples/maps"), Path("metrics/maps.json"),
+                       log=err.print)
+    except ERRORS as exc:
+        fail(str(exc))
+    for who in ("generator", "baseline"):
+        a, q = r[who]["adherence"], r[who]["realism"]
+        console.print(f"{who:9s}: adherence {a['adherence']:.3f} (presence {a['presence']:.3f}, size {a['size']:.3f}, "
+                      f"location {a['location']:.3f}, quantity {a['quantity']:.3f}), co-occurrence L1 "
+                      f"{q['cooccurrence_l1']:.3f}, area W1 {q['area_w1']:.4f}, diversity {r[who]['diversity']:.3f}")
+
+
+@maps_app.command("generate")
+def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver, large, upper left; Grasper, '
+                                             'small, centre, two regions"'),
+                  num: int = typer.Option(4, "--num", min=1, help="maps to generate"),
+                  out: Path = typer.Option(Path("generated"), "--out", help="output folder (replaced)"),
+                  images: bool = typer.Option(True, "--images/--no-images", help="also draw images for the maps "
+                                              "with maps.generate.image_model"),
+                  seed: int = typer.Option(0, "--seed"), params: Path = PARAMS) -> None:
+    """Maps for one prompt (class-id PNGs, coloured previews, optionally images) and how well they follow it."""
+    import numpy as np
+    from PIL import Image
+
+    from benchmark.io import atomic_dir, write_json
+    from benchmark.maps import draw_images, generate, load_generator
+    from benchmark.metrics.maps import adherence
+    from casdm.data import PreparedDataset
+    from casdm.prompts import PromptError, describe_map, format_prompt, parse_prompt
+    from casdm.registry import make_kind
+
+    p = _params(params)
+    try:
+        table = PreparedDataset(Path("data/prepared"), "train").table
+        pipe = load_generator(p, Path("models/mapgen"), table)
+        parsed = parse_prompt(prompt, pipe.mapgen.vocab)
+    except (PromptError, *ERRORS) as exc:
+        fail(str(exc))
+    seeds = [seed * 1_000_003 + i for i in range(num)]
+    s = p.maps.sampling
+    maps = generate(pipe, [parsed] * num, seeds, p.maps.generate.batch_size, s.num_inference_steps, s.guidance_scale)
+    pictures = None
+    if images:
+        name = p.maps.generate.image_model
+        image_pipe = make_kind(p, name, table).load_pipeline(Path("models") / name, p.sample.use_ema)
+        pictures = draw_images(image_pipe, maps, seeds, p.sample.batch_size, p.models[name].sampling)
+    with atomic_dir(out) as tmp:
+        for i, m in enumerate(maps):
+            Image.fromarray(m).save(tmp / f"map-{i:03d}.png")
+            Image.fromarray(table.colourise(m)).save(tmp / f"map-{i:03d}-colour.png")
+            if pictures is not None:
+                Image.fromarray(pictures[i]).save(tmp / f"image-{i:03d}.png")
+        a = adherence([parsed] * num, maps, pipe.mapgen.vocab)
+        write_json(tmp / "prompt.json", {"prompt": format_prompt(parsed), "seeds": seeds, "adherence": a,
+                                         "described": [format_prompt(describe_map(m, pipe.mapgen.vocab)) for m in maps]})
+    console.print(f"prompt: {format_prompt(parsed)}", soft_wrap=True)
+    for i, m in enumerate(maps):
+        console.print(f"  map {i}: {format_prompt(describe_map(m, pipe.mapgen.vocab))}", soft_wrap=True, highlight=False)
+    console.print(f"adherence {a['adherence']:.3f} (presence {a['presence']:.3f}); {num} maps -> {out}")
+
+
+@maps_app.command("prompts")
+def maps_prompts(num: int = typer.Option(5, "--num", min=1), split: str = typer.Option("train", "--split"),
+                 params: Path = PARAMS, data: Path = DATA) -> None:
+    """Prompts built from the first maps of a split (size thresholds fitted on the training maps)."""
+    from benchmark.maps import training_maps
+    from casdm.data import PreparedDataset
+    from casdm.prompts import describe_map, fit_vocabulary, format_prompt
+
+    p = _params(params)
+    try:
+        train = PreparedDataset(data, "train")
+        shown = train if split == "train" else PreparedDataset(data, split)
+    except ERRORS as exc:
+        fail(str(exc))
+    vocab = fit_vocabulary(training_maps(train), train.table.names, p.maps.min_region)
+    for name, (lo, hi) in zip(vocab.names, vocab.thresholds):
+        err.print(f"  {name}: small < {lo:.4f} <= medium < {hi:.4f} <= large (share of the map)", highlight=False)
+    for m, r in zip(training_maps(shown)[:num], shown.rows):
+        console.print(f"{r['id']}: {format_prompt(describe_map(m, vocab))}", soft_wrap=True, highlight=False)

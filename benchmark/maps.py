@@ -1,0 +1,195 @@
+"""The map-generator stages: ``train-maps`` (the generator on the shared trainer), ``maps`` (maps for a
+prompt set, images for them with a chosen image model, the generator's metrics next to the
+retrieval baseline's). ``evaluate-maps`` (``benchmark/evaluate.py``) scores the pairs downstream.
+
+The generator is trained as model ``mapgen`` of a derived parameter set: params.yaml's ``maps:``
+section becomes its ``models`` entry and ``maps.train`` overrides ``train:``, so trainer, resuming,
+checkpoints and MLflow tracking are the ones every image model uses.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from benchmark.config import ModelEntry, Params, TrainingRecipe
+from benchmark.io import atomic_dir, write_json
+from benchmark.metrics.maps import RetrievalBaseline, summary
+from casdm.data import PreparedDataset
+from casdm.pipeline import to_uint8
+from casdm.prompts import Prompt, PromptError, Vocabulary, describe_map, format_prompt, parse_prompt
+from casdm.registry import make_kind
+
+MAPGEN = "mapgen"
+
+
+def generator_params(params: Params) -> Params:
+    """params with ``models = {mapgen: <from maps:>}`` and ``train`` overridden by ``maps.train``."""
+    m = params.maps
+    entry = ModelEntry(kind=MAPGEN, role="generator", sampling=m.sampling, training=TrainingRecipe(
+        loss="map_ce", drop_rate=m.drop_rate,
+        options={"text_encoder": m.text_encoder, "min_region": m.min_region, **m.presets[m.preset].model_dump()}))
+    return params.model_copy(update={"models": {MAPGEN: entry}, "train": params.train.model_copy(update=m.train)})
+
+
+def train_generator(params: Params, data_dir: Path, console=None) -> dict:
+    from casdm.train import RunPaths, train
+
+    paths = RunPaths(data=Path(data_dir), checkpoints=Path("runs") / MAPGEN / "checkpoints",
+                     model=Path("models") / MAPGEN, metrics=Path("metrics/train") / f"{MAPGEN}.json",
+                     plot=Path("plots/train") / f"{MAPGEN}.csv")
+    return train(generator_params(params), MAPGEN, paths, console=console)
+
+
+def load_generator(params: Params, folder: Path, table):
+    gp = generator_params(params)
+    return make_kind(gp, MAPGEN, table).load_pipeline(Path(folder), params.sample.use_ema)
+
+
+def read_prompt_file(path: Path, vocab: Vocabulary) -> list[Prompt]:
+    """One prompt per line; blank lines and ``#`` comments skipped; an error names file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: prompt file not found (params.yaml maps.generate.prompt_file)")
+    prompts = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            prompts.append(parse_prompt(line, vocab))
+        except PromptError as exc:
+            raise PromptError(f"{path}:{n}: {exc}") from None
+    if not prompts:
+        raise ValueError(f"{path}: no prompts (one per line expected)")
+    return prompts
+
+
+def training_maps(data: PreparedDataset) -> list[np.ndarray]:
+    return [np.asarray(Image.open(data.root / "masks" / f"{r['id']}.png")) for r in data.rows]
+
+
+def prompt_set(params: Params, vocab: Vocabulary, real_maps: list[np.ndarray]) -> list[Prompt]:
+    g = params.maps.generate
+    if g.prompts == "file":
+        base = read_prompt_file(Path(g.prompt_file), vocab)
+        return [base[i % len(base)] for i in range(g.num)]
+    rng = np.random.default_rng(g.seed)
+    idx = rng.choice(len(real_maps), size=g.num, replace=g.num > len(real_maps))
+    return [describe_map(real_maps[i], vocab) for i in idx]
+
+
+def generate(pipe, prompts: list[Prompt], seeds: list[int], batch_size: int, steps: int, guidance: float) -> list[np.ndarray]:
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        gens = [torch.Generator(device=pipe.device).manual_seed(x) for x in seeds[s: s + batch_size]]
+        out += list(pipe(prompts[s: s + batch_size], steps, guidance, generator=gens, output_type="np").maps)
+    return out
+
+
+def draw_images(pipe, maps: list[np.ndarray], seeds: list[int], batch_size: int, recipe) -> list[np.ndarray]:
+    out = []
+    for s in range(0, len(maps), batch_size):
+        labels = torch.from_numpy(np.stack(maps[s: s + batch_size]).astype(np.int64)).to(pipe.device)
+        gens = [torch.Generator(device=pipe.device).manual_seed(x) for x in seeds[s: s + batch_size]]
+        images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
+                      output_type="pt").images
+        out += list(to_uint8(images))
+    return out
+
+
+def build_maps(params: Params, data_dir: Path, generator_dir: Path, out: Path, metrics: Path, log=print) -> dict:
+    """Maps for the prompt set, images for them, and the generator's and the baseline's metrics."""
+    m, g = params.maps, params.maps.generate
+    train = PreparedDataset(data_dir, "train")
+    table = train.table
+    pipe = load_generator(params, generator_dir, table)
+    vocab = pipe.mapgen.vocab
+    real_maps = training_maps(train)
+    prompts = prompt_set(params, vocab, real_maps)
+    seeds = [g.seed * 1_000_003 + i for i in range(len(prompts))]
+    t0 = time.perf_counter()
+    maps = generate(pipe, prompts, seeds, g.batch_size, m.sampling.num_inference_steps, m.sampling.guidance_scale)
+    n_div = min(m.metrics.diversity_prompts, len(prompts))
+    extra = [(i, g.seed * 1_000_003 + 700_000 + i * 100 + k) for i in range(n_div)
+             for k in range(1, m.metrics.diversity_samples)]
+    extra_maps = generate(pipe, [prompts[i] for i, _ in extra], [s for _, s in extra], g.batch_size,
+                          m.sampling.num_inference_steps, m.sampling.guidance_scale)
+    map_seconds = time.perf_counter() - t0
+    groups = [[maps[i]] + [e for (j, _), e in zip(extra, extra_maps) if j == i] for i in range(n_div)]
+    log(f"maps: {len(maps) + len(extra_maps)} generated in {map_seconds:.1f} s")
+
+    rng = np.random.default_rng(g.seed)
+    baseline = RetrievalBaseline(real_maps, vocab)
+    base_maps = [baseline.sample(p, rng) for p in prompts]
+    base_groups = [[base_maps[i]] + [baseline.sample(prompts[i], rng) for _ in range(m.metrics.diversity_samples - 1)]
+                   for i in range(n_div)]
+    rare = [table.names[i] for i in table.rare_ids]
+    result = {"text_encoder": m.text_encoder, "prompts": g.prompts, "num": len(prompts), "image_model": g.image_model,
+              "generator": summary(prompts, maps, groups, real_maps, vocab, rare),
+              "baseline": summary(prompts, base_maps, base_groups, real_maps, vocab, rare),
+              "s_per_map": map_seconds / (len(maps) + len(extra_maps))}
+
+    image_pipe = make_kind(params, g.image_model, table).load_pipeline(Path("models") / g.image_model,
+                                                                      params.sample.use_ema)
+    t0 = time.perf_counter()
+    images = draw_images(image_pipe, maps, [s + 900_000 for s in seeds], g.batch_size,
+                         params.models[g.image_model].sampling)
+    result["s_per_image"] = (time.perf_counter() - t0) / len(images)
+    log(f"maps: {len(images)} images by {g.image_model} ({result['s_per_image']:.2f} s/image)")
+    records = []
+    with atomic_dir(out) as tmp:
+        (tmp / "maps").mkdir()
+        (tmp / "train").mkdir()
+        for i, (prompt, mp, img, seed) in enumerate(zip(prompts, maps, images, seeds)):
+            rid = f"gen-{i:05d}"
+            Image.fromarray(mp.astype(np.uint8)).save(tmp / "maps" / f"{rid}.png")
+            Image.fromarray(img).save(tmp / "train" / f"{rid}.png")
+            records.append({"id": rid, "split": "train", "image": f"train/{rid}.png", "map": f"maps/{rid}.png",
+                            "map_in_folder": True, "prompt": format_prompt(prompt), "seed": seed})
+        write_json(tmp / "manifest.json", {"model": f"{g.image_model}+maps", "image_model": g.image_model,
+                                           "generator": str(generator_dir), "images": records})
+        write_json(tmp / "metrics.json", result)
+    write_json(metrics, _flat_metrics(result))
+    _log_mlflow(params, result, maps[:8], images[:8], prompts[:8], table)
+    return result
+
+
+def _flat_metrics(result: dict) -> dict:
+    """The DVC metrics file: scalars only, ``generator`` and ``baseline`` side by side."""
+    out = {k: result[k] for k in ("text_encoder", "prompts", "num", "image_model", "s_per_map", "s_per_image")}
+    for who in ("generator", "baseline"):
+        r = result[who]
+        out[who] = {**{k: v for k, v in r["adherence"].items() if not isinstance(v, dict)},
+                    **{k: v for k, v in r["realism"].items() if k in ("cooccurrence_l1", "area_w1")},
+                    "diversity": r["diversity"]}
+    return out
+
+
+def _log_mlflow(params: Params, result: dict, maps, images, prompts, table) -> None:
+    """A ``maps`` run: the metrics of generator and baseline, and a grid (map row over image row)."""
+    import mlflow
+
+    from benchmark.tracking import flatten, git_commit, hash_json
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", params.tracking.uri))
+    mlflow.set_experiment(params.tracking.experiment)
+    with mlflow.start_run(run_name="maps"):
+        mlflow.set_tags({"kind": "maps", "model": MAPGEN, "image_model": result["image_model"],
+                         "text_encoder": result["text_encoder"], "git_commit": git_commit(),
+                         "params_hash": hash_json(params.maps.model_dump(mode="json"))})
+        mlflow.log_params({f"maps.{k}": str(v)[:500] for k, v in flatten(params.maps.model_dump(mode="json")).items()
+                           if not k.startswith("presets.")})
+        flat = _flat_metrics(result)
+        mlflow.log_metrics({f"{who}/{k}": float(v) for who in ("generator", "baseline")
+                            for k, v in flat[who].items() if isinstance(v, (int, float)) and v is not None})
+        mlflow.log_dict(result, "maps_metrics.json")
+        if maps:
+            grid = np.concatenate([np.concatenate(list(table.colourise(np.stack(maps))), axis=1),
+                                   np.concatenate(list(images), axis=1)], axis=0)
+            mlflow.log_image(grid, artifact_file="maps_and_images.png")
+            mlflow.log_text("\n".join(format_prompt(p) for p in prompts), "prompts.txt")

@@ -1,0 +1,215 @@
+"""The text-prompted map generator: prompts from maps and from text, metrics, the generator itself."""
+from __future__ import annotations
+
+import socket
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from casdm.prompts import (ClassPrompt, PromptError, Vocabulary, describe_map, fit_vocabulary, format_prompt,
+                           parse_prompt)
+from tests.conftest import tiny_params
+
+NAMES = ("Black Background", "Abdominal Wall", "Liver", "Gastrointestinal Tract", "Fat", "Grasper",
+         "Connective Tissue", "Blood", "Cystic Duct", "L-hook Electrocautery", "Gallbladder", "Hepatic Vein",
+         "Liver Ligament")
+VOCAB = Vocabulary(NAMES, tuple((0.05, 0.2) for _ in NAMES), min_fraction=0.002)
+
+
+def hand_drawn() -> np.ndarray:
+    """30 x 30: Fat background; Liver a large block upper left; two Grasper tips low in the middle;
+    Cystic Duct one small square in the centre; three Blood specks on the right; one Blood pixel
+    elsewhere is a speck below min_fraction and must not count as a region."""
+    m = np.full((30, 30), 4, dtype=np.uint8)
+    m[0:12, 0:12] = 2  # 144 px = 0.16 -> medium; centroid (6, 6) -> upper left
+    m[22:24, 12:14] = 5
+    m[22:24, 16:18] = 5  # 8 px = 0.0089 -> small; two regions; centroid (23, 15) -> lower centre
+    m[14:17, 14:17] = 8  # 9 px -> small, centre, one region
+    m[2:4, 25:27] = m[8:10, 25:27] = m[14:16, 25:27] = 7  # 12 px, 3 regions, centroid (9, 26) -> upper right
+    m[28, 0] = 7  # one pixel: under min_fraction (0.002 * 900 = 1.8 px), not a region
+    return m
+
+
+def test_prompt_from_a_hand_drawn_map_is_exact():
+    assert format_prompt(describe_map(hand_drawn(), VOCAB)) == (
+        "Liver, medium, upper left, one region; Fat, large, centre, one region; "
+        "Grasper, small, lower centre, two regions; Blood, small, upper right, several regions; "
+        "Cystic Duct, small, centre, one region")
+
+
+def test_size_thresholds_are_each_classes_own_tertiles():
+    maps = []
+    for side in (2, 4, 6, 8, 10, 12):
+        m = np.zeros((20, 20), dtype=np.uint8)
+        m[:side, :side] = 2
+        maps.append(m)
+    v = fit_vocabulary(maps, list(NAMES))
+    liver = v.thresholds[2]
+    assert liver[0] == pytest.approx(np.quantile([s * s / 400 for s in (2, 4, 6, 8, 10, 12)], 1 / 3))
+    words = [describe_map(m, v)[1].size for m in maps]  # clause 0 is the background
+    assert words == ["small", "small", "medium", "medium", "large", "large"]
+    assert Vocabulary.from_dict(v.to_dict()) == v
+
+
+def test_hand_written_prompts_parse_in_any_order_and_case():
+    p = parse_prompt("grasper, two regions, small, center;  LIVER , top left,large", VOCAB)
+    assert p == (ClassPrompt("Liver", "large", "upper left", None), ClassPrompt("Grasper", "small", "centre", "two regions"))
+    assert parse_prompt(format_prompt(p), VOCAB) == p
+    assert parse_prompt("Cystic Duct;", VOCAB) == (ClassPrompt("Cystic Duct"),)
+
+
+@pytest.mark.parametrize("text, word, suggestion", [
+    ("Liver, large; Cystic Duc, small", "'Cystic Duc'", "'Cystic Duct'"),
+    ("Liver, smal, centre", "'smal'", "'small'"),
+    ("Liver, large, uper left", "'uper left'", "'upper left'"),
+    ("Liver, large, three regions", "'three regions'", "'two regions'"),
+])
+def test_parser_errors_name_the_bad_word_and_the_closest_valid_one(text, word, suggestion):
+    with pytest.raises(PromptError) as exc:
+        parse_prompt(text, VOCAB)
+    assert word in str(exc.value) and f"did you mean {suggestion}" in str(exc.value)
+
+
+def test_parser_refuses_empty_prompts_and_repeated_fields():
+    with pytest.raises(PromptError, match="empty prompt"):
+        parse_prompt(" ; ", VOCAB)
+    with pytest.raises(PromptError, match="'Liver' named twice"):
+        parse_prompt("Liver; liver, small", VOCAB)
+    with pytest.raises(PromptError, match="Liver has two sizes"):
+        parse_prompt("Liver, small, large", VOCAB)
+
+
+def test_prompt_file_errors_name_file_and_line(tmp_path):
+    from benchmark.maps import read_prompt_file
+
+    f = tmp_path / "rare.txt"
+    f.write_text("# rare classes\nLiver, large; Blood, small\n\nHepatic Veins, small\n")
+    with pytest.raises(PromptError, match=r"rare\.txt:4: .*'Hepatic Veins'.*did you mean 'Hepatic Vein'"):
+        read_prompt_file(f, VOCAB)
+    f.write_text("Liver, large; Blood, small  # a comment\n")
+    assert read_prompt_file(f, VOCAB) == [(ClassPrompt("Liver", "large"), ClassPrompt("Blood", "small"))]
+
+
+def test_clip_hub_id_fails_within_a_second_when_the_hub_is_unreachable(monkeypatch):
+    from casdm import text
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    text._load_clip.cache_clear()
+
+    def offline(*a, **k):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", offline)
+    t0 = time.perf_counter()
+    with pytest.raises(text.TextEncoderError, match="clip:openai/clip-vit-base-patch32: .*not reachable"):
+        text.encode_phrases("clip:openai/clip-vit-base-patch32", ["Liver, large"])
+    assert time.perf_counter() - t0 < 1.0
+
+
+# ------------------------------------------------------------------------------------------ metrics
+def test_adherence_realism_and_diversity_measure_what_they_say():
+    from benchmark.metrics.maps import RetrievalBaseline, adherence, diversity, realism
+
+    m = hand_drawn()
+    own = describe_map(m, VOCAB)
+    perfect = adherence([own], [m], VOCAB, rare=["Blood"])
+    assert perfect["adherence"] == 1.0 and perfect["clause_accuracy"] == 1.0 and perfect["exact_class_set"] == 1.0
+    no_duct = m.copy()
+    no_duct[no_duct == 8] = 4
+    moved = np.rot90(m, 2).copy()  # same classes, opposite places
+    a = adherence([own, own], [no_duct, moved], VOCAB)
+    assert a["presence"] == pytest.approx((4 / 5 + 1) / 2) and a["absence"] == 1.0
+    assert a["location"] < 1 and a["size"] == 1.0 and a["presence_per_class"]["Cystic Duct"] == 0.5
+    assert realism([m, moved], [m, moved], VOCAB)["cooccurrence_l1"] == 0.0
+    assert realism([m], [m], VOCAB)["area_w1"] == 0.0
+    assert realism([no_duct], [m], VOCAB)["cooccurrence_l1"] > 0
+    assert diversity([[m, m, m]]) == 0.0 and diversity([[m, moved]]) > 0
+    base = RetrievalBaseline([no_duct, m, moved], VOCAB)
+    assert base.candidates(own) == [1, 2]  # the exact class set, never the map missing a class
+    assert base.candidates(parse_prompt("Liver; Fat; Hepatic Vein", VOCAB)) == [0]  # closest set
+
+
+# ---------------------------------------------------------------------------------------- generator
+@pytest.fixture(scope="module")
+def trained(prepared, tmp_path_factory):
+    """A tiny generator trained 3 steps with the offline sentence encoder, through the shared trainer."""
+    from benchmark.maps import MAPGEN, generator_params
+    from casdm.train import RunPaths, train
+
+    root = tmp_path_factory.mktemp("mapgen")
+    p = tiny_params(maps={"train": {"steps": 3}})
+    paths = RunPaths(data=prepared, checkpoints=root / "ckpt", model=root / "model", metrics=root / "m.json",
+                     plot=root / "p.csv")
+    metrics = train(generator_params(p), MAPGEN, paths, track=False)
+    return p, root / "model", metrics
+
+
+def test_generator_trains_and_generates_valid_class_ids_from_text(trained, prepared):
+    from benchmark.maps import load_generator
+    from casdm.data import PreparedDataset
+
+    p, folder, metrics = trained
+    assert metrics["steps"] == 3 and np.isfinite(metrics["final_loss"])
+    table = PreparedDataset(prepared, "train").table
+    pipe = load_generator(p, folder, table)
+    assert pipe.mapgen.vocab.names == tuple(table.names)
+    g = [torch.Generator().manual_seed(s) for s in (0, 1)]
+    out = pipe(["Liver, large, upper left; Grasper, small, centre", "Cystic Duct, small"], 3, 2.0, generator=g,
+               output_type="np")
+    assert out.maps.shape == (2, 32, 32) and out.maps.dtype == np.uint8
+    assert out.maps.max() < table.num_classes and out.prompts[1] == (ClassPrompt("Cystic Duct", "small"),)
+    again = pipe(["Liver, large, upper left; Grasper, small, centre"], 3, 2.0,
+                 generator=[torch.Generator().manual_seed(0)], output_type="np").maps
+    assert np.array_equal(again[0], out.maps[0])  # seeded: the same map again
+    with pytest.raises(PromptError, match="'Livr'"):
+        pipe(["Livr, large"], 2)
+
+
+def test_each_clause_is_one_cross_attention_token():
+    from casdm.mapgen import PromptConditioner
+
+    c = PromptConditioner("minilm", VOCAB, 384)
+    prompts = [parse_prompt("Liver, large, upper left; Grasper, small", VOCAB),
+               parse_prompt("Liver, large, lower right", VOCAB), ()]
+    cond = c(prompts, "cpu")
+    assert cond["text"].shape == (3, 2, 384) and cond["mask"].tolist() == [[1, 1], [1, 0], [1, 0]]
+    assert cond["fields"][0, 0].tolist() == [3, 3, 1, 0] and cond["fields"][0, 1].tolist() == [6, 1, 0, 0]
+    assert not torch.allclose(cond["text"][0, 0], cond["text"][1, 0])  # the location changes the embedding
+    assert cond["text"][2].abs().sum() == 0  # the empty prompt: one zero token (classifier-free null)
+
+
+def test_learned_field_control_trains_its_embeddings(prepared, tmp_path):
+    from benchmark.maps import MAPGEN, generator_params
+    from casdm.data import PreparedDataset
+    from casdm.registry import make_kind
+
+    p = generator_params(tiny_params(maps={"text_encoder": "learned"}))
+    data = PreparedDataset(prepared, "train")
+    kind = make_kind(p, MAPGEN, data.table)
+    kind.prepare(data)
+    model = kind.build()
+    assert model.fields is not None and model.config.text_encoder == "learned"
+
+    class Acc:
+        def autocast(self):
+            return torch.autocast("cpu", enabled=False)
+
+    batch = torch.stack([data[i]["labels"] for i in range(4)])
+    loss, terms = kind.loss(model, None, batch, torch.Generator().manual_seed(0), Acc())
+    loss.backward()
+    assert torch.isfinite(loss) and model.fields.tables[0].weight.grad.abs().sum() > 0
+
+
+def test_maps_config_errors_are_named():
+    from benchmark.config import ConfigError
+
+    with pytest.raises(ConfigError, match="maps.train.stpes: unknown key"):
+        tiny_params(maps={"train": {"stpes": 3}})
+    with pytest.raises(ConfigError, match="maps.generate.image_model 'nope'"):
+        tiny_params(maps={"generate": {"image_model": "nope"}})
+    with pytest.raises(ConfigError, match="prompt_file"):
+        tiny_params(maps={"generate": {"prompts": "file", "prompt_file": None}})
+    with pytest.raises(ConfigError, match="unknown text encoder 'bert'"):
+        tiny_params(maps={"text_encoder": "bert"})
