@@ -262,8 +262,7 @@ def leaderboard_show(ctx: typer.Context, params: Path = PARAMS,
     short = {"semantic_miou": "semantic mIoU", "semantic_rare_miou": "semantic rare mIoU",
              "downstream_miou": "mIoU", "downstream_mdice": "mDice", "downstream_rare_miou": "rare mIoU",
              "downstream_rare_mdice": "rare mDice", "delta_miou": "Δ mIoU", "delta_rare_miou": "Δ rare mIoU",
-             "delta_mdice": "Δ mDice", "delta_rare_mdice": "Δ rare mDice", "maps_adherence": "maps adherence",
-             "maps_baseline_adherence": "baseline adherence"}
+             "delta_mdice": "Δ mDice", "delta_rare_mdice": "Δ rare mDice", "maps_adherence": "maps adherence"}
     shown = [c for c in display_columns(columns) if full or c in ("model", "role") or c.startswith(("fid:", "kid:"))
              or c in short and "mdice" not in c.removeprefix("downstream_") or c == "downstream_mdice"]
     extractors = sorted({c.split(":", 1)[1] for c in shown if c.startswith("fid:")})
@@ -272,7 +271,9 @@ def leaderboard_show(ctx: typer.Context, params: Path = PARAMS,
     for c in shown:
         label = c.split(":")[0].upper() + (f" [{extractors.index(c.split(':', 1)[1]) + 1}]" if len(extractors) > 1
                                             else "") if c.startswith(("fid:", "kid:")) else short.get(c, c)
-        t.add_column(label, justify="left" if c in ("model", "role") else "right", no_wrap=True)
+        names = [str(v) for v in df[c]] if c in ("model", "role") else []
+        t.add_column(label, justify="left" if names else "right", no_wrap=True,
+                     min_width=max(map(len, names), default=None))  # names are never cut short
     for rec in df.to_dict("records"):
         rec = {k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()}
         t.add_row(*[fmt(rec, c) for c in shown])

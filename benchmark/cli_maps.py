@@ -54,7 +54,6 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
                                               "with maps.generate.image_model"),
                   seed: int = typer.Option(0, "--seed"), params: Path = PARAMS) -> None:
     """Maps for one prompt (class-id PNGs, coloured previews, optionally images) and how well they follow it."""
-    import numpy as np
     from PIL import Image
 
     from benchmark.io import atomic_dir, write_json

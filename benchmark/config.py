@@ -334,6 +334,8 @@ class MapsConfig(Section):
     presets: dict[str, MapPreset] = Field(default_factory=_map_presets)
     min_region: float = Field(0.002, gt=0, lt=0.5, description="regions under this share of the map are specks")
     drop_rate: float = Field(0.1, ge=0, le=1, description="empty-prompt dropout (classifier-free guidance)")
+    class_aware: bool = Field(False, description="class-aware (balanced) cross-entropy: every class present in a "
+                              "map weighs the same, whatever its size")
     train: dict[str, Any] = Field(default_factory=dict, description="overrides of the train: section")
     sampling: SamplingRecipe = SamplingRecipe(scheduler="ddpm", num_inference_steps=25, guidance_scale=1.0)
     generate: MapGenerateConfig = MapGenerateConfig()

@@ -195,7 +195,7 @@ def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path
     semantic = evaluate_segmenter(load_judge(judge_dir), pairs, test.table, device=device())
     log(f"{name}: judge on images of generated maps, mIoU {semantic.miou:.3f}")
     log(f"downstream, real + {name}: {len(train)} + {len(pairs)} images")
-    result = {"model": name, "role": "generated maps", "rare_classes": [test.table.names[i] for i in test.table.rare_ids],
+    result = {"model": name, "role": "generated", "rare_classes": [test.table.names[i] for i in test.table.rare_ids],
               "train_images": {"real": len(train), "synthetic": len(pairs)}, "semantic": semantic.summary(),
               "maps": {who: {"adherence": maps_metrics[who]["adherence"]["adherence"],
                              "rare_presence": maps_metrics[who]["adherence"]["rare_presence"],

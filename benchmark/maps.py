@@ -32,7 +32,8 @@ def generator_params(params: Params) -> Params:
     m = params.maps
     entry = ModelEntry(kind=MAPGEN, role="generator", sampling=m.sampling, training=TrainingRecipe(
         loss="map_ce", drop_rate=m.drop_rate,
-        options={"text_encoder": m.text_encoder, "min_region": m.min_region, **m.presets[m.preset].model_dump()}))
+        options={"text_encoder": m.text_encoder, "min_region": m.min_region, "class_aware": m.class_aware,
+                 **m.presets[m.preset].model_dump()}))
     return params.model_copy(update={"models": {MAPGEN: entry}, "train": params.train.model_copy(update=m.train)})
 
 
@@ -102,15 +103,12 @@ def draw_images(pipe, maps: list[np.ndarray], seeds: list[int], batch_size: int,
     return out
 
 
-def build_maps(params: Params, data_dir: Path, generator_dir: Path, out: Path, metrics: Path, log=print) -> dict:
-    """Maps for the prompt set, images for them, and the generator's and the baseline's metrics."""
+def score_generator(params: Params, pipe, prompts: list[Prompt], real_maps: list[np.ndarray], rare: list[str],
+                    log=print) -> tuple[dict, list[np.ndarray]]:
+    """Maps for ``prompts`` (plus repeats of the first few, for diversity) and the metrics of the
+    generator and of the retrieval baseline on the same prompts; returns (metrics, maps)."""
     m, g = params.maps, params.maps.generate
-    train = PreparedDataset(data_dir, "train")
-    table = train.table
-    pipe = load_generator(params, generator_dir, table)
     vocab = pipe.mapgen.vocab
-    real_maps = training_maps(train)
-    prompts = prompt_set(params, vocab, real_maps)
     seeds = [g.seed * 1_000_003 + i for i in range(len(prompts))]
     t0 = time.perf_counter()
     maps = generate(pipe, prompts, seeds, g.batch_size, m.sampling.num_inference_steps, m.sampling.guidance_scale)
@@ -122,17 +120,28 @@ def build_maps(params: Params, data_dir: Path, generator_dir: Path, out: Path, m
     map_seconds = time.perf_counter() - t0
     groups = [[maps[i]] + [e for (j, _), e in zip(extra, extra_maps) if j == i] for i in range(n_div)]
     log(f"maps: {len(maps) + len(extra_maps)} generated in {map_seconds:.1f} s")
-
     rng = np.random.default_rng(g.seed)
     baseline = RetrievalBaseline(real_maps, vocab)
     base_maps = [baseline.sample(p, rng) for p in prompts]
     base_groups = [[base_maps[i]] + [baseline.sample(prompts[i], rng) for _ in range(m.metrics.diversity_samples - 1)]
                    for i in range(n_div)]
-    rare = [table.names[i] for i in table.rare_ids]
     result = {"text_encoder": m.text_encoder, "prompts": g.prompts, "num": len(prompts), "image_model": g.image_model,
               "generator": summary(prompts, maps, groups, real_maps, vocab, rare),
               "baseline": summary(prompts, base_maps, base_groups, real_maps, vocab, rare),
               "s_per_map": map_seconds / (len(maps) + len(extra_maps))}
+    return result, maps
+
+
+def build_maps(params: Params, data_dir: Path, generator_dir: Path, out: Path, metrics: Path, log=print) -> dict:
+    """Maps for the prompt set, images for them, and the generator's and the baseline's metrics."""
+    g = params.maps.generate
+    train = PreparedDataset(data_dir, "train")
+    table = train.table
+    pipe = load_generator(params, generator_dir, table)
+    real_maps = training_maps(train)
+    prompts = prompt_set(params, pipe.mapgen.vocab, real_maps)
+    seeds = [g.seed * 1_000_003 + i for i in range(len(prompts))]
+    result, maps = score_generator(params, pipe, prompts, real_maps, [table.names[i] for i in table.rare_ids], log)
 
     image_pipe = make_kind(params, g.image_model, table).load_pipeline(Path("models") / g.image_model,
                                                                       params.sample.use_ema)

@@ -34,6 +34,7 @@ from torch import nn
 
 from benchmark.data.classes import IGNORE_INDEX
 from casdm.kinds import ModelKind
+from casdm.losses import class_pixel_weights
 from casdm.pipeline import to_onehot
 from casdm.prompts import LOCATIONS, QUANTITIES, SIZES, Prompt, Vocabulary, describe_map, field_ids, parse_prompt
 from casdm.registry import register
@@ -187,6 +188,7 @@ class MapGenOptions(BaseModel):
     attention_head_dim: int = Field(8, ge=1)
     norm_num_groups: int = Field(8, ge=1)
     min_region: float = Field(0.002, gt=0, lt=0.5, description="specks under this share of the map are ignored")
+    class_aware: bool = Field(False, description="cross-entropy weighted like CA-MSE (balanced): small classes count")
 
 
 @register("mapgen")
@@ -244,7 +246,13 @@ class MapGenKind(ModelKind):
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(labels.device)
         with accelerator.autocast():
             logits = model(sched.add_noise(x0, noise, t), t, **cond)
-        terms = {"map_ce": F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX)}
+        ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
+        valid = (labels != IGNORE_INDEX).float()
+        if self.options.class_aware:  # every class present in a map weighs the same, whatever its size
+            w = class_pixel_weights(to_onehot(labels, self.table.num_classes), variant="balanced")[:, 0] * valid
+        else:
+            w = valid
+        terms = {"map_ce": (ce * w).sum() / w.sum().clamp_min(1.0)}
         return terms["map_ce"], terms
 
     def pipeline(self, model) -> MapGenPipeline:

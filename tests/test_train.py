@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -163,31 +164,57 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(repo_copy, monkeypatch):
         for r in manifest["images"]:
             assert (repo_copy / "samples" / name / r["image"]).exists() and (repo_copy / r["map"]).exists()
         assert json.loads((repo_copy / "metrics" / "train" / f"{name}.json").read_text())["steps"] == 4
+    # the map generator's chain: prompts of training maps -> maps -> casdm images -> a downstream row
+    generated = json.loads((repo_copy / "samples" / "maps" / "manifest.json").read_text())["images"]
+    assert len(generated) == 8 and all(r["prompt"] for r in generated)
+    from PIL import Image
+
+    for r in generated:
+        ids = np.unique(np.asarray(Image.open(repo_copy / "samples" / "maps" / r["map"])))
+        assert ids.max() < 13 and (repo_copy / "samples" / "maps" / r["image"]).exists()
     board = json.loads((repo_copy / "metrics" / "leaderboard.json").read_text())
-    assert set(board) == {"real", *models}
+    assert set(board) == {"real", *models, "casdm+maps"}
+    maps_cols = {f"maps_{b}{k}" for b in ("", "baseline_") for k in ("adherence", "rare_presence", "cooccurrence_l1",
+                                                                     "area_w1", "diversity")}
     columns = {"role", "fid:efficientnet_lite0:blocks.0", "kid:efficientnet_lite0:blocks.0", "semantic_miou",
                "semantic_rare_miou"} | {f"{p}_{k}{s}" for p in ("downstream", "delta") for s in ("", "_std")
-                                        for k in ("miou", "mdice", "rare_miou", "rare_mdice")}
+                                        for k in ("miou", "mdice", "rare_miou", "rare_mdice")} | maps_cols
     for name, row in board.items():
         assert set(row) == columns, name
         numbers = [row["semantic_miou"], row["downstream_miou"], row["downstream_miou_std"]]
         if name != "real":
-            numbers += [row["fid:efficientnet_lite0:blocks.0"], row["kid:efficientnet_lite0:blocks.0"], row["delta_miou"]]
+            numbers += [row["delta_miou"]]
+        if name == "casdm+maps":
+            numbers += [row["maps_adherence"], row["maps_baseline_adherence"], row["maps_area_w1"]]
+        else:
+            assert row["maps_adherence"] is None, name
+        if name not in ("real", "casdm+maps"):
+            numbers += [row["fid:efficientnet_lite0:blocks.0"], row["kid:efficientnet_lite0:blocks.0"]]
         assert all(isinstance(v, float) and math.isfinite(v) for v in numbers), (name, row)
     assert board["real"]["fid:efficientnet_lite0:blocks.0"] is None and board["real"]["delta_miou"] is None
+    made = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, large, upper left; Grasper, small",
+                           "--num", "2", "--out", "gen"], cwd=repo_copy, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert sorted(p.name for p in (repo_copy / "gen").glob("*.png")) == [
+        "image-000.png", "image-001.png", "map-000-colour.png", "map-000.png", "map-001-colour.png", "map-001.png"]
+    bad = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, hughe"], cwd=repo_copy, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown word 'hughe'" in bad.stderr and "did you mean" in bad.stderr
     shown = subprocess.run(["casdm", "leaderboard"], cwd=repo_copy, env=env, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     assert all(name in shown.stdout for name in board) and "efficientnet_lite0:blocks.0" in shown.stdout
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
-    trained = [r for r in runs if r.data.tags.get("kind") != "leaderboard"]
+    trained = [r for r in runs if r.data.tags.get("kind") not in ("leaderboard", "maps")]
     roles = {r.data.tags["model"]: r.data.tags["role"] for r in trained}
     assert roles == {"casdm": "method", "casdm-mse": "ablation", "casdm-camse": "ablation", "sdm": "baseline",
-                     "controlnet": "baseline"}
+                     "controlnet": "baseline", "mapgen": "generator"}
     assert all(r.info.status == "FINISHED" for r in runs)
+    (maps_run,) = [r for r in runs if r.data.tags.get("kind") == "maps"]
+    assert maps_run.data.metrics["generator/adherence"] == board["casdm+maps"]["maps_adherence"]
     # each model's training run carries its leaderboard numbers; one leaderboard run holds the table
     assert all(r.data.metrics["eval/downstream_miou"] == board[r.data.tags["model"]]["downstream_miou"]
-               for r in trained)
+               for r in trained if r.data.tags["model"] in models)
     (leader,) = [r for r in runs if r.data.tags.get("kind") == "leaderboard"]
     monkeypatch.chdir(repo_copy)  # the default artifact root (./mlruns) is relative to the project
     table = json.loads(Path(client.download_artifacts(leader.info.run_id, "leaderboard.json")).read_text())
@@ -205,7 +232,7 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(repo_copy, monkeypatch):
     third = dvc("repro")
     assert third.returncode == 0, third.stderr
     ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
-    assert ran == {"sample@casdm", "evaluate@casdm", "leaderboard"}
+    assert ran == {"sample@casdm", "evaluate@casdm", "maps", "evaluate-maps", "leaderboard"}  # maps: casdm draws them
     _git(repo_copy, "commit", "-qam", "dpm sampler")
     exp = dvc("exp", "run", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
     assert exp.returncode == 0, exp.stdout + exp.stderr

@@ -1,0 +1,70 @@
+"""Text encoders of the map generator side by side, at the CPU profile (params.yaml's ``maps:``):
+for each encoder, train the generator (the shared trainer, in a scratch folder, no MLflow run) and
+score its maps on the training-prompt set and on the rare-class prompt file, next to the retrieval
+baseline (a random real training map with the prompt's class set).
+
+    python -m benchmark.bench_maps --encoders minilm learned [--steps 400] [--out benchmark/results/maps_cpu.json]
+
+``clip:<local folder>`` works the same where CLIP weights are on disk; offline it fails at once.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from benchmark.config import load_params
+from benchmark.io import write_json
+from benchmark.maps import MAPGEN, generator_params, load_generator, prompt_set, score_generator, training_maps
+from casdm.data import PreparedDataset
+from casdm.train import RunPaths, train
+
+KEYS = ("adherence", "presence", "absence", "size", "location", "quantity", "clause_accuracy", "rare_presence")
+
+
+def row(result: dict, who: str) -> dict:
+    a, r = result[who]["adherence"], result[who]["realism"]
+    return {**{k: a[k] for k in KEYS}, "cooccurrence_l1": r["cooccurrence_l1"], "area_w1": r["area_w1"],
+            "diversity": result[who]["diversity"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--encoders", nargs="+", default=["minilm", "learned"])
+    ap.add_argument("--steps", type=int, default=None, help="training steps (default: maps.train / train.steps)")
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"))
+    ap.add_argument("--data", type=Path, default=Path("data/prepared"))
+    ap.add_argument("--rare-prompts", type=Path, default=Path("prompts/rare.txt"))
+    ap.add_argument("--out", type=Path, default=Path("benchmark/results/maps_cpu.json"))
+    args = ap.parse_args()
+    base = load_params(args.params)
+    data = PreparedDataset(args.data, "train")
+    real = training_maps(data)
+    rare = [data.table.names[i] for i in data.table.rare_ids]
+    report = {"steps": args.steps, "class_aware": base.maps.class_aware, "encoders": {}}
+    for enc in args.encoders:
+        over = {"text_encoder": enc, "train": {**base.maps.train, **({"steps": args.steps} if args.steps else {})}}
+        p = base.model_copy(update={"maps": base.maps.model_copy(update=over)})
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            t0 = time.perf_counter()
+            m = train(generator_params(p), MAPGEN, RunPaths(args.data, tmp / "ckpt", tmp / "model", tmp / "m.json",
+                                                          tmp / "p.csv"), track=False)
+            seconds = time.perf_counter() - t0
+            pipe = load_generator(p, tmp / "model", data.table)
+            entry = {"train_s": seconds, "s_per_step": m["s_per_step"], "final_loss": m["final_loss"]}
+            for source in ("train", "file"):
+                gen = p.maps.generate.model_copy(update={"prompts": source, "prompt_file": str(args.rare_prompts)})
+                q = p.model_copy(update={"maps": p.maps.model_copy(update={"generate": gen})})
+                result, _ = score_generator(q, pipe, prompt_set(q, pipe.mapgen.vocab, real), real, rare)
+                entry[source] = {"generator": row(result, "generator"), "baseline": row(result, "baseline"),
+                                 "s_per_map": result["s_per_map"]}
+            report["encoders"][enc] = entry
+            print(json.dumps({enc: entry}, indent=1))
+    write_json(args.out, report)
+
+
+if __name__ == "__main__":
+    main()
