@@ -103,13 +103,18 @@ def draw_images(pipe, maps: list[np.ndarray], seeds: list[int], batch_size: int,
     return out
 
 
+def prompt_seeds(params: Params, n: int) -> list[int]:
+    """One generation seed per prompt (the image of prompt i is drawn with seed + 900_000)."""
+    return [params.maps.generate.seed * 1_000_003 + i for i in range(n)]
+
+
 def score_generator(params: Params, pipe, prompts: list[Prompt], real_maps: list[np.ndarray], rare: list[str],
                     log=print) -> tuple[dict, list[np.ndarray]]:
     """Maps for ``prompts`` (plus repeats of the first few, for diversity) and the metrics of the
     generator and of the retrieval baseline on the same prompts; returns (metrics, maps)."""
     m, g = params.maps, params.maps.generate
     vocab = pipe.mapgen.vocab
-    seeds = [g.seed * 1_000_003 + i for i in range(len(prompts))]
+    seeds = prompt_seeds(params, len(prompts))
     t0 = time.perf_counter()
     maps = generate(pipe, prompts, seeds, g.batch_size, m.sampling.num_inference_steps, m.sampling.guidance_scale)
     n_div = min(m.metrics.diversity_prompts, len(prompts))
@@ -140,7 +145,7 @@ def build_maps(params: Params, data_dir: Path, generator_dir: Path, out: Path, m
     pipe = load_generator(params, generator_dir, table)
     real_maps = training_maps(train)
     prompts = prompt_set(params, pipe.mapgen.vocab, real_maps)
-    seeds = [g.seed * 1_000_003 + i for i in range(len(prompts))]
+    seeds = prompt_seeds(params, len(prompts))
     result, maps = score_generator(params, pipe, prompts, real_maps, [table.names[i] for i in table.rare_ids], log)
 
     image_pipe = make_kind(params, g.image_model, table).load_pipeline(Path("models") / g.image_model,
