@@ -19,12 +19,12 @@ from diffusers import ControlNetModel, DiffusionPipeline, ImagePipelineOutput, U
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from torch import nn
 
-from casdm.kinds import ModelKind
+from benchmark.engine.kind import KindOptions, ModelKind
+from benchmark.engine.registry import register
 from casdm.losses import mse
-from casdm.registry import register
 from casdm.schedulers import make_scheduler
 from casdm.text import encode_phrases
 from casdm.unet import groups_for
@@ -32,13 +32,12 @@ from casdm.unet import groups_for
 COND_CHANNELS = (16,)  # pixel space: the control image already has the sample's size, no down-sampling
 
 
-class ControlNetOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text_encoder: str = Field("minilm", description="minilm | learned | clip:<local path or hub id>")
-    base_fraction: float = Field(0.5, gt=0, lt=1, description="share of the steps that train the base U-Net")
-    pretrained: str | None = Field(None, description="local Stable Diffusion folder: the latent route")
-    conditioning_scale: float = Field(1.0, ge=0)
-    learned_dim: int = Field(64, ge=8, description="embedding size for text_encoder: learned")
+class ControlNetOptions(KindOptions):
+    text_encoder: str = Field(description="minilm | learned | clip:<local path or hub id>")
+    base_fraction: float = Field(gt=0, lt=1, description="share of the steps that train the base U-Net")
+    pretrained: str | None = Field(description="local Stable Diffusion folder: the latent route")
+    conditioning_scale: float = Field(ge=0)
+    learned_dim: int = Field(ge=8, description="embedding size for text_encoder: learned")
 
 
 def colour_map(labels: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
@@ -47,8 +46,8 @@ def colour_map(labels: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
     return torch.cat([colours, white])[labels.long().clamp(0, 255)].permute(0, 3, 1, 2)
 
 
-class ClassPrompt(ModelMixin, ConfigMixin):
-    """Class-list prompt and control image from a class-id map."""
+class ClassListPrompt(ModelMixin, ConfigMixin):
+    """Class-list prompt (one token per class present) and control image from a class-id map."""
 
     @register_to_config
     def __init__(self, num_classes: int = 13, dim: int = 384, palette: tuple = ()):
@@ -69,7 +68,7 @@ class ClassPrompt(ModelMixin, ConfigMixin):
 class ControlNetPair(nn.Module):
     """Base U-Net + ControlNet + class prompt, trained by the shared trainer as one module."""
 
-    def __init__(self, prompt: ClassPrompt, unet: UNet2DConditionModel, controlnet: ControlNetModel):
+    def __init__(self, prompt: ClassListPrompt, unet: UNet2DConditionModel, controlnet: ControlNetModel):
         super().__init__()
         self.prompt, self.unet, self.controlnet = prompt, unet, controlnet
         self.use_control = False
@@ -142,28 +141,27 @@ def base_unet(preset, resolution: int, cross_dim: int) -> UNet2DConditionModel:
 @register("controlnet")
 class ControlNetKind(ModelKind):
     losses = ("controlnet",)
+    Options = ControlNetOptions
     find_unused_parameters = True  # each phase leaves one of the two networks out of the graph
-    options_schema = ControlNetOptions
 
-    def __init__(self, params, name, table):
-        super().__init__(params, name, table)
+    def __init__(self, options, ctx):
+        super().__init__(options, ctx)
         if self.options.pretrained is not None:
-            raise ValueError(f"params.yaml: models.{name}.training.options.pretrained: the latent route is "
+            raise ValueError(f"params.yaml: models.{self.name}.training.pretrained: the latent route is "
                              "kind 'controlnet-sd' (baselines/controlnet_sd.py); set kind: controlnet-sd")
-        self.noise_scheduler = make_scheduler("ddpm", params.diffusion)
-        self.switch = max(1, int(params.train.steps * self.options.base_fraction))
+        self.noise_scheduler = make_scheduler("ddpm", ctx.diffusion)
+        self.switch = max(1, int(ctx.steps * self.options.base_fraction))
 
     def build(self) -> ControlNetPair:
         names = self.table.names
         enc = self.options.text_encoder
         dim = self.options.learned_dim if enc == "learned" else None
         emb = None if enc == "learned" else encode_phrases(enc, [n.lower() for n in names])
-        prompt = ClassPrompt(len(names), dim or emb.shape[1], tuple(map(tuple, self.table.palette()[: len(names)].tolist())))
+        prompt = ClassListPrompt(len(names), dim or emb.shape[1], tuple(map(tuple, self.table.palette()[: len(names)].tolist())))
         if emb is not None:
             prompt.embed.weight.data.copy_(emb)
             prompt.requires_grad_(False)  # a pretrained encoder stays frozen
-        p = self.params
-        unet = base_unet(p.presets[p.train.preset], p.data.resolution, prompt.config.dim)
+        unet = base_unet(self.ctx.preset, self.ctx.resolution, prompt.config.dim)
         controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=COND_CHANNELS)
         return ControlNetPair(prompt, unet, controlnet)
 
@@ -191,9 +189,8 @@ class ControlNetKind(ModelKind):
         return terms[name], terms
 
     def pipeline(self, model: ControlNetPair) -> ControlNetPixelPipeline:
-        s = self.entry.sampling
         pipe = ControlNetPixelPipeline(model.prompt, model.unet, model.controlnet,
-                                       make_scheduler(s.scheduler, self.params.diffusion))
+                                       make_scheduler(self.sampling.scheduler, self.ctx.diffusion))
         pipe.conditioning_scale = self.options.conditioning_scale
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -202,12 +199,7 @@ class ControlNetKind(ModelKind):
         for part in ("prompt", "unet", "controlnet"):
             getattr(model, part).save_pretrained(folder / f"{part}_raw")
 
-    def load_pipeline(self, folder: Path, use_ema: bool = True) -> ControlNetPixelPipeline:
-        folder = Path(folder)
-        if not (folder / "model_index.json").exists():
-            raise FileNotFoundError(f"{folder}: no trained pipeline; run `dvc repro train@{self.name}` first")
-        sfx = "" if use_ema else "_raw"
-        pair = ControlNetPair(ClassPrompt.from_pretrained(folder / f"prompt{sfx}"),
-                              UNet2DConditionModel.from_pretrained(folder / f"unet{sfx}"),
-                              ControlNetModel.from_pretrained(folder / f"controlnet{sfx}"))
-        return self.pipeline(pair).to("cuda" if torch.cuda.is_available() else "cpu")
+    def load_model(self, folder: Path, suffix: str) -> ControlNetPair:
+        return ControlNetPair(ClassListPrompt.from_pretrained(folder / f"prompt{suffix}"),
+                              UNet2DConditionModel.from_pretrained(folder / f"unet{suffix}"),
+                              ControlNetModel.from_pretrained(folder / f"controlnet{suffix}"))

@@ -17,9 +17,9 @@ from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from baselines.controlnet import ControlNetOptions, colour_map
-from casdm.kinds import ModelKind
+from benchmark.engine.kind import ModelKind
+from benchmark.engine.registry import register
 from casdm.losses import mse
-from casdm.registry import register
 from casdm.schedulers import make_scheduler
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer")
@@ -83,11 +83,11 @@ class MapToImage:
 @register("controlnet-sd")
 class ControlNetSDKind(ModelKind):
     losses = ("controlnet",)
-    options_schema = ControlNetOptions
+    Options = ControlNetOptions
 
-    def __init__(self, params, name, table):
-        super().__init__(params, name, table)
-        key = f"params.yaml: models.{name}.training.options.pretrained"
+    def __init__(self, options, ctx):
+        super().__init__(options, ctx)
+        key = f"params.yaml: models.{self.name}.training.pretrained"
         if not self.options.pretrained:
             raise ValueError(f"{key}: required for kind 'controlnet-sd' (a local Stable Diffusion folder)")
         self.root = Path(self.options.pretrained)
@@ -95,7 +95,7 @@ class ControlNetSDKind(ModelKind):
         if missing:
             raise ValueError(f"{key}: {self.root} lacks {missing}; expected a diffusers Stable Diffusion folder "
                              f"with {list(PARTS)}")
-        self.noise_scheduler = make_scheduler("ddpm", params.diffusion)
+        self.noise_scheduler = make_scheduler("ddpm", ctx.diffusion)
 
     def build(self) -> SDControlNet:
         model = SDControlNet(self.root, self.table.palette()[: self.table.num_classes].tolist())
@@ -120,10 +120,9 @@ class ControlNetSDKind(ModelKind):
         return terms["controlnet_mse"], terms
 
     def pipeline(self, model: SDControlNet) -> MapToImage:
-        s = self.entry.sampling
         pipe = StableDiffusionControlNetPipeline(
             vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-            controlnet=model.controlnet, scheduler=make_scheduler(s.scheduler, self.params.diffusion),
+            controlnet=model.controlnet, scheduler=make_scheduler(self.sampling.scheduler, self.ctx.diffusion),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         return MapToImage(pipe, model, self.options.conditioning_scale)
@@ -133,13 +132,10 @@ class ControlNetSDKind(ModelKind):
         (Path(folder) / "model_index.json").write_text(json.dumps({"pretrained": str(self.root.resolve()),
                                                                    "controlnet": "controlnet"}, indent=2))
 
+    def load_model(self, folder: Path, suffix: str) -> SDControlNet:
+        model = self.build()
+        model.controlnet = ControlNetModel.from_pretrained(folder / f"controlnet{suffix}")
+        return model
+
     def export_raw(self, model, folder: Path) -> None:
         model.controlnet.save_pretrained(Path(folder) / "controlnet_raw")
-
-    def load_pipeline(self, folder: Path, use_ema: bool = True) -> MapToImage:
-        folder = Path(folder)
-        if not (folder / "model_index.json").exists():
-            raise FileNotFoundError(f"{folder}: no trained ControlNet; run `dvc repro train@{self.name}` first")
-        model = self.build()
-        model.controlnet = ControlNetModel.from_pretrained(folder / ("controlnet" if use_ema else "controlnet_raw"))
-        return self.pipeline(model.to("cuda" if torch.cuda.is_available() else "cpu"))

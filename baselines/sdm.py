@@ -11,8 +11,8 @@ import math
 
 import torch
 
-from casdm.kinds import CASDMKind
-from casdm.registry import register
+from benchmark.engine.registry import register
+from benchmark.kinds.casdm import SpadeKind
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -74,7 +74,7 @@ def hybrid_loss(sched, out: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor,
 
 
 @register("sdm")
-class SDMKind(CASDMKind):
+class SDMKind(SpadeKind):
     """SPADE U-Net with learned variance, hybrid loss, map dropout and guidance."""
 
     losses = ("hybrid",)

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from benchmark.config import load_params
 from benchmark.io import write_json
-from benchmark.maps import MAPGEN, generator_params, load_generator, prompt_set, score_generator, training_maps
-from casdm.data import PreparedDataset
-from casdm.train import RunPaths, train
+from benchmark.engine.data import PreparedDataset
+from benchmark.engine.trainer import RunPaths, train
+from benchmark.maps import MAPGEN, generator_params, load_generator, prompt_set, score_generator
 
 KEYS = ("adherence", "presence", "absence", "size", "location", "quantity", "clause_accuracy", "rare_presence")
 
@@ -41,8 +41,8 @@ def main() -> None:
     args = ap.parse_args()
     base = load_params(args.params)
     data = PreparedDataset(args.data, "train")
-    real = training_maps(data)
-    rare = [data.table.names[i] for i in data.table.rare_ids]
+    real = data.masks()
+    rare = data.table.rare_names
     report = {"steps": args.steps, "class_aware": base.maps.class_aware, "encoders": {}}
     for enc in args.encoders:
         over = {"text_encoder": enc, "train": {**base.maps.train, **({"steps": args.steps} if args.steps else {})}}

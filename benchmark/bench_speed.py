@@ -57,7 +57,7 @@ def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: in
     from accelerate import Accelerator
 
     from benchmark.data.classes import CHOLECSEG8K
-    from casdm.registry import make_kind
+    from benchmark.engine.registry import make_kind
 
     base = load_params(REPO / "params.yaml")
     res = resolution or base.data.resolution
@@ -65,7 +65,7 @@ def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: in
 
     def kind_for(loss: str):
         entry = base.models["casdm"]
-        entry = entry.model_copy(update={"training": entry.training.model_copy(update={"loss": loss})})
+        entry = entry.model_copy(update={"training": {**entry.training, "loss": loss}})
         params = base.model_copy(update={"train": base.train.model_copy(update={"preset": preset}),
                                          "data": base.data.model_copy(update={"resolution": res}),
                                          "models": {"casdm": entry}})
@@ -112,7 +112,7 @@ def bench_models(batch: int, steps: int) -> dict:
     from accelerate import Accelerator
 
     from benchmark.data.classes import CHOLECSEG8K
-    from casdm.registry import make_kind
+    from benchmark.engine.registry import make_kind
 
     params = load_params(REPO / "params.yaml")
     acc, rows = Accelerator(cpu=True), {}
@@ -129,7 +129,7 @@ def bench_models(batch: int, steps: int) -> dict:
         pipe = kind.pipeline(model)
         sample_s = _median_time(lambda: pipe(labels[:n_img], s.num_inference_steps, s.guidance_scale,
                                              output_type="pt"), 1, 2) / n_img
-        rows[name] = {"kind": entry.kind, "loss": entry.training.loss,
+        rows[name] = {"kind": entry.kind, "loss": entry.training["loss"],
                       "num_parameters": sum(p.numel() for p in model.parameters()),
                       "train_s_per_step": train_s, "sampler": f"{s.scheduler}-{s.num_inference_steps}"
                       + (f" x{s.guidance_scale} guidance" if s.guidance_scale != 1 else ""),

@@ -1,7 +1,10 @@
 """One validated model of params.yaml: every stage reads its section through ``load_params``.
 
 Why pydantic with ``extra="forbid"``: a typo in params.yaml (``resolutoin: 64``) must fail at once,
-naming the key, instead of silently training with a default.
+naming the key, instead of silently training with a default. Why no defaults here: params.yaml is
+the only place a value lives; a second set of defaults in code drifts from it unseen. Every field is
+required, and the model checks types, ranges and unknown keys. A model's ``training:`` block is
+validated by its kind's own options model (``benchmark/engine/kind.py``).
 """
 from __future__ import annotations
 
@@ -24,30 +27,30 @@ class Section(BaseModel):
 
 # ---------------------------------------------------------------------------------------- data
 class SyntheticConfig(Section):
-    videos: int = Field(17, ge=1, le=17, description="videos, named after CholecSeg8K's 17")
-    clips_per_video: int = Field(2, ge=1, le=20)
-    frames_per_clip: int = Field(20, ge=1, le=80)
-    width: int = Field(160, ge=16, le=1024)
-    height: int = Field(96, ge=16, le=1024)
-    seed: int = 0
-    quirks: bool = Field(True, description="write the real files' quirks (border, strays, RGBA masks)")
+    videos: int = Field(ge=1, le=17, description="videos, named after CholecSeg8K's 17")
+    clips_per_video: int = Field(ge=1, le=20)
+    frames_per_clip: int = Field(ge=1, le=80)
+    width: int = Field(ge=16, le=1024)
+    height: int = Field(ge=16, le=1024)
+    seed: int
+    quirks: bool = Field(description="write the real files' quirks (border, strays, RGBA masks)")
 
 
 class SplitConfig(Section):
-    kind: Literal["video", "random"] = "video"
-    test_videos: list[int | str] = Field(default_factory=lambda: [12, 20, 48, 55])
-    val_videos: list[int | str] = Field(default_factory=list)
-    test_fraction: float = Field(0.15, gt=0, lt=1, description="random split only")
-    val_fraction: float = Field(0.0, ge=0, lt=1, description="random split only")
-    seed: int = 0
+    kind: Literal["video", "random"]
+    test_videos: list[int | str]
+    val_videos: list[int | str]
+    test_fraction: float = Field(gt=0, lt=1, description="random split only")
+    val_fraction: float = Field(ge=0, lt=1, description="random split only")
+    seed: int
 
 
 class DataConfig(Section):
-    source: Literal["synthetic", "cholecseg8k", "folder"] = "synthetic"
-    root: str = Field("data/raw/synthetic", description="dataset root; the synthetic stage writes here")
-    resolution: int = Field(64, ge=16, le=1024, description="square side after resizing")
-    synthetic: SyntheticConfig = SyntheticConfig()
-    split: SplitConfig = SplitConfig()
+    source: Literal["synthetic", "cholecseg8k", "folder"]
+    root: str = Field(description="dataset root; the synthetic stage writes here")
+    resolution: int = Field(ge=16, le=1024, description="square side after resizing")
+    synthetic: SyntheticConfig
+    split: SplitConfig
 
     @field_validator("resolution")
     @classmethod
@@ -64,82 +67,69 @@ class UNetPreset(Section):
     base_channels: int = Field(ge=8)
     channel_mult: list[int] = Field(min_length=1)
     num_res_blocks: int = Field(ge=1)
-    attention_resolutions: list[int] = Field(default_factory=list)
-    head_channels: int = Field(64, ge=4)
-    spade_hidden: int = Field(128, ge=4, description="hidden width of the SPADE branches")
-    dropout: float = Field(0.0, ge=0, lt=1)
-    gradient_checkpointing: bool = False
-
-
-class TrainingRecipe(Section):
-    """What ``train@<model>`` depends on: the loss and its knobs."""
-
-    loss: Literal["mse", "ca_mse", "ca_mse+ca_sp", "hybrid", "controlnet", "map_ce"] = "ca_mse+ca_sp"
-    ca_variant: Literal["paper", "balanced"] = "paper"
-    ca_alpha: float = Field(1.0, ge=0, le=2, description="class weight ~ n^-alpha (1 = the paper)")
-    ca_boost: dict[str, float] = Field(default_factory=dict, description="class name -> weight multiplier")
-    lambda_sp: float = Field(0.0, ge=0)
-    sp_start_step: int = Field(0, ge=0, description="stage 2: the frozen copy is taken and CA-SP switched on")
-    sp_levels: int = Field(1, ge=1, le=8, description="feature levels compared: the middle block, then decoder")
-    drop_rate: float = Field(0.0, ge=0, le=1, description="null-map dropout for classifier-free guidance")
-    options: dict[str, Any] = Field(default_factory=dict, description="kind-specific, validated by the kind")
+    attention_resolutions: list[int]
+    head_channels: int = Field(ge=4)
+    spade_hidden: int = Field(ge=4, description="hidden width of the SPADE branches")
+    dropout: float = Field(ge=0, lt=1)
+    gradient_checkpointing: bool
 
 
 class SamplingRecipe(Section):
     """What ``sample@<model>`` depends on: changing it re-samples without retraining."""
 
-    scheduler: Literal["ddpm", "ddim", "dpmsolver++"] = "ddim"
-    num_inference_steps: int = Field(50, ge=1, le=1000)
-    guidance_scale: float = Field(1.0, ge=0)
+    scheduler: Literal["ddpm", "ddim", "dpmsolver++"]
+    num_inference_steps: int = Field(ge=1, le=1000)
+    guidance_scale: float = Field(ge=0)
 
 
 class ModelEntry(Section):
-    """One benchmarked model: a registered network + loss recipe + sampler."""
+    """One benchmarked model: a registered kind, its training block, its sampler."""
 
     kind: str = Field(description="registry name: casdm, sdm, controlnet, ...")
-    role: str = Field("method", description="method | ablation | baseline")
-    training: TrainingRecipe = TrainingRecipe()
-    sampling: SamplingRecipe = SamplingRecipe()
+    role: str = Field(description="method | ablation | baseline")
+    training: dict[str, Any] = Field(description="what train@<model> depends on: `loss` and the kind's options, "
+                                     "validated by the kind's options model when the kind is made")
+    sampling: SamplingRecipe
 
 
 # ------------------------------------------------------------------------------------- stages
 class DiffusionConfig(Section):
-    num_train_timesteps: int = Field(1000, ge=10)
-    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "linear"
-    beta_start: float = Field(1e-4, gt=0)
-    beta_end: float = Field(0.02, gt=0, lt=1)
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
-    zero_snr: bool = False
+    num_train_timesteps: int = Field(ge=10)
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+    beta_start: float = Field(gt=0)
+    beta_end: float = Field(gt=0, lt=1)
+    prediction_type: Literal["epsilon", "v_prediction"]
+    zero_snr: bool
 
 
 class TrainConfig(Section):
-    preset: str = "cpu"
+    preset: str
     steps: int = Field(ge=1)
     batch_size: int = Field(ge=1)
-    lr: float = Field(1e-4, gt=0)
-    warmup_steps: int = Field(500, ge=0)
-    weight_decay: float = Field(1e-6, ge=0)
-    adam_betas: tuple[float, float] = (0.95, 0.999)
-    grad_clip: float = Field(1.0, gt=0)
-    ema_decay: float = Field(0.9999, ge=0, lt=1)
-    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
-    augment: bool = True
+    lr: float = Field(gt=0)
+    warmup_steps: int = Field(ge=0)
+    weight_decay: float = Field(ge=0)
+    adam_betas: tuple[float, float]
+    grad_clip: float = Field(gt=0)
+    ema_decay: float = Field(ge=0, lt=1)
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"]
+    augment: bool
     checkpoint_every: int = Field(ge=1)
-    log_every: int = Field(10, ge=1)
+    log_every: int = Field(ge=1)
     sample_every: int = Field(ge=1, description="sample grid logged to MLflow every N steps")
-    seed: int = 0
-    num_workers: int = Field(0, ge=0)
+    seed: int
+    num_workers: int = Field(ge=0)
 
 
 class SampleConfig(Section):
-    batch_size: int = Field(16, ge=1)
-    max_images: int | None = Field(None, ge=1, description="cap on test maps sampled (None = all)")
-    train_maps: int | None = Field(160, ge=0, description="training maps turned into images for the downstream "
-                                   "real + synthetic variant (None = all, 0 = none)")
+    batch_size: int = Field(ge=1)
+    max_images: int | None = Field(ge=1, description="cap on test maps sampled (null = all)")
+    train_maps: int | None = Field(ge=0, description="training maps turned into images for the downstream "
+                                   "real + synthetic variant (null = all, 0 = none)")
     train_selection: Literal["rare_first", "random"] = Field(
-        "rare_first", description="which training maps: those holding rare classes first, or a random draw")
-    seed: int = 0
-    use_ema: bool = True
+        description="which training maps: those holding rare classes first, or a random draw")
+    seed: int
+    use_ema: bool
 
 
 EXTRACTOR_HELP = "auto | inception | efficientnet_lite0 | efficientnet_lite0:blocks.N (N = 0..6)"
@@ -157,10 +147,10 @@ def check_extractor(v: str) -> str:
 class FidConfig(Section):
     """FID/KID of the test-map samples against the real test images (clean-fid, "clean" mode)."""
 
-    extractor: str = Field("auto", description=EXTRACTOR_HELP)
-    offline_extractor: str = Field("efficientnet_lite0:blocks.4", description="what `auto` uses without Inception")
-    inception_weights: str | None = Field(None, description="local inception-2015-12-05.pt (offline GPU boxes)")
-    batch_size: int = Field(32, ge=1)
+    extractor: str = Field(description=EXTRACTOR_HELP)
+    offline_extractor: str = Field(description="what `auto` uses without Inception")
+    inception_weights: str | None = Field(description="local inception-2015-12-05.pt (offline GPU boxes)")
+    batch_size: int = Field(ge=1)
 
     @field_validator("extractor")
     @classmethod
@@ -178,35 +168,35 @@ class FidConfig(Section):
 class SegmenterRecipe(Section):
     """One segmentation-models-pytorch training recipe (cross-entropy, AdamW, flips)."""
 
-    encoder_weights: Literal["none", "efficientnet_lite0", "imagenet"] = "none"
-    steps: int = Field(200, ge=1)
-    batch_size: int = Field(8, ge=1)
-    lr: float = Field(1e-3, gt=0)
+    encoder_weights: Literal["none", "efficientnet_lite0", "imagenet"]
+    steps: int = Field(ge=1)
+    batch_size: int = Field(ge=1)
+    lr: float = Field(gt=0)
 
 
 class SemanticConfig(SegmenterRecipe):
     """The judge: trained once on the real training split, run on every model's test-map samples."""
 
-    segmenter: Literal["segformer", "unet"] = "segformer"
-    seed: int = 0
+    segmenter: Literal["segformer", "unet"]
+    seed: int
 
 
 class DownstreamConfig(SegmenterRecipe):
     """Real only vs real + each model's synthetic pairs: the same step budget, several seeds."""
 
-    segmenters: list[Literal["segformer", "unet"]] = Field(default_factory=lambda: ["segformer"], min_length=1)
-    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    segmenters: list[Literal["segformer", "unet"]] = Field(min_length=1)
+    seeds: list[int] = Field(min_length=1)
 
 
 class EvaluateConfig(Section):
-    fid: FidConfig = FidConfig()
-    semantic: SemanticConfig = SemanticConfig()
-    downstream: DownstreamConfig = DownstreamConfig()
+    fid: FidConfig
+    semantic: SemanticConfig
+    downstream: DownstreamConfig
 
 
 class LeaderboardConfig(Section):
-    primary: str = "downstream_miou"
-    sort: Literal["asc", "desc"] = "desc"
+    primary: str
+    sort: Literal["asc", "desc"]
 
 
 OBJECTIVES = {  # name -> the direction it is good in; computed on the study's evaluation maps
@@ -218,7 +208,7 @@ class SearchParam(Section):
     """One dimension of the search space (Optuna ``suggest_*``)."""
 
     type: Literal["float", "int", "categorical"]
-    low: float | None = None
+    low: float | None = None  # optional by kind: a categorical has choices, a number low/high
     high: float | None = None
     log: bool = False
     choices: list[Any] | None = None
@@ -236,21 +226,21 @@ class SearchParam(Section):
 
 
 class StudyConfig(Section):
-    name: str = Field("casdm-loss-weights", pattern=r"^[A-Za-z0-9_.-]+$")
-    model: str = Field("casdm", description="the models: entry whose training block is tuned")
-    n_trials: int = Field(20, ge=1, description="finished (complete or pruned) trials, all workers together")
-    storage: str | None = Field(None, description="Optuna storage URL, journal:<file>, or None = "
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    model: str = Field(description="the models: entry whose training block is tuned")
+    n_trials: int = Field(ge=1, description="finished (complete or pruned) trials, all workers together")
+    storage: str | None = Field(description="Optuna storage URL, journal:<file>, or null = "
                                 "sqlite:///runs/studies/<name>.db")
-    directions: list[Literal["maximize", "minimize"]] = Field(default_factory=lambda: ["maximize"])
-    objectives: list[str] = Field(default_factory=lambda: ["rare_semantic_miou"], min_length=1)
-    sampler: Literal["tpe", "nsga2", "random"] = "tpe"
-    pruner: Literal["median", "hyperband", "none"] = "median"
-    seed: int = 0
-    train_steps: int | None = Field(None, ge=1, description="training steps per trial (None = train.steps)")
-    report_every: int = Field(100, ge=1, description="steps between intermediate scores (pruning)")
-    eval_split: Literal["val", "test"] = Field("test", description="maps the objectives are computed on")
-    eval_maps: int | None = Field(None, ge=2, description="cap on evaluation maps (None = the whole split)")
-    search_space: dict[str, SearchParam] = Field(default_factory=dict)
+    directions: list[Literal["maximize", "minimize"]]
+    objectives: list[str] = Field(min_length=1)
+    sampler: Literal["tpe", "nsga2", "random"]
+    pruner: Literal["median", "hyperband", "none"]
+    seed: int
+    train_steps: int | None = Field(ge=1, description="training steps per trial (null = train.steps)")
+    report_every: int = Field(ge=1, description="steps between intermediate scores (pruning)")
+    eval_split: Literal["val", "test"] = Field(description="maps the objectives are computed on")
+    eval_maps: int | None = Field(ge=2, description="cap on evaluation maps (null = the whole split)")
+    search_space: dict[str, SearchParam]
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -269,8 +259,7 @@ class StudyConfig(Section):
 
 
 class ReportConfig(Section):
-    title: str = "casdm-bench report"
-    formats: list[Literal["md", "html"]] = Field(default_factory=lambda: ["md"])
+    title: str
 
 
 # ------------------------------------------------------------------------- map generator
@@ -279,10 +268,10 @@ class MapPreset(Section):
 
     block_out_channels: list[int] = Field(min_length=2)
     attention_levels: list[bool] = Field(min_length=2, description="cross-attention to the prompt at this level")
-    layers_per_block: int = Field(1, ge=1)
-    cross_attention_dim: int = Field(64, ge=8)
-    attention_head_dim: int = Field(8, ge=1)
-    norm_num_groups: int = Field(8, ge=1)
+    layers_per_block: int = Field(ge=1)
+    cross_attention_dim: int = Field(ge=8)
+    attention_head_dim: int = Field(ge=1)
+    norm_num_groups: int = Field(ge=1)
 
     @model_validator(mode="after")
     def _levels(self):
@@ -295,24 +284,16 @@ class MapPreset(Section):
         return self
 
 
-def _map_presets() -> dict[str, MapPreset]:
-    return {"tiny": MapPreset(block_out_channels=[16, 32], attention_levels=[False, True], cross_attention_dim=32),
-            "cpu": MapPreset(block_out_channels=[16, 32, 64, 64], attention_levels=[False, False, True, True]),
-            "paper": MapPreset(block_out_channels=[128, 256, 512, 512], attention_levels=[False, False, True, True],
-                               layers_per_block=2, cross_attention_dim=512, attention_head_dim=64,
-                               norm_num_groups=32)}
-
-
 class MapGenerateConfig(Section):
     """Which prompts the ``maps`` stage generates maps for, and which image model draws them."""
 
-    prompts: Literal["train", "file"] = Field("train", description="train: prompts of random training maps; "
+    prompts: Literal["train", "file"] = Field(description="train: prompts of random training maps; "
                                               "file: one prompt per line of prompt_file")
-    prompt_file: str | None = Field(None, description="hand-written prompts, e.g. prompts/rare.txt")
-    num: int = Field(80, ge=1, description="maps generated (file prompts are cycled through)")
-    image_model: str = Field("casdm", description="the models: entry that turns the maps into images")
-    batch_size: int = Field(16, ge=1)
-    seed: int = 0
+    prompt_file: str | None = Field(description="hand-written prompts, e.g. prompts/rare.txt")
+    num: int = Field(ge=1, description="maps generated (file prompts are cycled through)")
+    image_model: str = Field(description="the models: entry that turns the maps into images")
+    batch_size: int = Field(ge=1)
+    seed: int
 
     @model_validator(mode="after")
     def _file(self):
@@ -322,24 +303,24 @@ class MapGenerateConfig(Section):
 
 
 class MapMetricsConfig(Section):
-    diversity_prompts: int = Field(16, ge=1, description="prompts whose maps are sampled several times")
-    diversity_samples: int = Field(4, ge=2, description="maps per prompt for diversity")
+    diversity_prompts: int = Field(ge=1, description="prompts whose maps are sampled several times")
+    diversity_samples: int = Field(ge=2, description="maps per prompt for diversity")
 
 
 class MapsConfig(Section):
     """The text-prompted map generator (casdm.md section 5): ``train-maps``, ``maps``, ``evaluate-maps``."""
 
-    text_encoder: str = Field("minilm", description="minilm | learned | clip:<local path or hub id>")
-    preset: str = "cpu"
-    presets: dict[str, MapPreset] = Field(default_factory=_map_presets)
-    min_region: float = Field(0.002, gt=0, lt=0.5, description="regions under this share of the map are specks")
-    drop_rate: float = Field(0.1, ge=0, le=1, description="empty-prompt dropout (classifier-free guidance)")
-    class_aware: bool = Field(False, description="class-aware (balanced) cross-entropy: every class present in a "
+    text_encoder: str = Field(description="minilm | learned | clip:<local path or hub id>")
+    preset: str
+    presets: dict[str, MapPreset]
+    min_region: float = Field(gt=0, lt=0.5, description="regions under this share of the map are specks")
+    drop_rate: float = Field(ge=0, le=1, description="empty-prompt dropout (classifier-free guidance)")
+    class_aware: bool = Field(description="class-aware (balanced) cross-entropy: every class present in a "
                               "map weighs the same, whatever its size")
-    train: dict[str, Any] = Field(default_factory=dict, description="overrides of the train: section")
-    sampling: SamplingRecipe = SamplingRecipe(scheduler="ddpm", num_inference_steps=25, guidance_scale=1.0)
-    generate: MapGenerateConfig = MapGenerateConfig()
-    metrics: MapMetricsConfig = MapMetricsConfig()
+    train: dict[str, Any] = Field(description="overrides of the train: section")
+    sampling: SamplingRecipe
+    generate: MapGenerateConfig
+    metrics: MapMetricsConfig
 
     @field_validator("text_encoder")
     @classmethod
@@ -356,23 +337,23 @@ class MapsConfig(Section):
 
 
 class TrackingConfig(Section):
-    uri: str = Field("sqlite:///mlflow.db", description="overridden by MLFLOW_TRACKING_URI")
-    experiment: str = "casdm-bench"
+    uri: str = Field(description="overridden by MLFLOW_TRACKING_URI")
+    experiment: str
 
 
 class Params(Section):
-    data: DataConfig = DataConfig()
+    data: DataConfig
     presets: dict[str, UNetPreset]
     models: dict[str, ModelEntry]
-    diffusion: DiffusionConfig = DiffusionConfig()
+    diffusion: DiffusionConfig
     train: TrainConfig
-    sample: SampleConfig = SampleConfig()
-    evaluate: EvaluateConfig = EvaluateConfig()
-    leaderboard: LeaderboardConfig = LeaderboardConfig()
-    study: StudyConfig = StudyConfig()
-    report: ReportConfig = ReportConfig()
-    tracking: TrackingConfig = TrackingConfig()
-    maps: MapsConfig = MapsConfig()
+    sample: SampleConfig
+    evaluate: EvaluateConfig
+    leaderboard: LeaderboardConfig
+    study: StudyConfig
+    report: ReportConfig
+    tracking: TrackingConfig
+    maps: MapsConfig
 
     @model_validator(mode="after")
     def _preset_exists(self):

@@ -6,7 +6,6 @@ usable offline) or ``imagenet`` (smp's download: needs the network, fails at onc
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -14,8 +13,9 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from benchmark.data.classes import IGNORE_INDEX, ClassTable
+from benchmark.engine.data import load_pair
+from benchmark.manifest import Manifest
 from benchmark.metrics.segmentation import SegmentationMeter, SegScores
-from casdm.data import load_pair
 
 ARCHS = {"segformer": ("Segformer", "mit_b0"), "unet": ("Unet", "resnet18")}
 
@@ -26,12 +26,10 @@ class GeneratedDataset(Dataset):
 
     def __init__(self, folder: str | Path, split: str = "train"):
         self.folder = Path(folder)
-        manifest = self.folder / "manifest.json"
-        if not manifest.exists():
-            raise FileNotFoundError(f"{manifest}: missing; run `dvc repro sample@<model>` first")
-        self.records = [r for r in json.loads(manifest.read_text())["images"] if r.get("split", "test") == split]
+        self.manifest = Manifest.read(self.folder)
+        self.records = self.manifest.split(split)
         if not self.records:
-            raise ValueError(f"{manifest}: no generated images from {split} maps"
+            raise ValueError(f"{self.folder / 'manifest.json'}: no generated images from {split} maps"
                              + (" (sample.train_maps is 0?)" if split == "train" else ""))
 
     def __len__(self) -> int:
@@ -39,12 +37,11 @@ class GeneratedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         r = self.records[i]
-        mask = self.folder / r["map"] if r.get("map_in_folder") else Path(r["map"])  # generated maps live beside
-        return {**load_pair(self.folder / r["image"], mask), "id": r["id"]}
+        return {**load_pair(self.folder / r.image, self.manifest.map_path(self.folder, r)), "id": r.id}
 
     @property
     def image_files(self) -> list[Path]:
-        return [self.folder / r["image"] for r in self.records]
+        return [self.folder / r.image for r in self.records]
 
 
 def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none", load: bool = True) -> torch.nn.Module:
@@ -58,13 +55,13 @@ def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none", 
     if encoder_weights == "none":
         return getattr(smp, cls)(encoder_name=encoder, encoder_weights=None, classes=num_classes)
     if encoder_weights == "efficientnet_lite0":
-        from benchmark.metrics.quality import _effnet_state
+        from benchmark.metrics.quality import effnet_state
 
         model = getattr(smp, cls)(encoder_name="tu-tf_efficientnet_lite0", encoder_weights=None, classes=num_classes)
         if not load:
             return model
         own = model.encoder.model.state_dict()
-        weights = {k: v for k, v in _effnet_state().items() if k in own}
+        weights = {k: v for k, v in effnet_state().items() if k in own}
         if len(weights) != len(own):
             raise RuntimeError(f"EfficientNet-Lite0 weights cover {len(weights)} of {len(own)} encoder tensors")
         model.encoder.model.load_state_dict(weights, strict=True)

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 from pathlib import Path
@@ -21,16 +20,13 @@ import torch
 from benchmark.config import Params
 from benchmark.data.classes import ClassTable
 from benchmark.downstream import GeneratedDataset, build_segmenter, evaluate_segmenter, train_segmenter
-from benchmark.io import atomic_dir, write_json
+from benchmark.engine.data import PreparedDataset
+from benchmark.engine.kind import device
+from benchmark.io import atomic_dir, write_csv, write_json
 from benchmark.metrics.quality import Extractor, fid_kid, files_features, make_extractor
 from benchmark.tracking import dataset_hash
-from casdm.data import PreparedDataset
 
 SCALARS = ("miou", "mdice", "rare_miou", "rare_mdice")
-
-
-def device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def extractor(params: Params) -> Extractor:
@@ -116,19 +112,13 @@ def downstream(params: Params, datasets: list, test: PreparedDataset, log=print)
 
 def write_plot(path: Path, table: ClassTable, result: dict) -> None:
     """Per-class CSV (DVC plots): semantic IoU and downstream IoU/Dice with spreads; absent = empty."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sem = result["semantic"]["iou"]
-    with tmp.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["class", "rare", "semantic_iou", "downstream_iou", "downstream_iou_std", "downstream_dice",
-                    "downstream_dice_std"])
-        for c in table.classes:
-            d = result["downstream"]["per_class"][c.name]
-            cell = lambda v: "" if v is None else f"{v:.6f}"
-            w.writerow([c.name, int(c.rare), cell(sem[c.name]), cell(d["iou"]), cell(d["iou_std"]), cell(d["dice"]),
-                        cell(d["dice_std"])])
-    tmp.replace(path)
+    cell = lambda v: "" if v is None else f"{v:.6f}"
+    sem, down = result["semantic"]["iou"], result["downstream"]["per_class"]
+    write_csv(path, ["class", "rare", "semantic_iou", "downstream_iou", "downstream_iou_std", "downstream_dice",
+                     "downstream_dice_std"],
+              [{"class": c.name, "rare": int(c.rare), "semantic_iou": cell(sem[c.name]),
+                **{f"downstream_{k}": cell(down[c.name][k]) for k in ("iou", "iou_std", "dice", "dice_std")}}
+               for c in table.classes])
 
 
 def evaluate_real(params: Params, data_dir: Path, judge_dir: Path, metrics: Path, plot: Path, log=print) -> dict:
@@ -146,7 +136,7 @@ def evaluate_real(params: Params, data_dir: Path, judge_dir: Path, metrics: Path
                                         "dataset_hash": dataset_hash(data_dir)})
     reference = evaluate_segmenter(judge, test, test.table, device=device())
     log(f"downstream, real only: {len(train)} images")
-    result = {"model": "real", "role": "reference", "rare_classes": [test.table.names[i] for i in test.table.rare_ids], "train_images": {"real": len(train), "synthetic": 0},
+    result = {"model": "real", "role": "reference", "rare_classes": test.table.rare_names, "train_images": {"real": len(train), "synthetic": 0},
               "semantic": reference.summary(), "downstream": downstream(params, [train], test, log)}
     write_json(metrics, result)
     write_plot(plot, test.table, result)
@@ -175,7 +165,7 @@ def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, fea
     semantic = evaluate_segmenter(load_judge(judge_dir), generated_test, test.table, device=device())
     log(f"{name}: semantic mIoU {semantic.miou:.3f}")
     log(f"downstream, real + {name}: {len(train)} + {len(generated_train)} images")
-    result = {"model": name, "role": params.models[name].role, "rare_classes": [test.table.names[i] for i in test.table.rare_ids],
+    result = {"model": name, "role": params.models[name].role, "rare_classes": test.table.rare_names,
               "train_images": {"real": len(train), "synthetic": len(generated_train)},
               "quality": quality, "semantic": semantic.summary(),
               "downstream": downstream(params, [train, generated_train], test, log)}
@@ -195,7 +185,7 @@ def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path
     semantic = evaluate_segmenter(load_judge(judge_dir), pairs, test.table, device=device())
     log(f"{name}: judge on images of generated maps, mIoU {semantic.miou:.3f}")
     log(f"downstream, real + {name}: {len(train)} + {len(pairs)} images")
-    result = {"model": name, "role": "generated", "rare_classes": [test.table.names[i] for i in test.table.rare_ids],
+    result = {"model": name, "role": "generated", "rare_classes": test.table.rare_names,
               "train_images": {"real": len(train), "synthetic": len(pairs)}, "semantic": semantic.summary(),
               "maps": {who: {"adherence": maps_metrics[who]["adherence"]["adherence"],
                              "rare_presence": maps_metrics[who]["adherence"]["rare_presence"],

@@ -1,20 +1,37 @@
-"""Small file helpers shared by every stage."""
+"""File helpers shared by every stage: every file a stage writes goes through a temp file and a rename,
+so a killed stage never leaves half a file (or folder) that looks finished."""
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterable
 
 
-def write_json(path: Path, data) -> None:
-    """Write through a temp file and rename, so a killed stage never leaves half a JSON."""
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` through ``.<name>.tmp`` beside ``path``, then rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
+    """A CSV with a header row; ``rows`` are dicts keyed by ``columns`` (missing keys are empty)."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, columns)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
 
 
 @contextmanager

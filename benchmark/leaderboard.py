@@ -7,7 +7,6 @@ segmenter seeds train both), with the spread of the paired differences.
 """
 from __future__ import annotations
 
-import csv
 import json
 import statistics
 import time
@@ -15,7 +14,7 @@ from pathlib import Path
 
 from benchmark.config import Params
 from benchmark.evaluate import SCALARS
-from benchmark.io import write_json
+from benchmark.io import write_csv, write_json, write_text
 
 REAL = "real"
 MAPS = "maps"  # metrics/evaluate/maps.json: the "real + generated maps" row (evaluate-maps)
@@ -123,41 +122,22 @@ def write_outputs(params: Params, rows: dict[str, dict], metrics: Path, plots: P
     columns, table = build(rows)
     table = sort_rows(table, params.leaderboard.primary, params.leaderboard.sort)
     write_json(metrics, {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table})
-    plots = Path(plots)
-    plots.mkdir(parents=True, exist_ok=True)
-    for name, cols in {"summary.csv": columns,
-                       "per_class.csv": ["model", "class", "rare", "iou", "iou_std", "dice", "dice_std"]}.items():
-        tmp = plots / f".{name}.tmp"
-        with tmp.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, cols)
-            w.writeheader()
-            if name == "summary.csv":
-                w.writerows(table)
-            else:
-                for model, r in rows.items():
-                    for cls, d in r["downstream"]["per_class"].items():
-                        w.writerow({"model": model, "class": cls, "rare": int(cls in r["rare_classes"]),
-                                    **d})
-        tmp.replace(plots / name)
-    report = Path(report)
-    report.parent.mkdir(parents=True, exist_ok=True)
-    tmp = report.with_name(f".{report.name}.tmp")
-    tmp.write_text(markdown(columns, table, f"{params.report.title}: leaderboard"))
-    tmp.replace(report)
+    write_csv(Path(plots) / "summary.csv", columns, table)
+    write_csv(Path(plots) / "per_class.csv", ["model", "class", "rare", "iou", "iou_std", "dice", "dice_std"],
+              [{"model": model, "class": cls, "rare": int(cls in r["rare_classes"]), **d}
+               for model, r in rows.items() for cls, d in r["downstream"]["per_class"].items()])
+    write_text(Path(report), markdown(columns, table, f"{params.report.title}: leaderboard"))
     return table
 
 
 def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report: Path) -> str:
     """A leaderboard run with the table artifact; each model's training run gets its numbers."""
-    import os
-
     import mlflow
 
-    from benchmark.tracking import flatten, git_commit, hash_json
-    from casdm.train import resolved_config
+    from benchmark.engine.trainer import resolved_config
+    from benchmark.tracking import connect, flatten, git_commit, hash_json
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", params.tracking.uri))
-    exp = mlflow.set_experiment(params.tracking.experiment)
+    exp = connect(params.tracking)
     numeric = lambda r: {k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and v is not None}
     client = mlflow.MlflowClient()
     linked, now = {}, int(time.time() * 1000)
@@ -187,13 +167,12 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report:
 
 def latest_table(params: Params) -> tuple[str, "object"]:
     """The newest leaderboard run's table (a pandas DataFrame) from MLflow."""
-    import os
-
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", params.tracking.uri))
-    exp = mlflow.get_experiment_by_name(params.tracking.experiment)
-    runs = [] if exp is None else mlflow.MlflowClient().search_runs(
+    from benchmark.tracking import connect
+
+    exp = connect(params.tracking)
+    runs = mlflow.MlflowClient().search_runs(
         [exp.experiment_id], "tags.kind = 'leaderboard' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
@@ -201,3 +180,31 @@ def latest_table(params: Params) -> tuple[str, "object"]:
                           f"{mlflow.get_tracking_uri()}; run `dvc repro leaderboard` first")
     run_id = runs[0].info.run_id
     return run_id, mlflow.MlflowClient().load_table(exp.experiment_id, "leaderboard.json", run_ids=[run_id])
+
+
+SHORT = {"semantic_miou": "semantic mIoU", "semantic_rare_miou": "semantic rare mIoU", "downstream_miou": "mIoU",
+         "downstream_mdice": "mDice", "downstream_rare_miou": "rare mIoU", "downstream_rare_mdice": "rare mDice",
+         "delta_miou": "Δ mIoU", "delta_rare_miou": "Δ rare mIoU", "delta_mdice": "Δ mDice",
+         "delta_rare_mdice": "Δ rare mDice", "maps_adherence": "maps adherence"}
+
+
+def rich_table(params: Params, run_id: str, df, full: bool = False):
+    """The leaderboard as a rich Table: the headline columns (every column with ``full``)."""
+    from rich.table import Table
+
+    columns = [c for c in df.columns if c != "run_id"]
+    shown = [c for c in display_columns(columns) if full or c in ("model", "role") or c.startswith(("fid:", "kid:"))
+             or c in SHORT and "mdice" not in c.removeprefix("downstream_") or c == "downstream_mdice"]
+    extractors = sorted({c.split(":", 1)[1] for c in shown if c.startswith("fid:")})
+    t = Table(title=f"leaderboard (MLflow run {run_id[:8]}, sorted by {params.leaderboard.primary}); "
+                    f"FID/KID features: {', '.join(extractors) or '-'}; downstream: mean ± std over seeds")
+    for c in shown:
+        label = c.split(":")[0].upper() + (f" [{extractors.index(c.split(':', 1)[1]) + 1}]" if len(extractors) > 1
+                                            else "") if c.startswith(("fid:", "kid:")) else SHORT.get(c, c)
+        names = [str(v) for v in df[c]] if c in ("model", "role") else []
+        t.add_column(label, justify="left" if names else "right", no_wrap=True,
+                     min_width=max(map(len, names), default=None))  # names are never cut short
+    for rec in df.to_dict("records"):
+        rec = {k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items()}
+        t.add_row(*[fmt(rec, c) for c in shown])
+    return t

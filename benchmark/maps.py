@@ -8,7 +8,6 @@ checkpoints and MLflow tracking are the ones every image model uses.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -16,13 +15,16 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmark.config import ModelEntry, Params, TrainingRecipe
+from benchmark.config import ModelEntry, Params
+from benchmark.engine.data import PreparedDataset
+from benchmark.engine.registry import make_kind
+from benchmark.engine.trainer import RunPaths, train
 from benchmark.io import atomic_dir, write_json
+from benchmark.manifest import ImageRecord, Manifest
 from benchmark.metrics.maps import RetrievalBaseline, summary
-from casdm.data import PreparedDataset
+from benchmark.seeds import DIVERSITY_MAPS, MAP_IMAGES, derive_seed
 from casdm.pipeline import to_uint8
 from casdm.prompts import Prompt, PromptError, Vocabulary, describe_map, format_prompt, parse_prompt
-from casdm.registry import make_kind
 
 MAPGEN = "mapgen"
 
@@ -30,19 +32,13 @@ MAPGEN = "mapgen"
 def generator_params(params: Params) -> Params:
     """params with ``models = {mapgen: <from maps:>}`` and ``train`` overridden by ``maps.train``."""
     m = params.maps
-    entry = ModelEntry(kind=MAPGEN, role="generator", sampling=m.sampling, training=TrainingRecipe(
-        loss="map_ce", drop_rate=m.drop_rate,
-        options={"text_encoder": m.text_encoder, "min_region": m.min_region, "class_aware": m.class_aware,
-                 **m.presets[m.preset].model_dump()}))
+    entry = ModelEntry(kind=MAPGEN, role="generator", sampling=m.sampling, training={
+        "loss": "map_ce", "drop_rate": m.drop_rate, "text_encoder": m.text_encoder, "min_region": m.min_region,
+        "class_aware": m.class_aware, **m.presets[m.preset].model_dump()})
     return params.model_copy(update={"models": {MAPGEN: entry}, "train": params.train.model_copy(update=m.train)})
 
 
-def train_generator(params: Params, data_dir: Path, console=None) -> dict:
-    from casdm.train import RunPaths, train
-
-    paths = RunPaths(data=Path(data_dir), checkpoints=Path("runs") / MAPGEN / "checkpoints",
-                     model=Path("models") / MAPGEN, metrics=Path("metrics/train") / f"{MAPGEN}.json",
-                     plot=Path("plots/train") / f"{MAPGEN}.csv")
+def train_generator(params: Params, paths: RunPaths, console=None) -> dict:
     return train(generator_params(params), MAPGEN, paths, console=console)
 
 
@@ -68,10 +64,6 @@ def read_prompt_file(path: Path, vocab: Vocabulary) -> list[Prompt]:
     if not prompts:
         raise ValueError(f"{path}: no prompts (one per line expected)")
     return prompts
-
-
-def training_maps(data: PreparedDataset) -> list[np.ndarray]:
-    return [np.asarray(Image.open(data.root / "masks" / f"{r['id']}.png")) for r in data.rows]
 
 
 def prompt_set(params: Params, vocab: Vocabulary, real_maps: list[np.ndarray]) -> list[Prompt]:
@@ -104,8 +96,8 @@ def draw_images(pipe, maps: list[np.ndarray], seeds: list[int], batch_size: int,
 
 
 def prompt_seeds(params: Params, n: int) -> list[int]:
-    """One generation seed per prompt (the image of prompt i is drawn with seed + 900_000)."""
-    return [params.maps.generate.seed * 1_000_003 + i for i in range(n)]
+    """One generation seed per prompt (its image is drawn in the ``MAP_IMAGES`` stream)."""
+    return [derive_seed(params.maps.generate.seed, i) for i in range(n)]
 
 
 def score_generator(params: Params, pipe, prompts: list[Prompt], real_maps: list[np.ndarray], rare: list[str],
@@ -118,7 +110,7 @@ def score_generator(params: Params, pipe, prompts: list[Prompt], real_maps: list
     t0 = time.perf_counter()
     maps = generate(pipe, prompts, seeds, g.batch_size, m.sampling.num_inference_steps, m.sampling.guidance_scale)
     n_div = min(m.metrics.diversity_prompts, len(prompts))
-    extra = [(i, g.seed * 1_000_003 + 700_000 + i * 100 + k) for i in range(n_div)
+    extra = [(i, derive_seed(g.seed, i * 100 + k, DIVERSITY_MAPS)) for i in range(n_div)
              for k in range(1, m.metrics.diversity_samples)]
     extra_maps = generate(pipe, [prompts[i] for i, _ in extra], [s for _, s in extra], g.batch_size,
                           m.sampling.num_inference_steps, m.sampling.guidance_scale)
@@ -137,21 +129,22 @@ def score_generator(params: Params, pipe, prompts: list[Prompt], real_maps: list
     return result, maps
 
 
-def build_maps(params: Params, data_dir: Path, generator_dir: Path, out: Path, metrics: Path, log=print) -> dict:
-    """Maps for the prompt set, images for them, and the generator's and the baseline's metrics."""
+def build_maps(params: Params, data_dir: Path, generator_dir: Path, image_model_dir: Path, out: Path, metrics: Path,
+               log=print) -> dict:
+    """Maps for the prompt set, images for them by ``maps.generate.image_model`` (its pipeline in
+    ``image_model_dir``), and the generator's and the baseline's metrics."""
     g = params.maps.generate
     train = PreparedDataset(data_dir, "train")
     table = train.table
     pipe = load_generator(params, generator_dir, table)
-    real_maps = training_maps(train)
+    real_maps = train.masks()
     prompts = prompt_set(params, pipe.mapgen.vocab, real_maps)
     seeds = prompt_seeds(params, len(prompts))
-    result, maps = score_generator(params, pipe, prompts, real_maps, [table.names[i] for i in table.rare_ids], log)
+    result, maps = score_generator(params, pipe, prompts, real_maps, table.rare_names, log)
 
-    image_pipe = make_kind(params, g.image_model, table).load_pipeline(Path("models") / g.image_model,
-                                                                      params.sample.use_ema)
+    image_pipe = make_kind(params, g.image_model, table).load_pipeline(image_model_dir, params.sample.use_ema)
     t0 = time.perf_counter()
-    images = draw_images(image_pipe, maps, [s + 900_000 for s in seeds], g.batch_size,
+    images = draw_images(image_pipe, maps, [s + MAP_IMAGES for s in seeds], g.batch_size,
                          params.models[g.image_model].sampling)
     result["s_per_image"] = (time.perf_counter() - t0) / len(images)
     log(f"maps: {len(images)} images by {g.image_model} ({result['s_per_image']:.2f} s/image)")
@@ -163,10 +156,10 @@ def build_maps(params: Params, data_dir: Path, generator_dir: Path, out: Path, m
             rid = f"gen-{i:05d}"
             Image.fromarray(mp.astype(np.uint8)).save(tmp / "maps" / f"{rid}.png")
             Image.fromarray(img).save(tmp / "train" / f"{rid}.png")
-            records.append({"id": rid, "split": "train", "image": f"train/{rid}.png", "map": f"maps/{rid}.png",
-                            "map_in_folder": True, "prompt": format_prompt(prompt), "seed": seed})
-        write_json(tmp / "manifest.json", {"model": f"{g.image_model}+maps", "image_model": g.image_model,
-                                           "generator": str(generator_dir), "images": records})
+            records.append(ImageRecord(id=rid, split="train", image=f"train/{rid}.png", map=f"maps/{rid}.png",
+                                       map_in_folder=True, prompt=format_prompt(prompt), seed=seed))
+        Manifest(model=f"{g.image_model}+maps", images=records,
+                 made_with={"image_model": g.image_model, "generator": str(generator_dir)}).write(tmp)
         write_json(tmp / "metrics.json", result)
     write_json(metrics, _flat_metrics(result))
     _log_mlflow(params, result, maps[:8], images[:8], prompts[:8], table)
@@ -188,10 +181,9 @@ def _log_mlflow(params: Params, result: dict, maps, images, prompts, table) -> N
     """A ``maps`` run: the metrics of generator and baseline, and a grid (map row over image row)."""
     import mlflow
 
-    from benchmark.tracking import flatten, git_commit, hash_json
+    from benchmark.tracking import connect, flatten, git_commit, hash_json
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", params.tracking.uri))
-    mlflow.set_experiment(params.tracking.experiment)
+    connect(params.tracking)
     with mlflow.start_run(run_name="maps"):
         mlflow.set_tags({"kind": "maps", "model": MAPGEN, "image_model": result["image_model"],
                          "text_encoder": result["text_encoder"], "git_commit": git_commit(),

@@ -13,18 +13,15 @@ one run per trial tagged ``mlflow.parentRunId``, so workers in other processes n
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import optuna
-import torch
 
-from benchmark.config import Params, parse_params
-from benchmark.evaluate import device, extractor, load_judge
-from benchmark.metrics.quality import fid_kid, files_features
-from benchmark.metrics.segmentation import SegmentationMeter
-from casdm.data import PreparedDataset
+from benchmark.config import Params
+from benchmark.io import write_text
+from benchmark.study_scoring import Scorer
+from benchmark.study_space import boosted_classes, configured_values, sample_values, trial_params, training_overrides
 
 STUDIES = Path("runs/studies")
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping forever
@@ -69,123 +66,19 @@ def load_study(params: Params, storage=None) -> optuna.Study:
                                directions=s.directions, sampler=make_sampler(params), pruner=make_pruner(params))
 
 
-def suggest(trial: optuna.Trial, params: Params) -> dict:
-    """Sampled values -> the model's ``training`` overrides (exactly what ``--write-params`` writes)."""
-    out = {}
-    steps = params.train.steps
-    entry = params.models[params.study.model].training
-    for key, p in params.study.search_space.items():
-        if p.type == "categorical":
-            v = trial.suggest_categorical(key, p.choices)
-        elif p.type == "int":
-            v = trial.suggest_int(key, int(p.low), int(p.high), log=p.log)
-        else:
-            v = trial.suggest_float(key, p.low, p.high, log=p.log)
-        if key == "ca_boost":  # one multiplier for the boosted (else the rare) classes
-            classes = list(entry.ca_boost) or ["Hepatic Vein", "Blood", "Cystic Duct"]
-            out["ca_boost"] = {c: v for c in classes}
-        elif key == "sp_start_fraction":
-            out["sp_start_step"] = int(round(v * steps))
-        else:
-            out[key] = v
-    return out
-
-
-def trial_params(params: Params, overrides: dict) -> Params:
-    """params with the tuned model's training block overridden and the trial's step budget."""
-    data = params.model_dump(mode="json")
-    name, s = params.study.model, params.study
-    data["models"][name]["training"].update(overrides)
-    if s.train_steps is not None:
-        scale = s.train_steps / params.train.steps
-        if "sp_start_step" in data["models"][name]["training"]:
-            data["models"][name]["training"]["sp_start_step"] = int(data["models"][name]["training"]["sp_start_step"] * scale)
-        data["train"].update(steps=s.train_steps, checkpoint_every=s.train_steps,
-                             sample_every=s.train_steps, warmup_steps=min(data["train"]["warmup_steps"], s.train_steps))
-    return parse_params(data, f"study {s.name} trial")
-
-
-class Scorer:
-    """The objectives of one pipeline on the study's evaluation maps (fixed maps and noise seeds)."""
-
-    def __init__(self, params: Params, data_dir: Path, judge_dir: Path, work: Path):
-        s = params.study
-        split = s.eval_split
-        try:
-            data = PreparedDataset(data_dir, split)
-        except ValueError:
-            raise ValueError(f"study.eval_split {split!r}: {data_dir} has no {split} frames; set data.split.val_videos "
-                             "(video split) or data.split.val_fraction (random split), or study.eval_split: test") from None
-        n = len(data) if s.eval_maps is None else min(s.eval_maps, len(data))
-        self.items = [data[i] for i in range(n)]
-        self.table, self.params, self.work = data.table, params, Path(work)
-        present = set(torch.cat([it["labels"].flatten() for it in self.items]).unique().tolist())
-        if "rare_semantic_miou" in s.objectives and not present & set(data.table.rare_ids):
-            raise ValueError(f"rare_semantic_miou: no rare class in the {n} {split} maps of the study; raise "
-                             "study.eval_maps or choose another objective")
-        self.judge = load_judge(judge_dir).to(device()) if any("semantic" in o for o in s.objectives) else None
-        self.real = None
-        if any(o in ("fid", "kid") for o in s.objectives):
-            self.extractor = extractor(params)
-            files = [Path(data_dir) / "images" / f"{it['id']}.png" for it in self.items]
-            self.real = files_features(files, self.extractor, device(), params.evaluate.fid.batch_size)
-
-    def images(self, pipe) -> torch.Tensor:
-        recipe = self.params.models[self.params.study.model].sampling
-        out = []
-        for s in range(0, len(self.items), self.params.sample.batch_size):
-            chunk = self.items[s: s + self.params.sample.batch_size]
-            labels = torch.stack([it["labels"] for it in chunk]).to(pipe.device)
-            gens = [torch.Generator(device=pipe.device).manual_seed(s + k) for k in range(len(chunk))]
-            out.append(pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
-                            output_type="pt").images.cpu())
-        return torch.cat(out)  # [N, 3, H, W] in 0..1
-
-    @torch.no_grad()
-    def __call__(self, pipe, objectives: list[str] | None = None) -> dict[str, float]:
-        objectives = objectives or self.params.study.objectives
-        images, scores = self.images(pipe), {}
-        if any("semantic" in o for o in objectives):
-            meter = SegmentationMeter(self.table, device())
-            labels = torch.stack([it["labels"] for it in self.items])
-            for s in range(0, len(images), 16):
-                meter.update(self.judge(images[s:s + 16].to(device()) * 2 - 1), labels[s:s + 16].to(device()))
-            seg = meter.compute()
-            if seg.rare_miou is None and "rare_semantic_miou" in objectives:
-                raise ValueError(f"rare_semantic_miou: no rare class in the {len(self.items)} {self.params.study.eval_split} "
-                                 "maps of the study; raise study.eval_maps or choose another objective")
-            scores["semantic_miou"], scores["rare_semantic_miou"] = seg.miou, seg.rare_miou
-        if any(o in ("fid", "kid") for o in objectives):
-            from PIL import Image
-
-            import tempfile
-
-            self.work.mkdir(parents=True, exist_ok=True)
-            # a folder of this call's own: workers of one study share `work`, and must not
-            # overwrite each other's images while clean-fid reads them
-            with tempfile.TemporaryDirectory(prefix="eval-images-", dir=self.work) as tmp:
-                files = []
-                for it, img in zip(self.items, (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)):
-                    files.append(Path(tmp) / f"{it['id']}.png")
-                    Image.fromarray(img.numpy()).save(files[-1])
-                q = fid_kid(files_features(files, self.extractor, device()), self.real, self.extractor)
-            scores["fid"], scores["kid"] = q["fid"], q["kid"]
-        return {k: float(v) for k, v in scores.items() if v is not None}
-
-
 # ------------------------------------------------------------------------------------ tracking
 def parent_run(params: Params, study: optuna.Study, storage_url: str) -> str:
     """The study's MLflow parent run, its id kept in the study's user attrs. Workers that start
     together may each create one: all then agree on the earliest created and delete their own."""
     import mlflow
 
-    from benchmark.tracking import git_commit, hash_json
+    from benchmark.tracking import connect, git_commit, hash_json
 
     known = study.user_attrs.get("mlflow_parent_run_id")
     if known:
         return known
     client = mlflow.MlflowClient()
-    exp = mlflow.set_experiment(params.tracking.experiment)
+    exp = connect(params.tracking)
     key = hash_json([storage_url.split("@")[-1], study.study_name])  # no password in a tag
     tags = {"kind": "study", "study": params.study.name, "study_key": key, "git_commit": git_commit()}
     mine = client.create_run(exp.experiment_id, run_name=f"study {params.study.name}", tags=tags).info.run_id
@@ -230,7 +123,7 @@ def save_plots(study: optuna.Study, params: Params, folder: Path) -> list[Path]:
         try:
             ax = make()
         except (ValueError, RuntimeError) as exc:  # e.g. importances with a constant objective
-            (folder / f"{name}.txt").write_text(f"not plotted: {exc}\n")
+            write_text(folder / f"{name}.txt", f"not plotted: {exc}\n")
             continue
         fig = (ax[0] if isinstance(ax, np.ndarray) else ax).figure
         fig.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
@@ -240,36 +133,21 @@ def save_plots(study: optuna.Study, params: Params, folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------- running
-def current_values(params: Params) -> dict:
-    """The tuned model's values in params.yaml, as search-space values (a study's trial 0, so every
-    study says whether tuning beats the configured, i.e. the paper's, weights)."""
-    t, out = params.models[params.study.model].training, {}
-    for key, p in params.study.search_space.items():
-        if key == "ca_boost":
-            v = next(iter(t.ca_boost.values()), 1.0)
-        elif key == "sp_start_fraction":
-            v = t.sp_start_step / params.train.steps
-        else:
-            v = getattr(t, key)
-        if p.type == "categorical" and v not in p.choices or p.type != "categorical" and not p.low <= v <= p.high:
-            continue  # outside the search space: let the sampler choose
-        out[key] = v
-    return out
-
-
 def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Path, log=print):
     import mlflow
 
-    from casdm.registry import make_kind
-    from casdm.train import RunPaths, train
+    from benchmark.engine.registry import make_kind
+    from benchmark.engine.trainer import RunPaths, train
 
     s = params.study
     single = len(s.objectives) == 1
+    boosted = boosted_classes(params, scorer.table.rare_names)
 
     def objective(trial: optuna.Trial):
-        overrides = suggest(trial, params)
+        values = sample_values(trial, s.search_space)
+        overrides = training_overrides(values, params.train.steps, boosted)  # what --write-params writes
         trial.set_user_attr("training", overrides)
-        p = trial_params(params, overrides)
+        p = trial_params(params, values, boosted)
         folder = STUDIES / s.name / f"trial-{trial.number:04d}"
         trial.set_user_attr("artifacts", str(folder.resolve()))
         tags = {"mlflow.parentRunId": parent_id, "kind": "trial", "study": s.name, "trial": str(trial.number),
@@ -321,6 +199,8 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
     """Run (or resume) the study until ``n_trials`` trials of all workers have finished."""
     import mlflow
 
+    from benchmark.tracking import connect
+
     s = params.study
     if not s.search_space:
         raise ValueError("study.search_space is empty: nothing to tune")
@@ -330,12 +210,11 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
     if s.eval_split == "test":
         log("[yellow]note:[/] the objectives use the test split, which the leaderboard also scores; "
             "set data.split.val_videos and study.eval_split: val for an unbiased study")
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", params.tracking.uri))
-    mlflow.set_experiment(params.tracking.experiment)
+    connect(params.tracking)
     study = load_study(params, storage)
     parent = parent_run(params, study, storage or s.storage or f"sqlite:///{(STUDIES / s.name).resolve()}.db")
     if not study.trials:
-        study.enqueue_trial(current_values(params), user_attrs={"baseline": "params.yaml"})
+        study.enqueue_trial(configured_values(params), user_attrs={"baseline": "params.yaml"})
     target = n_trials or s.n_trials
     done = sum(t.state in FINISHED for t in study.trials)
     log(f"study {s.name}: {done} of {target} trials finished; MLflow parent run {parent}")
@@ -388,12 +267,18 @@ def pick_best(study: optuna.Study, params: Params, number: int | None = None) ->
     return max(study.best_trials, key=lambda t: sign * t.values[0])
 
 
-def write_best(params: Params, trial: optuna.trial.FrozenTrial, params_path: Path) -> dict:
-    """Write the trial's training values into params.yaml's tuned model (nothing else changes)."""
-    from benchmark.config import load_params, update_params
+def trials_table(study: optuna.Study, params: Params):
+    """Every trial as a rich Table: state, objective values, parameters, why it failed or was pruned."""
+    from rich.table import Table
 
-    overrides = dict(trial.user_attrs["training"])
-    if "sp_start_fraction" in trial.params:  # a fraction of the steps of the file written to
-        overrides["sp_start_step"] = int(round(trial.params["sp_start_fraction"] * load_params(params_path).train.steps))
-    update_params({"models": {params.study.model: {"training": overrides}}}, params_path)
-    return overrides
+    t = Table(title=f"study {study.study_name}: {len(study.trials)} trials")
+    for c in ("#", "state", *params.study.objectives, "params", "note"):
+        t.add_column(c, justify="right" if c in ("#", *params.study.objectives) else "left")
+    for tr in study.trials:
+        values = [f"{v:.4g}" for v in tr.values] if tr.values else ["-"] * len(params.study.objectives)
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tr.params.items())
+        note = tr.user_attrs.get("fail_reason") or tr.system_attrs.get("fail_reason", "")
+        if tr.state.name == "PRUNED" and tr.intermediate_values:
+            note = f"pruned at step {max(tr.intermediate_values)}"
+        t.add_row(str(tr.number), tr.state.name, *values, shown, note[:80])
+    return t

@@ -43,12 +43,20 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def connect(tracking):
+    """Point MLflow at the tracking store (``MLFLOW_TRACKING_URI``, else ``tracking.uri``) and the
+    suite's experiment; returns the experiment. Every stage that logs calls this, and only this."""
+    import mlflow
+
+    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", tracking.uri))
+    return mlflow.set_experiment(tracking.experiment)
+
+
 def start_run(tracking, run_name: str, tags: dict, params: dict, run_id: str | None = None):
     """Start (or, with ``run_id``, resume) an MLflow run; params are logged only on a new run."""
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", tracking.uri))
-    mlflow.set_experiment(tracking.experiment)
+    connect(tracking)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
     if run_id is None:
         mlflow.set_tags({**tags, "git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")})

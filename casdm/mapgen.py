@@ -12,14 +12,13 @@ clause ("Grasper, small, centre, two regions"): the clause's embedding by a froz
 The U-Net cross-attends to these tokens; an empty prompt (one zero token) is the null condition of
 classifier-free guidance.
 
-Trained by the shared trainer as model kind ``mapgen`` (loss ``map_ce``); the size thresholds of
-the prompt vocabulary are fitted on the training maps and saved in the model's config, so a saved
-generator reads and checks prompts exactly as it was trained on them.
+The size thresholds of the prompt vocabulary are fitted on the training maps and saved in the model's
+config, so a saved generator reads and checks prompts exactly as it was trained on them. (The
+benchmark trains it as model kind ``mapgen``: ``benchmark/kinds/mapgen.py``.)
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,16 +27,10 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
-from pydantic import BaseModel, ConfigDict, Field
-import torch.nn.functional as F
 from torch import nn
 
-from benchmark.data.classes import IGNORE_INDEX
-from casdm.kinds import ModelKind
-from casdm.losses import class_pixel_weights
 from casdm.pipeline import to_onehot
-from casdm.prompts import LOCATIONS, QUANTITIES, SIZES, Prompt, Vocabulary, describe_map, field_ids, parse_prompt
-from casdm.registry import register
+from casdm.prompts import LOCATIONS, QUANTITIES, SIZES, Prompt, Vocabulary, field_ids, parse_prompt
 from casdm.schedulers import make_scheduler
 from casdm.text import encode_phrases
 
@@ -73,10 +66,11 @@ class MapGenerator(ModelMixin, ConfigMixin):
     """UNet2DConditionModel over relaxed one-hot maps, cross-attending to one token per class clause."""
 
     @register_to_config
-    def __init__(self, num_classes: int = 13, sample_size: int = 64, text_encoder: str = "minilm", text_dim: int = 384,
-                 block_out_channels: tuple = (16, 32, 64, 64), attention_levels: tuple = (False, False, True, True),
-                 layers_per_block: int = 1, cross_attention_dim: int = 64, attention_head_dim: int = 8,
-                 norm_num_groups: int = 8, vocabulary: dict | None = None):
+    def __init__(self, num_classes: int, sample_size: int, text_encoder: str, text_dim: int, block_out_channels: tuple,
+                 attention_levels: tuple, layers_per_block: int, cross_attention_dim: int, attention_head_dim: int,
+                 norm_num_groups: int, vocabulary: dict | None = None):
+        """Widths come from a preset (the benchmark's ``maps.presets``); ``vocabulary`` from
+        ``Vocabulary.to_dict()`` of the training maps."""
         super().__init__()
         learned = text_encoder == "learned"
         self.fields = FieldEmbedding(num_classes, cross_attention_dim) if learned else None
@@ -174,105 +168,3 @@ class MapGenPipeline(DiffusionPipeline):
         if output_type == "np":
             maps = maps.cpu().numpy().astype(np.uint8)
         return MapGenOutput(maps=maps, prompts=parsed) if return_dict else (maps, parsed)
-
-
-class MapGenOptions(BaseModel):
-    """``training.options`` of a ``mapgen`` entry (built from params.yaml's ``maps:`` section)."""
-
-    model_config = ConfigDict(extra="forbid")
-    text_encoder: str = Field("minilm", description="minilm | learned | clip:<local path or hub id>")
-    block_out_channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 64], min_length=2)
-    attention_levels: list[bool] = Field(default_factory=lambda: [False, False, True, True], min_length=2)
-    layers_per_block: int = Field(1, ge=1)
-    cross_attention_dim: int = Field(64, ge=8)
-    attention_head_dim: int = Field(8, ge=1)
-    norm_num_groups: int = Field(8, ge=1)
-    min_region: float = Field(0.002, gt=0, lt=0.5, description="specks under this share of the map are ignored")
-    class_aware: bool = Field(False, description="cross-entropy weighted like CA-MSE (balanced): small classes count")
-
-
-@register("mapgen")
-class MapGenKind(ModelKind):
-    """The map generator on the shared trainer: prompts are built from each (augmented) training map."""
-
-    losses = ("map_ce",)
-    options_schema = MapGenOptions
-
-    def __init__(self, params, name, table):
-        super().__init__(params, name, table)
-        o = self.options
-        if len(o.attention_levels) != len(o.block_out_channels):
-            raise ValueError(f"params.yaml: maps preset: attention_levels ({len(o.attention_levels)}) and "
-                             f"block_out_channels ({len(o.block_out_channels)}) must have the same length")
-        self.noise_scheduler = map_scheduler("ddpm", params.diffusion)
-        self.vocab: Vocabulary | None = None
-        self.conditioner: PromptConditioner | None = None
-
-    def prepare(self, data) -> None:
-        """Fit the size thresholds on the training maps (before ``build``: they go into the config)."""
-        from PIL import Image
-
-        from casdm.prompts import fit_vocabulary
-
-        maps = (np.asarray(Image.open(data.root / "masks" / f"{r['id']}.png")) for r in data.rows)
-        self.vocab = fit_vocabulary(maps, self.table.names, self.options.min_region)
-
-    def text_dim(self) -> int:
-        from casdm.text import embedding_dim
-
-        return self.options.cross_attention_dim if self.options.text_encoder == "learned" else \
-            embedding_dim(self.options.text_encoder)
-
-    def build(self) -> MapGenerator:
-        if self.vocab is None:
-            raise RuntimeError("MapGenKind.prepare(data) must run before build()")
-        o = self.options
-        model = MapGenerator(num_classes=self.table.num_classes, sample_size=self.params.data.resolution,
-                             text_encoder=o.text_encoder, text_dim=self.text_dim(),
-                             block_out_channels=tuple(o.block_out_channels), attention_levels=tuple(o.attention_levels),
-                             layers_per_block=o.layers_per_block, cross_attention_dim=o.cross_attention_dim,
-                             attention_head_dim=o.attention_head_dim, norm_num_groups=o.norm_num_groups,
-                             vocabulary=self.vocab.to_dict())
-        self.conditioner = PromptConditioner(o.text_encoder, self.vocab, model.config.text_dim)
-        return model
-
-    def loss(self, model, images, labels, g, accelerator):
-        sched, b = self.noise_scheduler, labels.shape[0]
-        prompts = [describe_map(m, self.vocab) for m in labels.cpu().numpy()]
-        drop = (torch.rand(b, generator=g) < self.recipe.drop_rate).tolist()
-        cond = self.conditioner([() if d else p for p, d in zip(prompts, drop)], labels.device)
-        x0 = encode_maps(labels, self.table.num_classes)
-        noise = torch.randn(x0.shape, generator=g).to(labels.device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(labels.device)
-        with accelerator.autocast():
-            logits = model(sched.add_noise(x0, noise, t), t, **cond)
-        ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
-        valid = (labels != IGNORE_INDEX).float()
-        if self.options.class_aware:  # every class present in a map weighs the same, whatever its size
-            w = class_pixel_weights(to_onehot(labels, self.table.num_classes), variant="balanced")[:, 0] * valid
-        else:
-            w = valid
-        terms = {"map_ce": (ce * w).sum() / w.sum().clamp_min(1.0)}
-        return terms["map_ce"], terms
-
-    def pipeline(self, model) -> MapGenPipeline:
-        pipe = MapGenPipeline(model, map_scheduler(self.entry.sampling.scheduler, self.params.diffusion))
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def preview(self, pipe, labels, steps, guidance, generator) -> torch.Tensor:
-        """Maps generated from the prompts of ``labels``, coloured like the real maps."""
-        prompts = [describe_map(m, self.vocab or pipe.mapgen.vocab) for m in labels.cpu().numpy()]
-        maps = pipe(prompts, steps, guidance, generator=generator, output_type="np").maps
-        return torch.from_numpy(self.table.colourise(maps)).permute(0, 3, 1, 2).float() / 255
-
-    def export_raw(self, model, folder: Path) -> None:
-        model.save_pretrained(folder / "mapgen_raw")
-
-    def load_pipeline(self, folder: Path, use_ema: bool = True) -> MapGenPipeline:
-        folder = Path(folder)
-        if not (folder / "model_index.json").exists():
-            raise FileNotFoundError(f"{folder}: no trained map generator; run `dvc repro train-maps` first")
-        model = MapGenerator.from_pretrained(folder / ("mapgen" if use_ema else "mapgen_raw"))
-        self.vocab = model.vocab
-        return self.pipeline(model).to("cuda" if torch.cuda.is_available() else "cpu")

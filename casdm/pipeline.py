@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from benchmark.data.classes import IGNORE_INDEX
+from casdm.labels import IGNORE_INDEX
 
 
 def to_onehot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -21,9 +21,11 @@ class TextEncoderError(ValueError):
     """A text encoder could not be loaded; the message says which and why."""
 
 
-def embedding_dim(name: str, learned_dim: int = 64) -> int:
+def embedding_dim(name: str) -> int:
+    """Width of a pretrained encoder's embeddings (``learned`` tables have no pretrained width: the
+    caller's setting is theirs)."""
     if name == "learned":
-        return learned_dim
+        raise ValueError("text encoder 'learned' has no pretrained width; use the configured embedding size")
     return encode_phrases(name, ["x"]).shape[1]
 
 

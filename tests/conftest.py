@@ -17,10 +17,12 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A tiny synthetic CholecSeg8K-layout dataset (17 videos x 1 clip x 2 frames), read-only by convention."""
-    from benchmark.data.synthetic import SyntheticSpec, generate
+    from benchmark.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("synth") / "cholec"
-    generate(SyntheticSpec(clips_per_video=1, frames_per_clip=2, width=64, height=48, seed=3), root)
+    spec = tiny_params().data.synthetic.model_copy(update=dict(clips_per_video=1, frames_per_clip=2, width=64,
+                                                                height=48, seed=3))
+    generate(spec, root)
     return root
 
 

@@ -61,7 +61,6 @@ def test_wrong_type_is_named():
     (("data", "split", "test_fraction"), 1.5, r"data\.split\.test_fraction"),
     (("data", "synthetic", "videos"), 40, r"data\.synthetic\.videos"),
     (("train", "preset"), "huge", r"train\.preset 'huge' is not in presets"),
-    (("models", "casdm", "training", "lambda_sp"), -1, r"models\.casdm\.training\.lambda_sp"),
 ])
 def test_out_of_range_values_are_named(path, value, key):
     d = raw()
@@ -71,6 +70,35 @@ def test_out_of_range_values_are_named(path, value, key):
     node[path[-1]] = value
     with pytest.raises(ConfigError, match=key):
         parse_params(d)
+
+
+def test_missing_key_is_named():
+    """params.yaml is the only place a default lives: a key left out is an error, not a silent default."""
+    d = raw()
+    del d["train"]["warmup_steps"]
+    with pytest.raises(ConfigError, match=r"train\.warmup_steps: Field required"):
+        parse_params(d)
+
+
+def test_a_models_training_block_is_checked_by_its_kind(tmp_path):
+    """Out of range, missing or unknown options name the key, in `casdm params check` too."""
+    import subprocess
+
+    from benchmark.engine.registry import model_options
+    from tests.conftest import cli_env
+
+    for value, message in ((-1, r"models\.casdm\.training\.lambda_sp: Input should be greater than or equal to 0"),
+                           (None, r"models\.casdm\.training\.lambda_sp: Input should be a valid number")):
+        d = raw()
+        d["models"]["casdm"]["training"]["lambda_sp"] = value
+        with pytest.raises(ValueError, match=message):
+            model_options(parse_params(d), "casdm")
+    d = raw()
+    del d["models"]["controlnet"]["training"]["base_fraction"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
+    out = subprocess.run(["casdm", "params", "check", "--params", str(tmp_path / "params.yaml")], env=cli_env(),
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "models.controlnet.training.base_fraction: Field required" in out.stderr
 
 
 def test_bad_profile_leaves_params_untouched(tmp_path, monkeypatch):

@@ -8,13 +8,13 @@ import torch
 from accelerate import Accelerator
 
 from benchmark.data.classes import CHOLECSEG8K
-from casdm.registry import make_kind
+from benchmark.engine.registry import make_kind
 from casdm.text import TextEncoderError, encode_phrases
 from tests.conftest import tiny_params
 
 
 def kind_and_model(**options):
-    p = tiny_params(train={"steps": 10}, models={"controlnet": {"training": {"options": options}}})
+    p = tiny_params(train={"steps": 10}, models={"controlnet": {"training": options}})
     kind = make_kind(p, "controlnet", CHOLECSEG8K)
     return kind, kind.build()
 
@@ -80,10 +80,10 @@ def test_offline_hub_id_fails_fast_and_clearly(monkeypatch):
 
 
 def test_bad_options_are_named():
-    p = tiny_params(models={"controlnet": {"training": {"options": {"text_encodr": "minilm"}}}})
-    with pytest.raises(ValueError, match=r"models\.controlnet\.training\.options\.text_encodr"):
+    p = tiny_params(models={"controlnet": {"training": {"text_encodr": "minilm"}}})
+    with pytest.raises(ValueError, match=r"models\.controlnet\.training\.text_encodr: unknown key"):
         make_kind(p, "controlnet", CHOLECSEG8K)
-    p = tiny_params(models={"controlnet": {"training": {"options": {"text_encoder": "bert"}}}})
+    p = tiny_params(models={"controlnet": {"training": {"text_encoder": "bert"}}})
     with pytest.raises(TextEncoderError, match="unknown text encoder 'bert'"):
         make_kind(p, "controlnet", CHOLECSEG8K).build()
 

@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from benchmark.data.classes import CHOLECSEG8K
-from casdm.registry import make_kind
+from benchmark.engine.registry import make_kind
 from tests.conftest import tiny_params
 
 
@@ -44,8 +44,7 @@ def tiny_sd(tmp_path_factory):
 
 
 def sd_params(root):
-    return tiny_params(models={"controlnet": {"kind": "controlnet-sd", "training": {"options": {
-        "pretrained": str(root)}}}})
+    return tiny_params(models={"controlnet": {"kind": "controlnet-sd", "training": {"pretrained": str(root)}}})
 
 
 def test_only_the_controlnet_trains_and_the_pipeline_samples_maps(tiny_sd, tmp_path):
@@ -70,12 +69,12 @@ def test_only_the_controlnet_trains_and_the_pipeline_samples_maps(tiny_sd, tmp_p
 
 
 def test_missing_or_incomplete_checkpoint_is_named(tmp_path):
-    with pytest.raises(ValueError, match=r"options\.pretrained: required"):
+    with pytest.raises(ValueError, match=r"training\.pretrained: required"):
         make_kind(tiny_params(models={"controlnet": {"kind": "controlnet-sd"}}), "controlnet", CHOLECSEG8K)
     (tmp_path / "unet").mkdir()
-    with pytest.raises(ValueError, match=r"options\.pretrained: .* lacks \['vae', 'text_encoder', 'tokenizer'\]"):
+    with pytest.raises(ValueError, match=r"training\.pretrained: .* lacks \['vae', 'text_encoder', 'tokenizer'\]"):
         make_kind(sd_params(tmp_path), "controlnet", CHOLECSEG8K)
-    p = tiny_params(models={"controlnet": {"training": {"options": {"pretrained": str(tmp_path)}}}})
+    p = tiny_params(models={"controlnet": {"training": {"pretrained": str(tmp_path)}}})
     with pytest.raises(ValueError, match="set kind: controlnet-sd"):
         make_kind(p, "controlnet", CHOLECSEG8K)
 
@@ -83,19 +82,19 @@ def test_missing_or_incomplete_checkpoint_is_named(tmp_path):
 def test_the_shared_trainer_runs_the_sd_route(tiny_sd, tmp_path, prepared, monkeypatch):
     import mlflow
 
-    from casdm.sample import sample
-    from casdm.train import RunPaths, train
+    from benchmark.engine.sample import sample
+    from benchmark.engine.trainer import RunPaths, train
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
     p = tiny_params(train={"steps": 2, "checkpoint_every": 1, "sample_every": 2},
-                    models={"controlnet": {"kind": "controlnet-sd", "training": {"options": {"pretrained": str(tiny_sd)}},
+                    models={"controlnet": {"kind": "controlnet-sd", "training": {"pretrained": str(tiny_sd)},
                                            "sampling": {"scheduler": "ddim", "num_inference_steps": 2}}})
     rp = RunPaths(data=prepared, checkpoints=tmp_path / "ckpt", model=tmp_path / "model",
                   metrics=tmp_path / "m.json", plot=tmp_path / "p.csv")
     m = train(p, "controlnet", rp)
     mlflow.end_run()
     assert m["steps"] == 2 and (rp.model / "controlnet" / "config.json").exists()
-    r = sample(p, "controlnet", rp.model, prepared, tmp_path / "samples")
+    r = sample(p, "controlnet", rp.model, prepared, tmp_path / "samples", tmp_path / "sample.json")
     assert r["test_images"] == 8 and len(list((tmp_path / "samples" / "test").glob("*.png"))) == 8
     assert r["train_images"] == 8 and len(list((tmp_path / "samples" / "train").glob("*.png"))) == 8

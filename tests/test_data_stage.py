@@ -9,12 +9,20 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.config import DataConfig, SplitConfig
 from benchmark.data.classes import IGNORE_INDEX
 from benchmark.data.prepare import load_prepared, prepare
 from benchmark.data.sources import DatasetError, Frame
 from benchmark.data.splits import split_frames
-from tests.conftest import cli_env
+from tests.conftest import cli_env, tiny_params
+
+
+def split_cfg(**over):
+    """params.yaml's split section with ``over`` (validated)."""
+    return type(tiny_params().data.split).model_validate({**tiny_params().data.split.model_dump(), **over})
+
+
+def data_cfg(**over):
+    return type(tiny_params().data).model_validate({**tiny_params().data.model_dump(), **over})
 
 
 def fake_frames(videos=17, per_video=80 * 6 - 5):
@@ -24,9 +32,9 @@ def fake_frames(videos=17, per_video=80 * 6 - 5):
 
 def test_random_split_is_paper_sized_and_deterministic():
     frames = fake_frames(17, 8080 // 17 + 1)[:8080]
-    a = split_frames(frames, SplitConfig(kind="random", seed=1))
-    b = split_frames(frames, SplitConfig(kind="random", seed=1))
-    c = split_frames(frames, SplitConfig(kind="random", seed=2))
+    a = split_frames(frames, split_cfg(kind="random", seed=1))
+    b = split_frames(frames, split_cfg(kind="random", seed=1))
+    c = split_frames(frames, split_cfg(kind="random", seed=2))
     assert a == b and a != c
     assert sum(s == "test" for s in a.values()) == 1212
     assert sum(s == "train" for s in a.values()) == 6868
@@ -34,7 +42,7 @@ def test_random_split_is_paper_sized_and_deterministic():
 
 def test_video_split_keeps_videos_whole():
     frames = fake_frames(17, 5)
-    split = split_frames(frames, SplitConfig(test_videos=[12, "video13"], val_videos=["14"]))
+    split = split_frames(frames, split_cfg(test_videos=[12, "video13"], val_videos=["14"]))
     by_video = {}
     for f in frames:
         by_video.setdefault(f.video, set()).add(split[f.id])
@@ -44,11 +52,11 @@ def test_video_split_keeps_videos_whole():
 
 def test_video_split_unknown_video_is_named():
     with pytest.raises(DatasetError, match=r"test_videos: video\(s\) \['video99'\] not in the dataset"):
-        split_frames(fake_frames(3, 2), SplitConfig(test_videos=[99]))
+        split_frames(fake_frames(3, 2), split_cfg(test_videos=[99]))
 
 
 def test_prepare_writes_resized_data_stats_and_coverage(synth_root, tmp_path):
-    cfg = DataConfig(source="cholecseg8k", root=str(synth_root), resolution=32)
+    cfg = data_cfg(source="cholecseg8k", root=str(synth_root), resolution=32)
     stats = prepare(cfg, tmp_path / "prepared", tmp_path / "metrics.json")
     rows, table, stats2 = load_prepared(tmp_path / "prepared")
     assert stats2 == json.loads(json.dumps(stats))
@@ -71,7 +79,7 @@ def test_prepare_writes_resized_data_stats_and_coverage(synth_root, tmp_path):
 def test_prepare_failure_leaves_nothing_behind(synth_copy, tmp_path):
     mask = sorted(synth_copy.rglob("*_watershed_mask.png"))[-1]
     Image.fromarray(np.full((48, 64), 99, np.uint8)).save(mask)
-    cfg = DataConfig(source="cholecseg8k", root=str(synth_copy), resolution=32)
+    cfg = data_cfg(source="cholecseg8k", root=str(synth_copy), resolution=32)
     with pytest.raises(DatasetError, match="99"):
         prepare(cfg, tmp_path / "prepared")
     assert not (tmp_path / "prepared").exists()
@@ -81,11 +89,11 @@ def test_prepare_failure_leaves_nothing_behind(synth_copy, tmp_path):
 def test_default_synthetic_dataset_covers_every_class_in_train_and_test(tmp_path):
     """The default params' seed was chosen for full coverage; a generator change that breaks it fails here."""
     from benchmark.config import load_params
-    from benchmark.data.synthetic import SyntheticSpec, generate
+    from benchmark.data.synthetic import generate
     from tests.conftest import REPO
 
     p = load_params(REPO / "params.yaml")
-    generate(SyntheticSpec(**p.data.synthetic.model_dump()), tmp_path / "raw")
+    generate(p.data.synthetic, tmp_path / "raw")
     cfg = p.data.model_copy(update={"root": str(tmp_path / "raw")})
     stats = prepare(cfg, tmp_path / "prepared")
     assert stats["missing"] == {"train": [], "test": []}

@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from benchmark.downstream import GeneratedDataset, build_segmenter, evaluate_segmenter, train_segmenter
-from casdm.data import PreparedDataset
+from benchmark.engine.data import PreparedDataset
+from benchmark.manifest import ImageRecord, Manifest
 
 
 def fake_samples(prepared, folder, n=4, split="train"):
@@ -20,9 +21,9 @@ def fake_samples(prepared, folder, n=4, split="train"):
     for i in range(n):
         fid = data.rows[i]["id"]
         Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(folder / split / f"{fid}.png")
-        records.append({"id": fid, "split": split, "image": f"{split}/{fid}.png",
-                        "map": str(prepared / "masks" / f"{fid}.png"), "seed": i})
-    (folder / "manifest.json").write_text(json.dumps({"images": records}))
+        records.append(ImageRecord(id=fid, split=split, image=f"{split}/{fid}.png",
+                                   map=str(prepared / "masks" / f"{fid}.png"), seed=i))
+    Manifest(model="fake", images=records, made_with={"scheduler": "none"}).write(folder)
     return folder
 
 
@@ -47,9 +48,9 @@ def test_train_on_real_plus_generated_and_score_the_real_test_split(prepared, tm
 
 def test_offline_efficientnet_encoder_weights_load_and_imagenet_fails_fast(monkeypatch):
     model = build_segmenter("unet", 13, "efficientnet_lite0")
-    from benchmark.metrics.quality import _effnet_state
+    from benchmark.metrics.quality import effnet_state
 
-    stem = _effnet_state()["conv_stem.weight"]
+    stem = effnet_state()["conv_stem.weight"]
     assert torch.equal(model.encoder.model.conv_stem.weight, stem)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(RuntimeError, match="HF_HUB_OFFLINE=1"):
@@ -65,3 +66,6 @@ def test_missing_manifest_or_split_is_named(prepared, tmp_path):
     assert len(GeneratedDataset(folder, "test")) == 2
     with pytest.raises(ValueError, match="no generated images from train maps"):
         GeneratedDataset(folder, "train")
+    (folder / "manifest.json").write_text(json.dumps({"images": []}))
+    with pytest.raises(ValueError, match=r"manifest\.json: not a manifest of generated images"):
+        GeneratedDataset(folder, "test")

@@ -87,8 +87,8 @@ def test_missing_evaluation_is_named_with_its_stage(tmp_path):
 
 
 def test_rare_first_picks_maps_holding_rare_classes(prepared):
-    from casdm.data import PreparedDataset
-    from casdm.sample import pick_train_maps
+    from benchmark.engine.data import PreparedDataset
+    from benchmark.engine.sample import pick_train_maps
 
     train = PreparedDataset(prepared, "train")
     rare = set(train.table.rare_ids)

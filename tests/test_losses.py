@@ -7,7 +7,9 @@ from casdm.losses import ca_mse, ca_sp, class_pixel_weights, frozen_copy, mse, p
 from casdm.pipeline import to_onehot
 from casdm.schedulers import make_scheduler
 from casdm.unet import SPADEUNet
-from benchmark.config import DiffusionConfig
+from tests.conftest import tiny_params
+
+DIFFUSION = tiny_params().diffusion  # params.yaml's schedule (no defaults in code)
 
 
 def hand_ca_mse(pred, target, labels, K, boost=None, alpha=1.0):
@@ -109,7 +111,7 @@ def grads(model, loss):
 def test_ca_sp_changes_the_online_models_gradients():
     model = tiny_unet()
     frozen = frozen_copy(model)
-    sched = make_scheduler("ddpm", DiffusionConfig())
+    sched = make_scheduler("ddpm", DIFFUSION)
     g = torch.Generator().manual_seed(1)
     labels = torch.randint(0, 4, (2, 16, 16), generator=g)
     oh = to_onehot(labels, 4)
@@ -140,7 +142,7 @@ def test_ca_sp_weights_follow_the_map():
     """Class-aware: making a region's class rare (one small class) must change the SP value."""
     model = tiny_unet()
     frozen = frozen_copy(model)
-    sched = make_scheduler("ddpm", DiffusionConfig())
+    sched = make_scheduler("ddpm", DIFFUSION)
     x0 = torch.rand(1, 3, 16, 16) * 2 - 1
     x0_hat = x0 + 0.3 * torch.randn(1, 3, 16, 16)
     labels = torch.zeros(1, 16, 16, dtype=torch.long)

@@ -136,7 +136,7 @@ def test_adherence_realism_and_diversity_measure_what_they_say():
 def trained(prepared, tmp_path_factory):
     """A tiny generator trained 3 steps with the offline sentence encoder, through the shared trainer."""
     from benchmark.maps import MAPGEN, generator_params
-    from casdm.train import RunPaths, train
+    from benchmark.engine.trainer import RunPaths, train
 
     root = tmp_path_factory.mktemp("mapgen")
     p = tiny_params(maps={"train": {"steps": 3}})
@@ -148,7 +148,7 @@ def trained(prepared, tmp_path_factory):
 
 def test_generator_trains_and_generates_valid_class_ids_from_text(trained, prepared):
     from benchmark.maps import load_generator
-    from casdm.data import PreparedDataset
+    from benchmark.engine.data import PreparedDataset
 
     p, folder, metrics = trained
     assert metrics["steps"] == 3 and np.isfinite(metrics["final_loss"])
@@ -182,8 +182,8 @@ def test_each_clause_is_one_cross_attention_token():
 
 def test_learned_field_control_trains_its_embeddings(prepared, tmp_path):
     from benchmark.maps import MAPGEN, generator_params
-    from casdm.data import PreparedDataset
-    from casdm.registry import make_kind
+    from benchmark.engine.data import PreparedDataset
+    from benchmark.engine.registry import make_kind
 
     p = generator_params(tiny_params(maps={"text_encoder": "learned"}))
     data = PreparedDataset(prepared, "train")

@@ -4,12 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.config import DiffusionConfig, load_params
+from benchmark.config import load_params
 from casdm import CASDMPipeline, SPADEUNet
 from casdm.pipeline import to_onehot
 from casdm.schedulers import make_scheduler
 from casdm.unet import unet_from_preset
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_params
+
+DIFFUSION = tiny_params().diffusion  # params.yaml's schedule (no defaults in code)
 
 
 def small(learn_sigma=False, seed=0):
@@ -70,7 +72,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 
 @pytest.mark.parametrize("sampler", ["ddim", "dpmsolver++", "ddpm"])
 def test_spade_reuse_is_exact(sampler):
-    pipe = CASDMPipeline(small(), make_scheduler(sampler, DiffusionConfig()))
+    pipe = CASDMPipeline(small(), make_scheduler(sampler, DIFFUSION))
     kw = dict(num_inference_steps=4, output_type="pt")
     a = pipe(labels(), generator=torch.Generator().manual_seed(0), spade_reuse=True, **kw).images
     b = pipe(labels(), generator=torch.Generator().manual_seed(0), spade_reuse=False, **kw).images
@@ -80,13 +82,13 @@ def test_spade_reuse_is_exact(sampler):
 def test_pipeline_keeps_the_scheduler_it_is_given():
     for name, cls in (("ddim", "DDIMScheduler"), ("dpmsolver++", "DPMSolverMultistepScheduler"),
                       ("ddpm", "DDPMScheduler")):
-        pipe = CASDMPipeline(small(), make_scheduler(name, DiffusionConfig()))
+        pipe = CASDMPipeline(small(), make_scheduler(name, DIFFUSION))
         pipe(labels(1), num_inference_steps=3, output_type="pt")
         assert type(pipe.scheduler).__name__ == cls
 
 
 def test_guidance_scale_one_equals_unguided_and_other_scales_differ():
-    pipe = CASDMPipeline(small(), make_scheduler("ddpm", DiffusionConfig()))
+    pipe = CASDMPipeline(small(), make_scheduler("ddpm", DIFFUSION))
     run = lambda s, cfg=None: pipe(labels(), 4, guidance_scale=s, generator=torch.Generator().manual_seed(1),
                                    output_type="pt", classifier_free=cfg).images
     unguided = run(1.0, cfg=False)
@@ -102,7 +104,7 @@ def test_save_and_load_round_trip(tmp_path):
     m2 = SPADEUNet.from_pretrained(tmp_path / "unet")
     x, oh = torch.randn(1, 3, 16, 16), to_onehot(labels(1), 5)
     assert torch.equal(m(x, 7, oh).sample, m2(x, 7, oh).sample)
-    pipe = CASDMPipeline(m, make_scheduler("dpmsolver++", DiffusionConfig()))
+    pipe = CASDMPipeline(m, make_scheduler("dpmsolver++", DIFFUSION))
     pipe.save_pretrained(tmp_path / "pipe")
     pipe2 = CASDMPipeline.from_pretrained(tmp_path / "pipe")
     assert type(pipe2.scheduler).__name__ == "DPMSolverMultistepScheduler"
@@ -112,7 +114,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_zero_snr_v_prediction_option_samples():
-    cfg = DiffusionConfig(zero_snr=True, prediction_type="v_prediction")
+    cfg = DIFFUSION.model_copy(update={"zero_snr": True, "prediction_type": "v_prediction"})
     for name in ("ddim", "dpmsolver++", "ddpm"):
         sched = make_scheduler(name, cfg)
         assert sched.config.prediction_type == "v_prediction"
@@ -122,6 +124,6 @@ def test_zero_snr_v_prediction_option_samples():
 
 
 def test_wrong_number_of_classes_is_an_error():
-    pipe = CASDMPipeline(small(), make_scheduler("ddim", DiffusionConfig()))
+    pipe = CASDMPipeline(small(), make_scheduler("ddim", DIFFUSION))
     with pytest.raises(ValueError, match="expects 5"):
         pipe(torch.zeros(1, 7, 16, 16), 2)

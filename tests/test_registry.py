@@ -9,12 +9,14 @@ import torch
 
 import baselines
 from baselines.sdm import hybrid_loss, vb_term
-from benchmark.config import DiffusionConfig, load_params
+from benchmark.config import load_params
 from benchmark.data.classes import CHOLECSEG8K
-from casdm.registry import KINDS, get_kind, make_kind
+from benchmark.engine.registry import KINDS, get_kind, make_kind
+from benchmark.engine.trainer import resolved_config
 from casdm.schedulers import make_scheduler
-from casdm.train import resolved_config
 from tests.conftest import REPO, tiny_params
+
+DIFFUSION = tiny_params().diffusion  # params.yaml's schedule (no defaults in code)
 
 
 @pytest.mark.parametrize("name", list(tiny_params().models))
@@ -40,7 +42,7 @@ def test_every_model_in_params_trains_a_step_and_samples(name):
 def test_ablations_differ_only_in_the_loss():
     p = load_params(REPO / "params.yaml")
     ladder = ["casdm-mse", "casdm-camse", "casdm"]
-    assert [p.models[n].training.loss for n in ladder] == ["mse", "ca_mse", "ca_mse+ca_sp"]
+    assert [p.models[n].training["loss"] for n in ladder] == ["mse", "ca_mse", "ca_mse+ca_sp"]
     configs = []
     for n in ladder:
         c = resolved_config(p, n)
@@ -57,9 +59,13 @@ def test_wrong_loss_for_a_kind_names_the_key():
 
 
 def test_options_a_kind_does_not_take_are_refused():
-    p = tiny_params(models={"casdm": {"training": {"options": {"text_encoder": "minilm"}}}})
-    with pytest.raises(ValueError, match=r"models\.casdm\.training\.options: kind 'casdm' takes no options"):
+    p = tiny_params(models={"casdm": {"training": {"text_encoder": "minilm"}}})
+    with pytest.raises(ValueError, match=r"models\.casdm\.training\.text_encoder: unknown key \(kind 'casdm' takes "
+                                         r"\[.*'lambda_sp'"):
         make_kind(p, "casdm", CHOLECSEG8K)
+    p = tiny_params(models={"sdm": {"training": {"drop_rate": None}}})
+    with pytest.raises(ValueError, match=r"models\.sdm\.training\.drop_rate: Input should be a valid number"):
+        make_kind(p, "sdm", CHOLECSEG8K)
 
 
 def test_unknown_kind_lists_the_registered_ones():
@@ -70,7 +76,7 @@ def test_unknown_kind_lists_the_registered_ones():
 
 def test_a_new_baseline_file_is_discovered(tmp_path, monkeypatch):
     (tmp_path / "mybaseline.py").write_text(
-        "from casdm.kinds import CASDMKind\nfrom casdm.registry import register\n\n"
+        "from benchmark.engine.registry import register\nfrom benchmark.kinds.casdm import CASDMKind\n\n"
         "@register('mine')\nclass Mine(CASDMKind):\n    losses = ('mse',)\n")
     import sys
 
@@ -113,7 +119,7 @@ def _hand_vb(sched, eps, v, x0, x_t, t):
 
 @pytest.mark.parametrize("t", [0, 7, 500])
 def test_vb_term_matches_a_hand_computation(t):
-    sched = make_scheduler("ddpm", DiffusionConfig(), learned_variance=True)
+    sched = make_scheduler("ddpm", DIFFUSION, learned_variance=True)
     g = torch.Generator().manual_seed(t)
     x0 = (torch.randint(0, 256, (1, 3, 4, 4), generator=g).float() / 127.5 - 1)
     noise = torch.randn(1, 3, 4, 4, generator=g)
@@ -126,7 +132,7 @@ def test_vb_term_matches_a_hand_computation(t):
 
 
 def test_vb_trains_only_the_variance():
-    sched = make_scheduler("ddpm", DiffusionConfig(), learned_variance=True)
+    sched = make_scheduler("ddpm", DIFFUSION, learned_variance=True)
     out = torch.randn(2, 6, 4, 4, requires_grad=True)
     x0, noise = torch.rand(2, 3, 4, 4) * 2 - 1, torch.randn(2, 3, 4, 4)
     t = torch.tensor([3, 400])

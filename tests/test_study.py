@@ -52,8 +52,8 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
     assert all(0 <= t.value <= 1 for t in study.trials)
     first = study.trials[0]  # trial 0 is the configured (paper) weights, the yardstick for tuning
     training = params.models["casdm"].training
-    assert first.user_attrs["baseline"] == "params.yaml" and first.params["lambda_sp"] == training.lambda_sp
-    assert first.params["ca_boost"] == 1.5 and first.params["ca_variant"] == training.ca_variant
+    assert first.user_attrs["baseline"] == "params.yaml" and first.params["lambda_sp"] == training["lambda_sp"]
+    assert first.params["ca_boost"] == 1.5 and first.params["ca_variant"] == training["ca_variant"]
     runs = runs_of(study_dir)
     (parent,) = [r for r in runs if r.data.tags.get("kind") == "study"]
     trials = [r for r in runs if r.data.tags.get("kind") == "trial"]
@@ -76,7 +76,7 @@ def test_a_failing_trial_is_recorded_and_the_next_one_runs(study_dir, prepared, 
     import torch
 
     from benchmark.study import run_study
-    from casdm.kinds import CASDMKind
+    from benchmark.kinds.casdm import CASDMKind
 
     calls = {"n": 0}
     real_loss = CASDMKind.loss
@@ -127,7 +127,8 @@ def test_a_killed_study_resumes_with_its_completed_trials(study_dir, prepared):
 
 
 def test_write_params_changes_only_the_tuned_keys(study_dir, prepared):
-    from benchmark.study import pick_best, run_study, write_best
+    from benchmark.study import pick_best, run_study
+    from benchmark.study_space import write_best
 
     params_file = study_dir / "params.yaml"
     params_file.write_text((REPO / "params.yaml").read_text())
@@ -163,7 +164,7 @@ def test_hopeless_studies_stop_instead_of_looping(study_dir, prepared, monkeypat
     import torch
 
     from benchmark.study import run_study
-    from casdm.kinds import CASDMKind
+    from benchmark.kinds.casdm import CASDMKind
 
     with pytest.raises(ValueError, match="rare_semantic_miou: no rare class in the 8 test maps"):
         run_study(tiny_params(), prepared, study_dir / "judge", log=lambda *a: None)  # before any trial

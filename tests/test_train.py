@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from casdm.kinds import CASDMKind
-from casdm.train import NonFiniteLoss, RunPaths, train
+from benchmark.kinds.casdm import CASDMKind
+from benchmark.engine.trainer import NonFiniteLoss, RunPaths, train
 from tests.conftest import cli_env, tiny_params
 
 
@@ -111,14 +111,15 @@ def test_killed_run_resumes_to_identical_weights(repo_copy):
 
     update_params({"train": {"steps": 30, "checkpoint_every": 5, "sample_every": 1000, "log_every": 5},
                    "models": {"casdm": {"training": {"sp_start_step": 8}}}}, repo_copy / "params.yaml")
-    run("casdm", "data", "synth")
-    run("casdm", "data", "prepare")
-    run("casdm", "train", "casdm")
+    run("dvc", "repro", "prepare")
+    train_cmd = ["casdm", "train", "casdm", "--data", "data/prepared", "--checkpoints", "runs/casdm/checkpoints",
+                 "--out", "models/casdm", "--metrics", "metrics/train/casdm.json", "--plot", "plots/train/casdm.csv"]
+    run(*train_cmd)
     reference = _weights(repo_copy / "models" / "casdm")
     for d in ("runs", "models"):
         subprocess.run(["rm", "-rf", str(repo_copy / d)], check=True)
 
-    proc = subprocess.Popen(["casdm", "train", "casdm"], cwd=repo_copy, env=env,
+    proc = subprocess.Popen(train_cmd, cwd=repo_copy, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     latest = repo_copy / "runs" / "casdm" / "checkpoints" / "latest"
     deadline = time.time() + 120
@@ -131,7 +132,7 @@ def test_killed_run_resumes_to_identical_weights(repo_copy):
     assert 10 <= killed_at < 30, "the run must have been killed part-way"
     assert not (repo_copy / "models" / "casdm").exists()
 
-    out = run("casdm", "train", "casdm")
+    out = run(*train_cmd)
     assert f"resuming from step-{killed_at} (step {killed_at}/30)" in out.stderr
     resumed = _weights(repo_copy / "models" / "casdm")
     for kind in ("raw", "ema"):
@@ -245,6 +246,8 @@ def test_cli_unknown_model_is_named():
 
     from benchmark.cli import app
 
+    paths = {"train": ["--data", "d", "--checkpoints", "c", "--out", "o", "--metrics", "m.json", "--plot", "p.csv"],
+             "sample": ["--data", "d", "--model", "m", "--out", "o", "--metrics", "m.json"]}
     for cmd in ("train", "sample"):
-        res = CliRunner().invoke(app, [cmd, "nope"])
+        res = CliRunner().invoke(app, [cmd, "nope", *paths[cmd]])
         assert res.exit_code == 1 and "unknown model 'nope'" in res.output and "casdm-mse" in res.output

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-IGNORE_INDEX = 255
-"""Label written for pixels that belong to no class (borders, unannotated, documented stray codes)."""
+from casdm.labels import IGNORE_INDEX  # noqa: F401  (re-exported: the harness's readers write it)
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,10 @@ class ClassTable:
     @property
     def rare_ids(self) -> list[int]:
         return [c.id for c in self.classes if c.rare]
+
+    @property
+    def rare_names(self) -> list[str]:
+        return [c.name for c in self.classes if c.rare]
 
     def palette(self) -> np.ndarray:
         """[256, 3] uint8 lookup (index with a label map); ignore and unused ids are white."""

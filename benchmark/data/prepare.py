@@ -23,7 +23,7 @@ from benchmark.data.splits import split_frames
 SPLITS = ("train", "val", "test")
 
 
-def class_stats(counts: dict[str, np.ndarray], frames: dict[str, np.ndarray], nframes: dict[str, int],
+def coverage_stats(counts: dict[str, np.ndarray], frames: dict[str, np.ndarray], nframes: dict[str, int],
                 table: ClassTable) -> dict:
     """Per split: frames, per-class frame count, frame share and pixel share (labelled pixels only)."""
     out = {}
@@ -82,7 +82,7 @@ def prepare(cfg: DataConfig, out: Path, metrics: Path | None = None, progress=No
             w.writerows(rows)
         stats = {
             "source": cfg.source, "resolution": r, "ignore_index": IGNORE_INDEX,
-            "split": cfg.split.model_dump(), "splits": class_stats(counts, frames, nframes, table),
+            "split": cfg.split.model_dump(), "splits": coverage_stats(counts, frames, nframes, table),
         }
         stats["missing"] = coverage(stats["splits"], table)
         write_json(tmp / "stats.json", stats)
@@ -108,3 +108,23 @@ def load_prepared(root: Path) -> tuple[list[dict], ClassTable, dict]:
         rows = list(csv.DictReader(fh))
     table = ClassTable.from_dict(json.loads((root / "classes.json").read_text()), str(root / "classes.json"))
     return rows, table, json.loads((root / "stats.json").read_text())
+
+
+def coverage_table(stats: dict):
+    """Per-class frames and pixel share of each split (``stats.json``), as a rich Table; absent in red."""
+    from rich.table import Table
+
+    splits = stats["splits"]
+    t = Table(title=f"class coverage ({stats['resolution']} px, {stats['split']['kind']} split)")
+    t.add_column("class")
+    for s in splits:
+        t.add_column(f"{s} frames ({splits[s]['frames']})", justify="right")
+        t.add_column(f"{s} pixel %", justify="right")
+    names = list(next(iter(splits.values()))["class_frames"])
+    for n in names:
+        row = [n]
+        for s in splits:
+            k = splits[s]["class_frames"][n]
+            row += [str(k) if k else "[red]0[/]", f"{100 * splits[s]['class_pixel_share'][n]:.2f}"]
+        t.add_row(*row)
+    return t

@@ -11,12 +11,12 @@ cystic duct, liver / blood) so a 64 px model can learn them but not trivially.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from benchmark.config import SyntheticConfig
 from benchmark.data.classes import CHOLECSEG8K
 from benchmark.io import atomic_dir
 
@@ -47,17 +47,6 @@ TEXTURE = {
     "Hepatic Vein": ((72, 40, 96), 5, 0.0, 0, 8),
     "Liver Ligament": ((204, 178, 128), 10, 1.6, 22, 8),
 }
-
-
-@dataclass(frozen=True)
-class SyntheticSpec:
-    videos: int = 17
-    clips_per_video: int = 2
-    frames_per_clip: int = 20
-    width: int = 160
-    height: int = 96
-    seed: int = 0
-    quirks: bool = True
 
 
 def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int) -> np.ndarray:
@@ -92,7 +81,7 @@ def _band(xx, yy, x0, y0, angle, width, bend, length=None) -> np.ndarray:
 class _Clip:
     """One clip's scene: shapes in world coordinates, a camera path, per-class textures."""
 
-    def __init__(self, spec: SyntheticSpec, video: int, clip: int):
+    def __init__(self, spec: SyntheticConfig, video: int, clip: int):
         self.spec = spec
         rng = np.random.default_rng([spec.seed, video, clip])
         self.rng = rng
@@ -218,7 +207,7 @@ def _watershed(lab: np.ndarray, rng: np.random.Generator, quirks: bool) -> np.nd
     return ws
 
 
-def generate(spec: SyntheticSpec, out: Path) -> int:
+def generate(spec: SyntheticConfig, out: Path) -> int:
     """Write the dataset to ``out`` (replaced atomically); returns the number of frames."""
     if not 1 <= spec.videos <= len(CHOLEC_VIDEOS):
         raise ValueError(f"data.synthetic.videos: {spec.videos} is outside 1..{len(CHOLEC_VIDEOS)}")

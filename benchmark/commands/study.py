@@ -1,0 +1,80 @@
+"""``casdm study run|show|best``: Optuna studies of the method's loss weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, read_params
+
+study_app = typer.Typer(help="Optuna loss-weight studies: run (or resume), show, best.", no_args_is_help=True)
+STORAGE = typer.Option(None, "--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., "
+                       "journal:<file>); default study.storage, else sqlite:///runs/studies/<name>.db")
+
+
+@study_app.command("run")
+def study_run(params: Path = PARAMS, storage: str = STORAGE,
+              data: Path = typer.Option(Path("data/prepared"), help="the prepared dataset"),
+              n_trials: int = typer.Option(None, "--n-trials", help="finished trials wanted (default study.n_trials)"),
+              judge: Path = typer.Option(Path("segmenters/judge"), help="the semantic-fidelity judge")) -> None:
+    """Run the study in params.yaml's `study:` section; the same command resumes it. Start it in
+    several shells (journal or PostgreSQL storage) for several workers."""
+    from benchmark.study import run_study, trials_table
+
+    p = read_params(params)
+    try:
+        study = run_study(p, data, judge, storage, n_trials, log=err.print)
+    except ERRORS as exc:
+        fail(str(exc))
+    console.print(trials_table(study, p))
+
+
+def load(params: Path, storage: str | None):
+    """(params, the study named in them) or a clear error when the study does not exist."""
+    import optuna
+
+    from benchmark.study import storage_for
+
+    p = read_params(params)
+    try:
+        return p, optuna.load_study(study_name=p.study.name, storage=storage_for(p, storage))
+    except KeyError:
+        fail(f"no study named {p.study.name!r} in {storage or p.study.storage or 'the default storage'}; "
+             "run `casdm study run` first")
+
+
+@study_app.command("show")
+def study_show(params: Path = PARAMS, storage: str = STORAGE) -> None:
+    """Every trial: state, objective values, parameters, why it failed or was pruned."""
+    from benchmark.study import trials_table
+
+    p, study = load(params, storage)
+    console.print(trials_table(study, p))
+
+
+@study_app.command("best")
+def study_best(params: Path = PARAMS, storage: str = STORAGE,
+               trial: int = typer.Option(None, "--trial", help="a Pareto-optimal trial to take (several objectives)"),
+               write_params: bool = typer.Option(False, "--write-params",
+                                                 help="write its values into params.yaml's tuned model")) -> None:
+    """The best trial (or the Pareto front); with --write-params, into params.yaml for `dvc repro`."""
+    from benchmark.config import ConfigError
+    from benchmark.study import pick_best
+    from benchmark.study_space import write_best
+
+    p, study = load(params, storage)
+    try:
+        best = pick_best(study, p, trial)
+    except LookupError as exc:
+        fail(str(exc))
+    if len(p.study.objectives) > 1:
+        console.print("Pareto front: " + "; ".join(f"trial {t.number}: {dict(zip(p.study.objectives, t.values))}"
+                                                   for t in study.best_trials), soft_wrap=True)
+    console.print(f"trial {best.number}: {dict(zip(p.study.objectives, best.values))}", soft_wrap=True)
+    console.print(f"models.{p.study.model}.training: {best.user_attrs['training']}", soft_wrap=True)
+    if write_params:
+        try:
+            write_best(p, best, params)
+        except ConfigError as exc:
+            fail(str(exc))
+        console.print(f"[green]wrote trial {best.number}'s values into {params}[/]; `dvc repro` trains the tuned model")

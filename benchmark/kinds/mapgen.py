@@ -1,0 +1,109 @@
+"""The map generator's kind: ``casdm.mapgen.MapGenerator`` trained by the shared trainer (loss
+``map_ce``), the prompt of every (augmented) training map built on the fly.
+
+Its options come from params.yaml's ``maps:`` section (``benchmark/maps.py`` makes the model entry):
+the preset's widths, the text encoder, the speck threshold, the class-aware switch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from benchmark.config import MapPreset
+from benchmark.engine.kind import KindOptions, ModelKind
+from benchmark.engine.registry import register
+from casdm.labels import IGNORE_INDEX
+from casdm.losses import class_pixel_weights
+from casdm.mapgen import MapGenerator, MapGenPipeline, PromptConditioner, encode_maps, map_scheduler
+from casdm.pipeline import to_onehot
+from casdm.prompts import Vocabulary, describe_map, fit_vocabulary
+from casdm.text import embedding_dim
+
+
+class MapGenOptions(KindOptions, MapPreset):
+    """The ``maps.presets`` widths plus the generator's own settings."""
+
+    loss: Literal["map_ce"]
+    drop_rate: float = Field(ge=0, le=1, description="empty-prompt dropout (classifier-free guidance)")
+    text_encoder: str = Field(description="minilm | learned | clip:<local path or hub id>")
+    min_region: float = Field(gt=0, lt=0.5, description="specks under this share of the map are ignored")
+    class_aware: bool = Field(description="cross-entropy weighted like CA-MSE (balanced): small classes count")
+
+
+@register("mapgen")
+class MapGenKind(ModelKind):
+    """The map generator on the shared trainer: prompts are built from each (augmented) training map."""
+
+    losses = ("map_ce",)
+    Options = MapGenOptions
+    weights = "mapgen"
+
+    def __init__(self, options, ctx):
+        super().__init__(options, ctx)
+        self.noise_scheduler = map_scheduler("ddpm", ctx.diffusion)
+        self.vocab: Vocabulary | None = None
+        self.conditioner: PromptConditioner | None = None
+
+    @property
+    def train_stage(self) -> str:
+        return "train-maps"
+
+    def prepare(self, data) -> None:
+        """Fit the size thresholds on the training maps (before ``build``: they go into the config)."""
+        self.vocab = fit_vocabulary(data.masks(), self.table.names, self.options.min_region)
+
+    def text_dim(self) -> int:
+        o = self.options
+        return o.cross_attention_dim if o.text_encoder == "learned" else embedding_dim(o.text_encoder)
+
+    def build(self) -> MapGenerator:
+        if self.vocab is None:
+            raise RuntimeError("MapGenKind.prepare(data) must run before build()")
+        o = self.options
+        model = MapGenerator(num_classes=self.table.num_classes, sample_size=self.ctx.resolution,
+                             text_encoder=o.text_encoder, text_dim=self.text_dim(),
+                             block_out_channels=tuple(o.block_out_channels), attention_levels=tuple(o.attention_levels),
+                             layers_per_block=o.layers_per_block, cross_attention_dim=o.cross_attention_dim,
+                             attention_head_dim=o.attention_head_dim, norm_num_groups=o.norm_num_groups,
+                             vocabulary=self.vocab.to_dict())
+        self.conditioner = PromptConditioner(o.text_encoder, self.vocab, model.config.text_dim)
+        return model
+
+    def loss(self, model, images, labels, g, accelerator):
+        sched, b = self.noise_scheduler, labels.shape[0]
+        prompts = [describe_map(m, self.vocab) for m in labels.cpu().numpy()]
+        drop = (torch.rand(b, generator=g) < self.options.drop_rate).tolist()
+        cond = self.conditioner([() if d else p for p, d in zip(prompts, drop)], labels.device)
+        x0 = encode_maps(labels, self.table.num_classes)
+        noise = torch.randn(x0.shape, generator=g).to(labels.device)
+        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(labels.device)
+        with accelerator.autocast():
+            logits = model(sched.add_noise(x0, noise, t), t, **cond)
+        ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
+        valid = (labels != IGNORE_INDEX).float()
+        if self.options.class_aware:  # every class present in a map weighs the same, whatever its size
+            w = class_pixel_weights(to_onehot(labels, self.table.num_classes), variant="balanced")[:, 0] * valid
+        else:
+            w = valid
+        terms = {"map_ce": (ce * w).sum() / w.sum().clamp_min(1.0)}
+        return terms["map_ce"], terms
+
+    def pipeline(self, model) -> MapGenPipeline:
+        pipe = MapGenPipeline(model, map_scheduler(self.sampling.scheduler, self.ctx.diffusion))
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def preview(self, pipe, labels, steps, guidance, generator) -> torch.Tensor:
+        """Maps generated from the prompts of ``labels``, coloured like the real maps."""
+        prompts = [describe_map(m, self.vocab or pipe.mapgen.vocab) for m in labels.cpu().numpy()]
+        maps = pipe(prompts, steps, guidance, generator=generator, output_type="np").maps
+        return torch.from_numpy(self.table.colourise(maps)).permute(0, 3, 1, 2).float() / 255
+
+    def load_model(self, folder: Path, suffix: str) -> MapGenerator:
+        model = MapGenerator.from_pretrained(folder / f"mapgen{suffix}")
+        self.vocab = model.vocab
+        return model

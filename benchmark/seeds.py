@@ -1,0 +1,17 @@
+"""The one seed scheme of the suite: every random draw that must be reproducible (a training step,
+one sampled image, one generated map) gets its own seed from (base seed, stream, index).
+
+Why streams: the images of test maps, of training maps, of generated maps and the extra draws for
+diversity must never share noise, and none of them may depend on the batch size.
+"""
+from __future__ import annotations
+
+BASE = 1_000_003  # a prime: base seeds 0, 1, 2 ... start far apart
+TEST_IMAGES, TRAIN_IMAGES = 0, 500_000  # the sample stage's two splits
+DIVERSITY_MAPS, MAP_IMAGES = 700_000, 900_000  # the maps stage: repeat draws, images of generated maps
+RANK = 7_919_000_003  # per data-parallel rank, so rank 0 draws the single-process seeds
+
+
+def derive_seed(seed: int, index: int, stream: int = 0) -> int:
+    """Seed of draw ``index`` in ``stream`` for base ``seed``."""
+    return seed * BASE + stream + index
