@@ -24,7 +24,7 @@ from torch import nn
 
 from benchmark.engine.kind import KindOptions, ModelKind
 from benchmark.engine.registry import register
-from casdm.losses import mse
+from casdm.losses import mse, training_target
 from casdm.schedulers import make_scheduler
 from casdm.text import encode_phrases
 from casdm.unet import groups_for
@@ -38,6 +38,8 @@ class ControlNetOptions(KindOptions):
     pretrained: str | None = Field(description="local Stable Diffusion folder: the latent route")
     conditioning_scale: float = Field(ge=0)
     learned_dim: int = Field(ge=8, description="embedding size for text_encoder: learned")
+    drop_rate: float = Field(ge=0, le=1, description="class-list dropout (the map kept): a trained null for "
+                             "classifier-free guidance")
 
 
 def colour_map(labels: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
@@ -77,10 +79,13 @@ class ControlNetPair(nn.Module):
     def device(self) -> torch.device:
         return self.unet.device
 
-    def forward(self, x_t, t, labels, scale: float = 1.0, drop_text: bool = False):
-        """``drop_text``: the empty class list (the null of classifier-free guidance); the map still steers."""
+    def forward(self, x_t, t, labels, scale: float = 1.0, drop_text: bool | torch.Tensor = False):
+        """``drop_text``: the empty class list (the null of classifier-free guidance), for the whole batch
+        (True) or per sample (a [B] bool tensor, training's text dropout); the map still steers."""
         text = self.prompt(labels).to(x_t.dtype)
-        if drop_text:
+        if torch.is_tensor(drop_text):
+            text = text * (~drop_text).to(text).view(-1, 1, 1)
+        elif drop_text:
             text = torch.zeros_like(text)
         if not self.use_control:
             return self.unet(x_t, t, encoder_hidden_states=text).sample
@@ -178,14 +183,21 @@ class ControlNetKind(ModelKind):
             return True
         return False
 
+    def conditioned_steps(self, steps: int) -> int:
+        """Only the ControlNet phase sees the map; the base phase sees the class list alone."""
+        return steps - self.switch
+
     def loss(self, model, images, labels, g, accelerator):
         sched, b = self.noise_scheduler, images.shape[0]
+        drop = False
+        if self.options.drop_rate > 0:  # text dropout: the null of classifier-free guidance gets trained
+            drop = (torch.rand(b, generator=g) < self.options.drop_rate).to(images.device)
         noise = torch.randn(images.shape, generator=g).to(images.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(images.device)
         with accelerator.autocast():
-            eps = model(sched.add_noise(images, noise, t), t, labels)
+            out = model(sched.add_noise(images, noise, t), t, labels, drop_text=drop)
         name = "controlnet_mse" if accelerator.unwrap_model(model).use_control else "base_mse"
-        terms = {name: mse(eps, noise)}
+        terms = {name: mse(out, training_target(sched, images, noise, t))}
         return terms[name], terms
 
     def pipeline(self, model: ControlNetPair) -> ControlNetPixelPipeline:

@@ -1,9 +1,11 @@
 """ControlNet on a pretrained Stable Diffusion checkpoint (the paper-scale, GPU route).
 
-``options.pretrained`` is a local diffusers folder (``unet/ vae/ text_encoder/ tokenizer/
+``training.pretrained`` is a local diffusers folder (``unet/ vae/ text_encoder/ tokenizer/
 scheduler/``). Images are encoded by its VAE, prompts ("liver, fat, grasper") by its CLIP text
 encoder, and only a ControlNet copied from its U-Net is trained, the control image being the
-colour-coded map at image resolution. Nothing is downloaded: a missing folder is an error naming it.
+colour-coded map at image resolution. Training noise, target and sampler follow the checkpoint's
+``scheduler/`` config (its betas and prediction type), not params.yaml's ``diffusion:``, which
+describes the pixel-space models. Nothing is downloaded: a missing folder is an error naming it.
 """
 from __future__ import annotations
 
@@ -12,17 +14,17 @@ import math
 from pathlib import Path
 
 import torch
-from diffusers import (AutoencoderKL, ControlNetModel, StableDiffusionControlNetPipeline, UNet2DConditionModel)
+from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, StableDiffusionControlNetPipeline, UNet2DConditionModel
 from torch import nn
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from baselines.controlnet import ControlNetOptions, colour_map
 from benchmark.engine.kind import ModelKind
 from benchmark.engine.registry import register
-from casdm.losses import mse
-from casdm.schedulers import make_scheduler
+from casdm.losses import mse, training_target
+from casdm.schedulers import scheduler_like
 
-PARTS = ("unet", "vae", "text_encoder", "tokenizer")
+PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 class SDControlNet(nn.Module):
@@ -95,7 +97,9 @@ class ControlNetSDKind(ModelKind):
         if missing:
             raise ValueError(f"{key}: {self.root} lacks {missing}; expected a diffusers Stable Diffusion folder "
                              f"with {list(PARTS)}")
-        self.noise_scheduler = make_scheduler("ddpm", ctx.diffusion)
+        # the checkpoint's own schedule and prediction type (SD 1.x: scaled_linear 0.00085..0.012, epsilon;
+        # SD 2.x: v-prediction): training and sampling on params.yaml's diffusion: would not match its U-Net
+        self.noise_scheduler = DDPMScheduler.from_pretrained(self.root / "scheduler")
 
     def build(self) -> SDControlNet:
         model = SDControlNet(self.root, self.table.palette()[: self.table.num_classes].tolist())
@@ -116,13 +120,13 @@ class ControlNetSDKind(ModelKind):
                                      conditioning_scale=self.options.conditioning_scale, return_dict=False)
             eps = m.unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid).sample
-        terms = {"controlnet_mse": mse(eps, noise)}
+        terms = {"controlnet_mse": mse(eps, training_target(sched, latents, noise, t))}
         return terms["controlnet_mse"], terms
 
     def pipeline(self, model: SDControlNet) -> MapToImage:
         pipe = StableDiffusionControlNetPipeline(
             vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-            controlnet=model.controlnet, scheduler=make_scheduler(self.sampling.scheduler, self.ctx.diffusion),
+            controlnet=model.controlnet, scheduler=scheduler_like(self.sampling.scheduler, self.noise_scheduler.config),
             safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         pipe.set_progress_bar_config(disable=True)
         return MapToImage(pipe, model, self.options.conditioning_scale)

@@ -13,6 +13,7 @@ import torch
 
 from benchmark.engine.registry import register
 from benchmark.kinds.casdm import SpadeKind
+from casdm.losses import x0_from_output
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -50,12 +51,12 @@ def posterior_terms(sched, t: torch.Tensor):
                 max_logvar=pick(torch.log(betas)), abar=pick(abar))
 
 
-def vb_term(sched, eps: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
+def vb_term(sched, x0_pred: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
             t: torch.Tensor) -> torch.Tensor:
-    """Variational-bound term per image, in bits per dimension; ``eps`` must already be detached."""
+    """Variational-bound term per image, in bits per dimension; ``x0_pred`` (the model's clean-image
+    estimate, from epsilon or v) must already be detached: the bound trains only the variance ``v``."""
     c = posterior_terms(sched, t)
     true_mean = c["coef_x0"] * x0 + c["coef_xt"] * x_t
-    x0_pred = (x_t - (1 - c["abar"]).sqrt() * eps) / c["abar"].sqrt()
     model_mean = c["coef_x0"] * x0_pred + c["coef_xt"] * x_t
     frac = (v + 1) / 2  # the model's output in [-1, 1] interpolates log-variance between the bounds
     model_logvar = frac * c["max_logvar"] + (1 - frac) * c["post_logvar"]
@@ -64,13 +65,16 @@ def vb_term(sched, eps: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x_t: to
     return torch.where(t == 0, nll, kl)
 
 
-def hybrid_loss(sched, out: torch.Tensor, noise: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
+def hybrid_loss(sched, out: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
                 t: torch.Tensor) -> dict:
-    """L_simple + L_vb (Improved DDPM's hybrid objective with T = 1000, as SDM trains)."""
+    """L_simple + L_vb (Improved DDPM's hybrid objective with T = 1000, as SDM trains). ``target`` is
+    the scheduler's training target (noise or velocity); the bound's mean comes from the clean-image
+    estimate of the same prediction type."""
     c = x0.shape[1]
-    eps, v = out[:, :c].float(), out[:, c:].float()
-    return {"mse": ((eps - noise.float()) ** 2).mean(),
-            "vb": vb_term(sched, eps.detach(), v, x0.float(), x_t.float(), t).mean() * sched.config.num_train_timesteps / 1000}
+    pred, v = out[:, :c].float(), out[:, c:].float()
+    x0_pred = x0_from_output(sched, x_t, pred.detach(), t)
+    return {"mse": ((pred - target.float()) ** 2).mean(),
+            "vb": vb_term(sched, x0_pred, v, x0.float(), x_t.float(), t).mean() * sched.config.num_train_timesteps / 1000}
 
 
 @register("sdm")

@@ -99,7 +99,14 @@ class DiffusionConfig(Section):
     beta_start: float = Field(gt=0)
     beta_end: float = Field(gt=0, lt=1)
     prediction_type: Literal["epsilon", "v_prediction"]
-    zero_snr: bool
+    zero_snr: bool = Field(description="rescale the betas to zero terminal SNR, trailing timestep spacing")
+
+    @model_validator(mode="after")
+    def _zero_snr_needs_v(self):
+        if self.zero_snr and self.prediction_type != "v_prediction":
+            raise ValueError("zero_snr: true needs prediction_type: v_prediction (at zero SNR the last step's "
+                             "input is pure noise: epsilon gives no image, x0 = (x_t - sqrt(1-abar) eps) / 0)")
+        return self
 
 
 class TrainConfig(Section):

@@ -10,6 +10,7 @@ BASE = 1_000_003  # a prime: base seeds 0, 1, 2 ... start far apart
 TEST_IMAGES, TRAIN_IMAGES = 0, 500_000  # the sample stage's two splits
 DIVERSITY_MAPS, MAP_IMAGES = 700_000, 900_000  # the maps stage: repeat draws, images of generated maps
 RANK = 7_919_000_003  # per data-parallel rank, so rank 0 draws the single-process seeds
+CA_SP_NOISE = 1 << 40  # a training step's CA-SP draws (t', e'): never another step's training noise
 
 
 def derive_seed(seed: int, index: int, stream: int = 0) -> int:

@@ -63,15 +63,35 @@ def ca_mse(pred: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor, *, va
     return (weights * (pred.float() - target.float()) ** 2).mean()
 
 
-def predict_x0(scheduler, x_t: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Clean-image estimate from the model output (epsilon or v), keeping the graph; clipped to [-1, 1]."""
+def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What the network learns to output at (x0, noise, t): the noise (``epsilon``) or the velocity
+    sqrt(abar) * noise - sqrt(1 - abar) * x0 (``v_prediction``), per the scheduler's config."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, t)
+    raise ValueError(f"prediction_type {kind!r}: expected 'epsilon' or 'v_prediction'")
+
+
+def x0_from_output(scheduler, x_t: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Clean-image estimate from the model output, keeping the graph, unclipped. For ``v_prediction``
+    x0 = sqrt(abar) * x_t - sqrt(1 - abar) * v, defined at every t (zero terminal SNR included); for
+    ``epsilon`` x0 = (x_t - sqrt(1 - abar) * eps) / sqrt(abar), undefined where abar = 0 (which is why
+    ``zero_snr`` requires ``v_prediction``)."""
     abar = scheduler.alphas_cumprod.to(x_t.device)[t].float().view(-1, 1, 1, 1)
     x_t, out = x_t.float(), model_out.float()
     if scheduler.config.prediction_type == "v_prediction":
-        x0 = abar.sqrt() * x_t - (1 - abar).sqrt() * out
-    else:
-        x0 = (x_t - (1 - abar).sqrt() * out) / abar.sqrt().clamp_min(1e-4)
-    return x0.clamp(-1, 1)
+        return abar.sqrt() * x_t - (1 - abar).sqrt() * out
+    return (x_t - (1 - abar).sqrt() * out) / abar.sqrt().clamp_min(1e-4)
+
+
+def predict_x0(scheduler, x_t: torch.Tensor, model_out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """``x0_from_output`` clipped to [-1, 1] with a straight-through gradient: the value is clipped (the
+    frozen network sees images in range), the gradient passes as if it were not, so the estimate keeps
+    learning where it overshoots (at large t, often; a plain clamp would give those pixels no gradient)."""
+    x0 = x0_from_output(scheduler, x_t, model_out, t)
+    return x0 + (x0.clamp(-1, 1) - x0).detach()
 
 
 def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
@@ -88,15 +108,22 @@ def ca_sp(frozen: torch.nn.Module, x0: torch.Tensor, x0_hat: torch.Tensor, segma
     """Class-aware self-perceptual loss.
 
     Both the real x0 and the prediction x0_hat are re-noised at a fresh timestep t' with the *same
-    fresh* noise e' (the released code reused the predicted noise), passed through the frozen
-    denoiser, and their features (the middle block, plus ``levels - 1`` decoder levels) compared by a
-    squared error weighted by the class-aware pixel weights average-pooled to each feature size and
-    renormalised to mean 1 per image. The real branch needs no graph; the predicted one keeps it.
+    fresh* noise e' (the released code reused the predicted noise; ``generator`` must be a stream of
+    its own, not the one that drew the training noise), passed through the frozen denoiser f*, and
+    their features F_l (the middle block, plus ``levels - 1`` decoder levels) compared:
+
+        CA-SP = (1 / L) * sum_l mean_{b, c, p} pool_l(w)[b, p] * (F_l(x0_hat)[b, c, p] - F_l(x0)[b, c, p])^2
+
+    where w are CA-MSE's pixel weights and pool_l their average pooling to level l's size. Average
+    pooling keeps each image's mean weight, so CA-SP is weighted on exactly CA-MSE's scale (``paper``:
+    the class weights of an image sum to 1; ``balanced``: mean pixel weight 1) and lambda_SP means the
+    same thing for both variants. The real branch needs no graph; the predicted one keeps it.
     """
     b = x0.shape[0]
     T = scheduler.config.num_train_timesteps
-    t2 = torch.randint(0, T, (b,), generator=generator, device=x0.device)
-    e2 = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    gen_device = generator.device if generator is not None else "cpu"  # draws on the generator's device
+    t2 = torch.randint(0, T, (b,), generator=generator, device=gen_device).to(x0.device)
+    e2 = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
     dtype = next(frozen.parameters()).dtype
     with torch.no_grad():
         real = frozen(scheduler.add_noise(x0, e2, t2).to(dtype), t2, segmap, return_features=True).features
@@ -105,6 +132,5 @@ def ca_sp(frozen: torch.nn.Module, x0: torch.Tensor, x0_hat: torch.Tensor, segma
     total = x0.new_zeros((), dtype=torch.float32)
     for fr, fp in list(zip(real, pred))[:levels]:
         w = F.adaptive_avg_pool2d(pixel_weights.float(), fr.shape[-2:])
-        w = w / w.mean(dim=(2, 3), keepdim=True).clamp_min(1e-12)
         total = total + (w * (fp.float() - fr.float()) ** 2).mean()
     return total / levels

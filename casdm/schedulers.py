@@ -34,3 +34,12 @@ def make_scheduler(name: str, diffusion, learned_variance: bool = False):
         if diffusion.zero_snr:
             kw.update(final_sigmas_type="zero")
     return SCHEDULERS[name](**kw)
+
+
+def scheduler_like(name: str, config):
+    """Sampler ``name`` on the schedule of another scheduler's ``config`` (a pretrained checkpoint's
+    ``scheduler/`` folder): its betas, spacing and prediction type, so sampling matches training."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; expected one of {sorted(SCHEDULERS)}")
+    extra = {"algorithm_type": "dpmsolver++", "solver_order": 2} if name == "dpmsolver++" else {}
+    return SCHEDULERS[name].from_config(config, **extra)

@@ -39,7 +39,9 @@ def tiny_sd(tmp_path_factory):
                          layers_per_block=1, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                          up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
                          norm_num_groups=8, attention_head_dim=2).save_pretrained(root / "unet")
-    DDIMScheduler().save_pretrained(root / "scheduler")
+    # SD 2.x-like: scaled_linear betas and v-prediction, neither of them params.yaml's diffusion: section
+    DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, prediction_type="v_prediction",
+                  clip_sample=False).save_pretrained(root / "scheduler")
     return root
 
 
@@ -68,11 +70,36 @@ def test_only_the_controlnet_trains_and_the_pipeline_samples_maps(tiny_sd, tmp_p
         assert torch.equal(a, b)
 
 
+def test_the_checkpoints_schedule_and_prediction_type_are_honoured(tiny_sd, monkeypatch):
+    """Training noise, target and every sampler follow the checkpoint's scheduler/, not params.yaml."""
+    import baselines.controlnet_sd as sd
+    from diffusers import DDIMScheduler
+
+    ref = DDIMScheduler.from_pretrained(tiny_sd / "scheduler")
+    kind = make_kind(sd_params(tiny_sd), "controlnet", CHOLECSEG8K)
+    assert kind.noise_scheduler.config.prediction_type == "v_prediction"
+    assert torch.allclose(kind.noise_scheduler.betas, ref.betas) and not torch.allclose(
+        kind.noise_scheduler.betas, make_kind(tiny_params(), "casdm", CHOLECSEG8K).noise_scheduler.betas)
+    seen = []
+    real = sd.training_target
+    monkeypatch.setattr(sd, "training_target", lambda sched, x0, noise, t: seen.append(
+        (sched.config.prediction_type, torch.equal(real(sched, x0, noise, t), sched.get_velocity(x0, noise, t))))
+        or real(sched, x0, noise, t))
+    model = kind.build()
+    kind.loss(model, torch.rand(2, 3, 32, 32) * 2 - 1, torch.randint(0, 13, (2, 32, 32)),
+              torch.Generator().manual_seed(0), Accelerator(cpu=True))
+    assert seen == [("v_prediction", True)]  # the loss's target is the checkpoint's velocity
+    for name in ("ddim", "ddpm", "dpmsolver++"):
+        kind.sampling = kind.sampling.model_copy(update={"scheduler": name})
+        sched = kind.pipeline(model).pipe.scheduler
+        assert sched.config.prediction_type == "v_prediction" and torch.allclose(sched.betas, ref.betas), name
+
+
 def test_missing_or_incomplete_checkpoint_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"training\.pretrained: required"):
         make_kind(tiny_params(models={"controlnet": {"kind": "controlnet-sd"}}), "controlnet", CHOLECSEG8K)
     (tmp_path / "unet").mkdir()
-    with pytest.raises(ValueError, match=r"training\.pretrained: .* lacks \['vae', 'text_encoder', 'tokenizer'\]"):
+    with pytest.raises(ValueError, match=r"training\.pretrained: .* lacks \['vae', 'text_encoder', 'tokenizer', 'scheduler'\]"):
         make_kind(sd_params(tmp_path), "controlnet", CHOLECSEG8K)
     p = tiny_params(models={"controlnet": {"training": {"pretrained": str(tmp_path)}}})
     with pytest.raises(ValueError, match="set kind: controlnet-sd"):

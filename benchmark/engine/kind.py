@@ -89,6 +89,11 @@ class ModelKind:
         """The training loss of one batch and its named terms (logged separately)."""
         raise NotImplementedError
 
+    def conditioned_steps(self, steps: int) -> int:
+        """How many of ``steps`` training steps condition the network on the map (the leaderboard shows
+        it beside each model: a model that saw the map for fewer steps had a smaller budget)."""
+        return steps
+
     def on_step(self, step: int, model) -> bool:
         """Called before each step with the unwrapped model (e.g. to start a training stage).
         Return True when the trainable weights were replaced, so the EMA restarts from them."""

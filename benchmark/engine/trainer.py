@@ -207,7 +207,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     metrics = {}
     if accelerator.is_main_process:
         metrics = _finish(kind, accelerator.unwrap_model(model), ema, trainable, paths, history, n_params,
-                          time.perf_counter() - t_start, step - start, tc.steps)
+                          time.perf_counter() - t_start, step - start, tc.steps, tc.batch_size * world)
         tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
         tracker.set_tag("model_path", str(paths.model.resolve()))
     tracker.end()
@@ -260,7 +260,8 @@ def _grid(kind, model, ema, trainable, grid):
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
-def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, seconds, steps_run, steps) -> dict:
+def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, seconds, steps_run, steps,
+            batch: int) -> dict:
     """Export the EMA weights as a pipeline (raw weights beside them), write metrics and the loss curve."""
     with atomic_dir(paths.model) as tmp:
         kind.export_raw(model, tmp)
@@ -269,7 +270,8 @@ def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, sec
         kind.export(model, tmp)
         ema.restore(trainable)
     tail = history[-max(1, len(history) // 10):]
-    metrics = {"steps": steps, "num_parameters": n_params,
+    metrics = {"steps": steps, "num_parameters": n_params, "map_conditioned_steps": kind.conditioned_steps(steps),
+               "images_seen": steps * batch,
                "final_loss": sum(r["loss"] for r in tail) / max(len(tail), 1),
                "first_loss": history[0]["loss"] if history else math.nan,
                "s_per_step": seconds / steps_run if steps_run else math.nan}

@@ -14,8 +14,9 @@ from pydantic import Field
 
 from benchmark.engine.kind import KindOptions, ModelKind
 from benchmark.engine.registry import register
+from benchmark.seeds import CA_SP_NOISE
 from casdm.labels import IGNORE_INDEX
-from casdm.losses import ca_mse, ca_sp, class_pixel_weights, frozen_copy, mse, predict_x0
+from casdm.losses import ca_mse, ca_sp, class_pixel_weights, frozen_copy, mse, predict_x0, training_target
 from casdm.pipeline import CASDMPipeline, to_onehot
 from casdm.schedulers import make_scheduler
 from casdm.unet import SPADEUNet, unet_from_preset
@@ -61,7 +62,7 @@ class SpadeKind(ModelKind):
         noise = torch.randn(images.shape, generator=g).to(images.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(images.device)
         x_t = sched.add_noise(images, noise, t)
-        target = sched.get_velocity(images, noise, t) if sched.config.prediction_type == "v_prediction" else noise
+        target = training_target(sched, images, noise, t)
         with accelerator.autocast():
             out = model(x_t, t, cond).sample
         return dict(onehot=onehot, cond=cond, noise=noise, t=t, x_t=x_t, target=target, out=out)
@@ -117,10 +118,13 @@ class CASDMKind(SpadeKind):
         loss = terms["ca_mse"]
         if o.loss == "ca_mse+ca_sp" and self.frozen is not None:
             x0_hat = predict_x0(self.noise_scheduler, r["x_t"], eps, r["t"])
+            sp_draws = torch.Generator().manual_seed(g.initial_seed() + CA_SP_NOISE)  # t', e': a stream of its own
             with accelerator.autocast():
                 terms["ca_sp"] = ca_sp(self.frozen, images, x0_hat, r["cond"], weights, self.noise_scheduler,
-                                       g.manual_seed(g.initial_seed() + 1), levels=o.sp_levels)
+                                       sp_draws, levels=o.sp_levels)
             loss = loss + o.lambda_sp * terms["ca_sp"]
+            # the SP term's share of the loss, logged each step: is stage 2 doing anything?
+            terms["sp_ratio"] = (o.lambda_sp * terms["ca_sp"] / terms["ca_mse"].clamp_min(1e-12)).detach()
         return loss, terms
 
     def save_state(self, folder: Path) -> None:
