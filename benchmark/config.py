@@ -195,8 +195,18 @@ class DownstreamConfig(SegmenterRecipe):
     seeds: list[int] = Field(min_length=1)
 
 
+class BootstrapConfig(Section):
+    """Intervals of the image scores: resamples of the test maps (the same for every model)."""
+
+    resamples: int = Field(ge=2)
+    seed: int
+    level: float = Field(gt=0, lt=1, description="coverage of every interval (also the seeds' t intervals)")
+
+
 class EvaluateConfig(Section):
     fid: FidConfig
+    prdc_k: int = Field(ge=1, description="nearest neighbours for precision/recall/density/coverage")
+    bootstrap: BootstrapConfig
     semantic: SemanticConfig
     downstream: DownstreamConfig
 
@@ -204,6 +214,8 @@ class EvaluateConfig(Section):
 class LeaderboardConfig(Section):
     primary: str
     sort: Literal["asc", "desc"]
+    ladder: list[str] = Field(min_length=2, description="the ablation ladder, first rung to the method: each "
+                              "step is compared with the one before")
 
 
 OBJECTIVES = {  # name -> the direction it is good in; computed on the study's evaluation maps
@@ -246,6 +258,8 @@ class StudyConfig(Section):
     train_steps: int | None = Field(ge=1, description="training steps per trial (null = train.steps)")
     report_every: int = Field(ge=1, description="steps between intermediate scores (pruning)")
     eval_split: Literal["val", "test"] = Field(description="maps the objectives are computed on")
+    allow_test_split: bool = Field(description="eval_split: test is refused unless true (tuning on test maps "
+                                   "biases every leaderboard number of the tuned model)")
     eval_maps: int | None = Field(ge=2, description="cap on evaluation maps (null = the whole split)")
     search_space: dict[str, SearchParam]
 
@@ -259,6 +273,9 @@ class StudyConfig(Section):
                 raise ValueError(f"unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}")
             if direction != OBJECTIVES[name]:
                 raise ValueError(f"objective {name!r} should be {OBJECTIVES[name]}d, not {direction}d")
+        if self.eval_split == "test" and not self.allow_test_split:
+            raise ValueError("eval_split: test tunes on the test maps the leaderboard scores (its numbers would be "
+                             "biased); use val (data.split.val_videos), or set allow_test_split: true to do it anyway")
         for key in self.search_space:
             if key not in SEARCHABLE:
                 raise ValueError(f"search_space: unknown parameter {key!r}; expected one of {list(SEARCHABLE)}")
@@ -368,6 +385,9 @@ class Params(Section):
             raise ValueError(f"train.preset {self.train.preset!r} is not in presets {sorted(self.presets)}")
         if self.study.model not in self.models:
             raise ValueError(f"study.model {self.study.model!r} is not in models {sorted(self.models)}")
+        unknown = [m for m in self.leaderboard.ladder if m not in self.models]
+        if unknown:
+            raise ValueError(f"leaderboard.ladder: {unknown} not in models {sorted(self.models)}")
         if self.maps.generate.image_model not in self.models:
             raise ValueError(f"maps.generate.image_model {self.maps.generate.image_model!r} is not in models "
                              f"{sorted(self.models)}")

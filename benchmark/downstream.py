@@ -7,16 +7,19 @@ usable offline) or ``imagenet`` (smp's download: needs the network, fails at onc
 from __future__ import annotations
 
 import os
+import statistics
 from pathlib import Path
 
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from benchmark.data.classes import IGNORE_INDEX, ClassTable
+from benchmark.engine.kind import device
 from benchmark.engine.data import load_pair
 from benchmark.manifest import Manifest
 from benchmark.metrics.segmentation import SegmentationMeter, SegScores
 
+SCALARS = ("miou", "mdice", "rare_miou", "rare_mdice")  # the split-level scores of every run
 ARCHS = {"segformer": ("Segformer", "mit_b0"), "unet": ("Unet", "resnet18")}
 
 
@@ -109,3 +112,60 @@ def evaluate_segmenter(model: torch.nn.Module, dataset: Dataset, table: ClassTab
     for batch in DataLoader(dataset, batch_size=batch_size):
         meter.update(model(batch["image"].to(device)), batch["labels"].to(device))
     return meter.compute()
+
+
+def segmenter_label(arch: str, encoder_weights: str) -> str:
+    """What a segmenter really is: smp's decoder on which encoder, with which weights."""
+    cls, encoder = ARCHS[arch]
+    if encoder_weights == "efficientnet_lite0":
+        return f"smp {cls} decoder, EfficientNet-Lite0 encoder (ImageNet weights, offline package)"
+    return f"smp {cls}, {encoder} encoder ({'ImageNet weights' if encoder_weights == 'imagenet' else 'random init'})"
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation over seeds; None where a score is absent (no test pixel)."""
+    vals = [v for v in values if v is not None]
+    if not vals or len(vals) < len(values):
+        return None, None
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+
+
+def aggregate(runs: list[dict], names: list[str]) -> dict:
+    """Per-seed scores (averaged over segmenters), then mean and spread over seeds."""
+    seeds = sorted({r["seed"] for r in runs})
+    per_seed = []
+    for s in seeds:
+        rs = [r for r in runs if r["seed"] == s]
+        avg = lambda get: (None if any(get(r) is None for r in rs) else statistics.fmean(get(r) for r in rs))
+        per_seed.append({"seed": s, **{k: avg(lambda r, k=k: r[k]) for k in SCALARS},
+                         "iou": {n: avg(lambda r, n=n: r["iou"][n]) for n in names},
+                         "dice": {n: avg(lambda r, n=n: r["dice"][n]) for n in names}})
+    out: dict = {"segmenters": sorted({r["segmenter"] for r in runs}), "seeds": seeds, "per_seed": per_seed}
+    for k in SCALARS:
+        out[k], out[f"{k}_std"] = _mean_std([p[k] for p in per_seed])
+    out["per_class"] = {}
+    for n in names:
+        iou, iou_std = _mean_std([p["iou"][n] for p in per_seed])
+        dice, dice_std = _mean_std([p["dice"][n] for p in per_seed])
+        out["per_class"][n] = {"iou": iou, "iou_std": iou_std, "dice": dice, "dice_std": dice_std}
+    out["absent"] = [n for n in names if out["per_class"][n]["iou"] is None]
+    out["runs"] = runs
+    return out
+
+
+def downstream(cfg, datasets: list, test: Dataset, log=print) -> dict:
+    """Every segmenter x seed of ``cfg`` (``evaluate.downstream``) trained on ``datasets`` with the same step
+    budget, scored on the real test split; the label of each segmenter goes with the scores."""
+    table = test.table
+    runs = []
+    for arch in cfg.segmenters:
+        for seed in cfg.seeds:
+            torch.manual_seed(seed)
+            model = build_segmenter(arch, table.num_classes, cfg.encoder_weights)
+            train_segmenter(model, datasets, cfg.steps, cfg.batch_size, cfg.lr, seed, device())
+            s = evaluate_segmenter(model, test, table, device=device())
+            runs.append({"segmenter": arch, "seed": seed, **{k: getattr(s, k) for k in SCALARS},
+                         "iou": s.iou, "dice": s.dice})
+            log(f"  {arch} seed {seed}: mIoU {s.miou:.3f}, rare mIoU {s.rare_miou}")
+    return {**aggregate(runs, table.names),
+            "segmenter_labels": {a: segmenter_label(a, cfg.encoder_weights) for a in cfg.segmenters}}

@@ -1,32 +1,41 @@
 """The evaluation stages: what turns samples into the numbers users compare.
 
-- ``real_features``: features of the real test images, once per dataset version and extractor
-  (a DVC out), so no model stage recomputes them.
+- ``real_features``: features of the real test images, and of as many real training images (the
+  reference set), once per dataset version and extractor (a DVC out), so no model stage recomputes them.
 - ``evaluate_real``: the "real only" row: the semantic-fidelity judge (one segmenter trained on the
-  real training split) and the downstream segmenters trained on real images alone.
-- ``evaluate_model``: one model's row: FID/KID of its test-map samples, the judge's per-class IoU on
+  real training split; its score on the real test images is the semantic ceiling), the downstream
+  segmenters trained on real images alone, and the image-quality floor: FID/KID/PRDC of real training
+  images against the test images, the same extractor and image count as every model's.
+- ``evaluate_control``: the size-matched control: downstream on real + the real images of the very
+  training maps every model's synthetic set is drawn from (re-showing them is itself an oversampling of
+  those frames, rare-class ones first): a synthetic gain the control matches is a selection effect.
+- ``evaluate_model``: one model's row: FID/KID/PRDC of its test-map samples, the judge's per-class IoU on
   those samples against the maps that made them, and downstream segmenters trained on real + the
   model's training-map samples with the same step budget and seeds as the real-only row.
+
+Image scores carry bootstrap resamples over the test maps (the same for every row: the leaderboard
+pairs them), downstream scores their per-seed values (paired by seed).
 """
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import Subset
 
 from benchmark.config import Params
 from benchmark.data.classes import ClassTable
-from benchmark.downstream import GeneratedDataset, build_segmenter, evaluate_segmenter, train_segmenter
+from benchmark.downstream import GeneratedDataset, build_segmenter, downstream, evaluate_segmenter, train_segmenter
 from benchmark.engine.data import PreparedDataset
 from benchmark.engine.kind import device
+from benchmark.engine.sample import pick_train_maps
 from benchmark.io import atomic_dir, write_csv, write_json
-from benchmark.metrics.quality import Extractor, fid_kid, files_features, make_extractor
+from benchmark.metrics.quality import Extractor, bootstrap_fid_kid, fid_kid, files_features, make_extractor, prdc
+from benchmark.metrics.segmentation import SegScores, miou_from_confusion
+from benchmark.metrics.stats import bootstrap_indices, percentile
 from benchmark.tracking import dataset_hash
-
-SCALARS = ("miou", "mdice", "rare_miou", "rare_mdice")
 
 
 def extractor(params: Params) -> Extractor:
@@ -39,19 +48,27 @@ def features_file(folder: Path, name: str) -> Path:
 
 
 def real_features(params: Params, data_dir: Path, out: Path) -> dict:
-    """Features of the real test images with the configured extractor -> ``out/<extractor>.npz``."""
-    test = PreparedDataset(data_dir, "test")
+    """Features of the real test images and of a seeded draw of as many real training images (the
+    reference set: what a generator that reproduced the training data would score) ->
+    ``out/<extractor>.npz``."""
+    test, train = PreparedDataset(data_dir, "test"), PreparedDataset(data_dir, "train")
     ex = extractor(params)
-    files = [Path(data_dir) / "images" / f"{r['id']}.png" for r in test.rows]
-    feats = files_features(files, ex, device(), params.evaluate.fid.batch_size)
-    meta = {"extractor": ex.name, "dims": ex.dims, "images": len(files), "dataset_hash": dataset_hash(data_dir)}
+    rng = np.random.default_rng(params.evaluate.bootstrap.seed)
+    picked = sorted(rng.choice(len(train), size=min(len(test), len(train)), replace=False).tolist())
+    files = lambda rows: [Path(data_dir) / "images" / f"{r['id']}.png" for r in rows]
+    feats = files_features(files(test.rows), ex, device(), params.evaluate.fid.batch_size)
+    ref = files_features(files([train.rows[i] for i in picked]), ex, device(), params.evaluate.fid.batch_size)
+    meta = {"extractor": ex.name, "dims": ex.dims, "images": len(test), "reference_images": len(picked),
+            "dataset_hash": dataset_hash(data_dir)}
     with atomic_dir(out) as tmp:
-        np.savez(features_file(tmp, ex.name), features=feats, ids=np.array([r["id"] for r in test.rows]))
+        np.savez(features_file(tmp, ex.name), features=feats, ids=np.array([r["id"] for r in test.rows]),
+                 reference=ref, reference_ids=np.array([train.rows[i]["id"] for i in picked]))
         write_json(tmp / "meta.json", meta)
     return meta
 
 
-def load_real_features(folder: Path, ex: Extractor, data_dir: Path) -> np.ndarray:
+def load_real_features(folder: Path, ex: Extractor, data_dir: Path) -> dict[str, np.ndarray]:
+    """``features``/``ids`` of the real test images, ``reference``/``reference_ids`` of the training draw."""
     path, meta_path = features_file(folder, ex.name), Path(folder) / "meta.json"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no cached real-image features for extractor {ex.name!r}; "
@@ -60,84 +77,113 @@ def load_real_features(folder: Path, ex: Extractor, data_dir: Path) -> np.ndarra
     if meta["dataset_hash"] != dataset_hash(data_dir):
         raise ValueError(f"{meta_path}: features were computed on another version of {data_dir}; "
                          "run `dvc repro features`")
-    return np.load(path)["features"]
+    return dict(np.load(path))
 
 
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation over seeds; None where a score is absent (no test pixel)."""
-    vals = [v for v in values if v is not None]
-    if not vals or len(vals) < len(values):
-        return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)
+def image_quality(params: Params, generated: np.ndarray, real: np.ndarray, ex: Extractor) -> dict:
+    """FID/KID, PRDC, and their bootstrap over the test maps (rows of both sets are aligned by map)."""
+    b = params.evaluate.bootstrap
+    q = fid_kid(generated, real, ex)
+    q["prdc"] = prdc(generated, real, params.evaluate.prdc_k)
+    q["bootstrap"] = bootstrap_fid_kid(generated, real, bootstrap_indices(len(generated), b.resamples, b.seed))
+    for k in ("fid", "kid"):
+        q[f"{k}_low"], q[f"{k}_high"] = percentile(q["bootstrap"][k], b.level)
+    return q
 
 
-def aggregate(runs: list[dict], names: list[str]) -> dict:
-    """Per-seed scores (averaged over segmenters), then mean and spread over seeds."""
-    seeds = sorted({r["seed"] for r in runs})
-    per_seed = []
-    for s in seeds:
-        rs = [r for r in runs if r["seed"] == s]
-        avg = lambda get: (None if any(get(r) is None for r in rs) else statistics.fmean(get(r) for r in rs))
-        per_seed.append({"seed": s, **{k: avg(lambda r, k=k: r[k]) for k in SCALARS},
-                         "iou": {n: avg(lambda r, n=n: r["iou"][n]) for n in names},
-                         "dice": {n: avg(lambda r, n=n: r["dice"][n]) for n in names}})
-    out: dict = {"segmenters": sorted({r["segmenter"] for r in runs}), "seeds": seeds, "per_seed": per_seed}
-    for k in SCALARS:
-        out[k], out[f"{k}_std"] = _mean_std([p[k] for p in per_seed])
-    out["per_class"] = {}
-    for n in names:
-        iou, iou_std = _mean_std([p["iou"][n] for p in per_seed])
-        dice, dice_std = _mean_std([p["dice"][n] for p in per_seed])
-        out["per_class"][n] = {"iou": iou, "iou_std": iou_std, "dice": dice, "dice_std": dice_std}
-    out["absent"] = [n for n in names if out["per_class"][n]["iou"] is None]
-    out["runs"] = runs
+def semantic_summary(params: Params, scores: SegScores, table: ClassTable) -> dict:
+    """The judge's scores on a set of test-map images, with mIoU bootstrapped on the same resamples."""
+    b = params.evaluate.bootstrap
+    out = scores.summary()
+    boots = [miou_from_confusion(scores.per_image[idx].sum(0), table.rare_ids)
+             for idx in bootstrap_indices(len(scores.per_image), b.resamples, b.seed)]
+    out["bootstrap"] = {"miou": [m for m, _ in boots], "rare_miou": [r for _, r in boots]}
+    for k in ("miou", "rare_miou"):
+        out[f"{k}_low"], out[f"{k}_high"] = percentile(out["bootstrap"][k], b.level)
     return out
 
 
-def downstream(params: Params, datasets: list, test: PreparedDataset, log=print) -> dict:
-    """Every configured segmenter x seed trained on ``datasets`` and scored on the real test split."""
-    cfg, table = params.evaluate.downstream, test.table
-    runs = []
-    for arch in cfg.segmenters:
-        for seed in cfg.seeds:
-            torch.manual_seed(seed)
-            model = build_segmenter(arch, table.num_classes, cfg.encoder_weights)
-            train_segmenter(model, datasets, cfg.steps, cfg.batch_size, cfg.lr, seed, device())
-            s = evaluate_segmenter(model, test, table, device=device())
-            runs.append({"segmenter": arch, "seed": seed, **{k: getattr(s, k) for k in SCALARS},
-                         "iou": s.iou, "dice": s.dice})
-            log(f"  {arch} seed {seed}: mIoU {s.miou:.3f}, rare mIoU {s.rare_miou}")
-    return aggregate(runs, table.names)
+def aligned(real: dict, ids: list[str], where: Path) -> np.ndarray:
+    """The real test features in the order of ``ids`` (the generated set's test maps)."""
+    pos = {i: k for k, i in enumerate(real["ids"].tolist())}
+    missing = [i for i in ids if i not in pos]
+    if missing:
+        raise ValueError(f"{where}: images of test maps {missing[:3]} have no real test features; run "
+                         "`dvc repro features`")
+    return real["features"][[pos[i] for i in ids]]
 
 
 def write_plot(path: Path, table: ClassTable, result: dict) -> None:
     """Per-class CSV (DVC plots): semantic IoU and downstream IoU/Dice with spreads; absent = empty."""
     cell = lambda v: "" if v is None else f"{v:.6f}"
-    sem, down = result["semantic"]["iou"], result["downstream"]["per_class"]
+    sem, down = (result.get("semantic") or {}).get("iou", {}), result["downstream"]["per_class"]
     write_csv(path, ["class", "rare", "semantic_iou", "downstream_iou", "downstream_iou_std", "downstream_dice",
                      "downstream_dice_std"],
-              [{"class": c.name, "rare": int(c.rare), "semantic_iou": cell(sem[c.name]),
+              [{"class": c.name, "rare": int(c.rare), "semantic_iou": cell(sem.get(c.name)),
                 **{f"downstream_{k}": cell(down[c.name][k]) for k in ("iou", "iou_std", "dice", "dice_std")}}
                for c in table.classes])
 
 
-def evaluate_real(params: Params, data_dir: Path, judge_dir: Path, metrics: Path, plot: Path, log=print) -> dict:
-    """The real-only row, and the semantic-fidelity judge saved for every model's stage."""
+def row(name: str, role: str, test: PreparedDataset, train_images: dict, **parts) -> dict:
+    return {"model": name, "role": role, "rare_classes": test.table.rare_names, "train_images": train_images, **parts}
+
+
+def evaluate_real(params: Params, data_dir: Path, features: Path, judge_dir: Path, metrics: Path, plot: Path,
+                  log=print) -> dict:
+    """The real-only row (with the image-quality floor of real training images), and the
+    semantic-fidelity judge saved for every model's stage."""
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
+    sem = params.evaluate.semantic
+    judge = train_judge(params, data_dir, judge_dir, log)
+    ceiling = semantic_summary(params, evaluate_segmenter(judge, test, test.table, device=device()), test.table)
+    ex = extractor(params)
+    real = load_real_features(features, ex, data_dir)
+    n = min(len(real["reference"]), len(real["features"]))
+    floor = image_quality(params, real["reference"][:n], real["features"][:n], ex)
+    log(f"reference: real training vs test images, FID {floor['fid']:.3f} ({ex.name}, {n} images each); judge on "
+        f"real test images, mIoU {ceiling['miou']:.3f}")
+    log(f"downstream, real only: {len(train)} images")
+    result = row("real", "reference", test, {"real": len(train), "synthetic": 0}, quality=floor, semantic=ceiling,
+                 judge=judge_label(sem), downstream=downstream(params.evaluate.downstream, [train], test, log))
+    write_json(metrics, result)
+    write_plot(plot, test.table, result)
+    return result
+
+
+def train_judge(params: Params, data_dir: Path, judge_dir: Path, log=print) -> torch.nn.Module:
+    """The semantic-fidelity judge: ``evaluate.semantic``'s segmenter trained on the real training split,
+    saved to ``judge_dir`` for every model's stage."""
+    train = PreparedDataset(data_dir, "train")
     sem = params.evaluate.semantic
     log(f"judge: {sem.segmenter} ({sem.encoder_weights}), {sem.steps} steps on {len(train)} real images")
     torch.manual_seed(sem.seed)
-    judge = build_segmenter(sem.segmenter, test.table.num_classes, sem.encoder_weights)
+    judge = build_segmenter(sem.segmenter, train.table.num_classes, sem.encoder_weights)
     train_segmenter(judge, [train], sem.steps, sem.batch_size, sem.lr, sem.seed, device())
     with atomic_dir(judge_dir) as tmp:
         torch.save(judge.state_dict(), tmp / "judge.pt")
         write_json(tmp / "judge.json", {"segmenter": sem.segmenter, "encoder_weights": sem.encoder_weights,
-                                        "num_classes": test.table.num_classes,
+                                        "num_classes": train.table.num_classes,
                                         "dataset_hash": dataset_hash(data_dir)})
-    reference = evaluate_segmenter(judge, test, test.table, device=device())
-    log(f"downstream, real only: {len(train)} images")
-    result = {"model": "real", "role": "reference", "rare_classes": test.table.rare_names, "train_images": {"real": len(train), "synthetic": 0},
-              "semantic": reference.summary(), "downstream": downstream(params, [train], test, log)}
+    return judge
+
+
+def judge_label(sem) -> str:
+    from benchmark.downstream import segmenter_label
+
+    return f"{segmenter_label(sem.segmenter, sem.encoder_weights)}, {sem.steps} steps on the real training split"
+
+
+def evaluate_control(params: Params, data_dir: Path, metrics: Path, plot: Path, log=print) -> dict:
+    """The size-matched control: real + the real images of the training maps every model's synthetic
+    training set is drawn from (``sample.train_maps``, ``sample.train_selection``), same seeds and budget."""
+    train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
+    picked = Subset(train, pick_train_maps(train, params.sample))
+    if not len(picked):
+        raise ValueError("sample.train_maps is 0: no synthetic training images, so no size-matched control")
+    log(f"downstream, real + the real images of the {len(picked)} sampled training maps: {len(train)} + "
+        f"{len(picked)} images")
+    result = row("real+control", "control", test, {"real": len(train), "synthetic": 0, "repeated_real": len(picked)},
+                 downstream=downstream(params.evaluate.downstream, [train, picked], test, log))
     write_json(metrics, result)
     write_plot(plot, test.table, result)
     return result
@@ -159,16 +205,18 @@ def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, fea
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
     generated_test, generated_train = GeneratedDataset(samples, "test"), GeneratedDataset(samples, "train")
     ex = extractor(params)
-    real = load_real_features(features, ex, data_dir)
-    quality = fid_kid(files_features(generated_test.image_files, ex, device(), params.evaluate.fid.batch_size), real, ex)
-    log(f"{name}: FID {quality['fid']:.3f}, KID {quality['kid']:.4f} ({ex.name}, {len(generated_test)} images)")
-    semantic = evaluate_segmenter(load_judge(judge_dir), generated_test, test.table, device=device())
-    log(f"{name}: semantic mIoU {semantic.miou:.3f}")
+    real = aligned(load_real_features(features, ex, data_dir), [r.id for r in generated_test.records], samples)
+    generated = files_features(generated_test.image_files, ex, device(), params.evaluate.fid.batch_size)
+    quality = image_quality(params, generated, real, ex)
+    log(f"{name}: FID {quality['fid']:.3f}, KID {quality['kid']:.4f} ({ex.name}, {len(generated_test)} images), "
+        f"precision {quality['prdc']['precision']:.3f}, recall {quality['prdc']['recall']:.3f}")
+    semantic = semantic_summary(params, evaluate_segmenter(load_judge(judge_dir), generated_test, test.table,
+                                                           device=device()), test.table)
+    log(f"{name}: semantic mIoU {semantic['miou']:.3f}")
     log(f"downstream, real + {name}: {len(train)} + {len(generated_train)} images")
-    result = {"model": name, "role": params.models[name].role, "rare_classes": test.table.rare_names,
-              "train_images": {"real": len(train), "synthetic": len(generated_train)},
-              "quality": quality, "semantic": semantic.summary(),
-              "downstream": downstream(params, [train, generated_train], test, log)}
+    result = row(name, params.models[name].role, test, {"real": len(train), "synthetic": len(generated_train)},
+                 quality=quality, semantic=semantic, judge=judge_label(params.evaluate.semantic),
+                 downstream=downstream(params.evaluate.downstream, [train, generated_train], test, log))
     write_json(metrics, result)
     write_plot(plot, test.table, result)
     return result
@@ -185,15 +233,15 @@ def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path
     semantic = evaluate_segmenter(load_judge(judge_dir), pairs, test.table, device=device())
     log(f"{name}: judge on images of generated maps, mIoU {semantic.miou:.3f}")
     log(f"downstream, real + {name}: {len(train)} + {len(pairs)} images")
-    result = {"model": name, "role": "generated", "rare_classes": test.table.rare_names,
-              "train_images": {"real": len(train), "synthetic": len(pairs)}, "semantic": semantic.summary(),
-              "maps": {who: {"adherence": maps_metrics[who]["adherence"]["adherence"],
+    result = row(name, "generated", test, {"real": len(train), "synthetic": len(pairs)}, semantic=semantic.summary(),
+                 judge=judge_label(params.evaluate.semantic),
+                 maps={who: {"adherence": maps_metrics[who]["adherence"]["adherence"],
                              "rare_presence": maps_metrics[who]["adherence"]["rare_presence"],
                              "cooccurrence_l1": maps_metrics[who]["realism"]["cooccurrence_l1"],
                              "area_w1": maps_metrics[who]["realism"]["area_w1"],
                              "diversity": maps_metrics[who]["diversity"]} for who in ("generator", "baseline")},
-              "text_encoder": maps_metrics["text_encoder"],
-              "downstream": downstream(params, [train, pairs], test, log)}
+                 text_encoder=maps_metrics["text_encoder"],
+                 downstream=downstream(params.evaluate.downstream, [train, pairs], test, log))
     write_json(metrics, result)
     write_plot(plot, test.table, result)
     return result

@@ -1,74 +1,88 @@
-"""The leaderboard stage: every evaluated row in one table, as DVC metrics and plots, a markdown
-report, and MLflow (a leaderboard run holding the table; each model's training run gets its numbers).
+"""The leaderboard stage: every evaluated row in one table, with every comparison's interval and
+verdict, as DVC metrics and plots, a markdown report, and MLflow (a leaderboard run holding the table;
+each model's training run gets its numbers).
 
-Columns carry their extractor (``fid:efficientnet_lite0:blocks.4``), so FIDs from different feature
-extractors can never share a column. Deltas are against the real-only row, paired by seed (the same
-segmenter seeds train both), with the spread of the paired differences.
+Rows: ``real`` (real only; its FID/KID/PRDC are real training images against the test images, the floor
+for this extractor and image count; its semantic mIoU is the judge on real test images, the ceiling),
+``real+control`` (real + the real images of the sampled training maps: the size-matched control), the
+models of params.yaml, the generated-maps row. Columns carry their extractor
+(``fid:efficientnet_lite0:blocks.4``), so FIDs from different extractors never share a column.
 """
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from pathlib import Path
 
+from benchmark.comparisons import CONTROL, REAL, comparisons
 from benchmark.config import Params
-from benchmark.evaluate import SCALARS
+from benchmark.downstream import SCALARS
 from benchmark.io import write_csv, write_json, write_text
 
-REAL = "real"
 MAPS = "maps"  # metrics/evaluate/maps.json: the "real + generated maps" row (evaluate-maps)
 MAP_COLUMNS = ("adherence", "rare_presence", "cooccurrence_l1", "area_w1", "diversity")
+PRDC = ("precision", "recall", "density", "coverage")
+REFS = {"delta": REAL, "vs_control": CONTROL}  # column prefix -> the row compared with
+STAGES = {REAL: "evaluate-real", CONTROL: "evaluate-control", MAPS: "evaluate-maps"}
 
 
-def load_rows(folder: Path, params: Params) -> dict[str, dict]:
-    """metrics/evaluate/*.json in leaderboard order: real, params.yaml's models, the generated-maps row
-    (named ``<image model>+maps``)."""
+def load_rows(folder: Path, params: Params, train_folder: Path | None = None) -> dict[str, dict]:
+    """metrics/evaluate/*.json in leaderboard order: real, the control, params.yaml's models, the
+    generated-maps row (named ``<image model>+maps``); each model with its training budget
+    (``train_folder``/<model>.json: map-conditioned steps, images seen)."""
     folder = Path(folder)
     rows = {}
-    for name in [REAL, *params.models, MAPS]:
+    for name in [REAL, CONTROL, *params.models, MAPS]:
         path = folder / f"{name}.json"
         if not path.exists():
-            stage = {REAL: "evaluate-real", MAPS: "evaluate-maps"}.get(name, f"evaluate@{name}")
-            raise FileNotFoundError(f"{path}: missing; run `dvc repro {stage}`")
+            raise FileNotFoundError(f"{path}: missing; run `dvc repro {STAGES.get(name, f'evaluate@{name}')}`")
         row = json.loads(path.read_text())
+        trained = Path(train_folder or "") / f"{name}.json"
+        if train_folder is not None and name in params.models:
+            if not trained.exists():
+                raise FileNotFoundError(f"{trained}: missing; run `dvc repro train@{name}`")
+            row["training"] = json.loads(trained.read_text())
         rows[row["model"] if name == MAPS else name] = row
     return rows
 
 
-def _paired_delta(row: dict, real: dict, key: str) -> tuple[float | None, float | None]:
-    ours = {p["seed"]: p[key] for p in row["downstream"]["per_seed"]}
-    base = {p["seed"]: p[key] for p in real["downstream"]["per_seed"]}
-    diffs = [ours[s] - base[s] for s in ours if s in base and ours[s] is not None and base[s] is not None]
-    if not diffs or len(diffs) < len(ours):
-        return None, None
-    return statistics.fmean(diffs), (statistics.stdev(diffs) if len(diffs) > 1 else None)
-
-
-def build(rows: dict[str, dict]) -> tuple[list[str], list[dict]]:
-    """(columns, table rows) from the evaluation results."""
-    real = rows[REAL]
-    extractors = sorted({r["quality"]["extractor"] for r in rows.values() if "quality" in r})
+def build(rows: dict[str, dict], found: list[dict]) -> tuple[list[str], list[dict]]:
+    """(columns, table rows) from the evaluation results and the comparisons."""
+    extractors = sorted({r["quality"]["extractor"] for r in rows.values() if r.get("quality")})
     columns = ["model", "role"]
     for ex in extractors:
-        columns += [f"fid:{ex}", f"kid:{ex}"]
-    columns += ["semantic_miou", "semantic_rare_miou"]
-    for k in SCALARS:
-        columns += [f"downstream_{k}", f"downstream_{k}_std"]
-    for k in SCALARS:
-        columns += [f"delta_{k}", f"delta_{k}_std"]
+        columns += [f"{m}:{ex}{s}" for m in ("fid", "kid") for s in ("", "_low", "_high")]
+        columns += [f"{m}:{ex}" for m in PRDC]
+    columns += [f"semantic_{m}{s}" for m in ("miou", "rare_miou") for s in ("", "_low", "_high")]
+    columns += [f"downstream_{k}{s}" for k in SCALARS for s in ("", "_std")]
+    columns += [f"{p}_{m}{s}" for p in REFS for m in ("miou", "rare_miou") for s in ("", "_low", "_high", "_verdict")]
+    columns += ["map_conditioned_steps", "images_seen", "downstream_segmenter"]
     if any("maps" in r for r in rows.values()):
         columns += [f"maps_{k}" for k in MAP_COLUMNS] + [f"maps_baseline_{k}" for k in MAP_COLUMNS]
+    by = {(c["a"], c["b"], c["metric"]): c for c in found}
     table = []
     for name, r in rows.items():
-        row = {"model": name, "role": r.get("role", "")}
-        for ex in extractors:
-            q = r.get("quality") if r.get("quality", {}).get("extractor") == ex else None
-            row[f"fid:{ex}"], row[f"kid:{ex}"] = (q["fid"], q["kid"]) if q else (None, None)
-        row["semantic_miou"], row["semantic_rare_miou"] = r["semantic"]["miou"], r["semantic"]["rare_miou"]
+        row = dict.fromkeys(columns)
+        row.update(model=name, role=r.get("role", ""))
+        q = r.get("quality")
+        if q:
+            ex = q["extractor"]
+            for m in ("fid", "kid"):
+                row.update({f"{m}:{ex}": q[m], f"{m}:{ex}_low": q.get(f"{m}_low"), f"{m}:{ex}_high": q.get(f"{m}_high")})
+            row.update({f"{m}:{ex}": q.get("prdc", {}).get(m) for m in PRDC})
+        for m in ("miou", "rare_miou"):
+            sem = r.get("semantic") or {}
+            row.update({f"semantic_{m}{s}": sem.get(f"{m}{s}") for s in ("", "_low", "_high")})
         for k in SCALARS:
             row[f"downstream_{k}"], row[f"downstream_{k}_std"] = r["downstream"][k], r["downstream"][f"{k}_std"]
-            row[f"delta_{k}"], row[f"delta_{k}_std"] = (None, None) if name == REAL else _paired_delta(r, real, k)
+        for prefix, ref in REFS.items():
+            for m in ("miou", "rare_miou"):
+                c = by.get((name, ref, f"downstream_{m}"), {})
+                row.update({f"{prefix}_{m}": c.get("delta"), f"{prefix}_{m}_low": c.get("low"),
+                            f"{prefix}_{m}_high": c.get("high"), f"{prefix}_{m}_verdict": c.get("verdict")})
+        trained = r.get("training", {})
+        row["map_conditioned_steps"], row["images_seen"] = trained.get("map_conditioned_steps"), trained.get("images_seen")
+        row["downstream_segmenter"] = "; ".join(r["downstream"].get("segmenter_labels", {}).values()) or None
         if "maps_adherence" in columns:  # the map generator's own scores, and the retrieval baseline's
             for who, prefix in (("generator", "maps_"), ("baseline", "maps_baseline_")):
                 for k in MAP_COLUMNS:
@@ -86,51 +100,90 @@ def sort_rows(table: list[dict], primary: str, order: str) -> list[dict]:
     return sorted(present, key=lambda r: r[primary], reverse=order == "desc") + missing
 
 
+def digits(col: str) -> int:
+    return 2 if col.startswith("fid:") else 4 if col.startswith("kid:") else 3
+
+
 def fmt(row: dict, col: str) -> str:
-    """``mean ± std`` for a column with a spread, ``-`` for a missing value."""
+    """``mean ± std`` for a column with a spread, ``value [low, high] verdict`` for one with an interval,
+    ``-`` for a missing value."""
     v = row.get(col)
     if v is None:
         return "-"
     if isinstance(v, str):
         return v
-    digits = 2 if col.startswith("fid:") else 4 if col.startswith("kid:") else 3
-    std = row.get(f"{col}_std")
-    return f"{v:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+    if isinstance(v, int):
+        return str(v)
+    d = digits(col)
+    text = f"{v:.{d}f}"
+    if row.get(f"{col}_std") is not None:
+        text += f" ± {row[f'{col}_std']:.{d}f}"
+    if row.get(f"{col}_low") is not None:
+        text += f" [{row[f'{col}_low']:.{d}f}, {row[f'{col}_high']:.{d}f}]"
+    if row.get(f"{col}_verdict"):
+        text += f" {row[f'{col}_verdict']}"
+    return text
 
 
 def display_columns(columns: list[str]) -> list[str]:
-    return [c for c in columns if not c.endswith("_std")]
+    return [c for c in columns if not c.endswith(("_std", "_low", "_high", "_verdict")) and c != "downstream_segmenter"]
 
 
-def markdown(columns: list[str], table: list[dict], title: str) -> str:
+def comparison_lines(found: list[dict]) -> list[str]:
+    lines = ["| comparison | A | B | metric | A - B | 95 % interval | verdict | interval from | note |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for c in found:
+        d = digits(c["metric"] + ":")
+        interval = "-" if c["low"] is None else f"[{c['low']:.{d}f}, {c['high']:.{d}f}]"
+        lines.append(f"| {c['kind']} | {c['a']} | {c['b']} | {c['metric']} | {c['delta']:+.{d}f} | {interval} | "
+                     f"{c['verdict']} | {c['method']} (n = {c['n']}) | {c.get('note', '')} |")
+    return lines
+
+
+def markdown(columns: list[str], table: list[dict], title: str, found: list[dict] = ()) -> str:
     cols = display_columns(columns)
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r, c) for c in cols) + " |" for r in table]
-    lines += ["", "Downstream columns: mean ± sample std over segmenter seeds; deltas are paired by seed against "
-              "the real-only row. FID/KID are one sample set per model (no spread). `-`: not applicable or "
-              "absent (a class with no test pixel never enters a mean)."]
+    segmenters = {r["downstream_segmenter"] for r in table if r.get("downstream_segmenter")}
+    lines += ["", "Downstream columns: mean ± sample std over segmenter seeds; `delta_*` (against real only) and "
+              "`vs_control_*` (against the size-matched control) are paired by seed: mean [95 % t interval] and the "
+              "verdict. FID, KID and semantic mIoU: the value on all test maps [95 % bootstrap percentile interval "
+              "over test maps, the same resamples for every row]. precision / recall / density / coverage: PRDC on "
+              "the FID features. `real`: FID/KID/PRDC of real training images against the test images (the floor "
+              "for this extractor and image count), semantic mIoU of the judge on real test images (the ceiling). "
+              "`real+control`: real + the real images of the training maps every model's synthetic set is drawn "
+              "from. `-`: not applicable or absent (a class with no test pixel never enters a mean).",
+              "", "Downstream segmenter: " + " | ".join(sorted(segmenters))]
     if any(c.startswith("maps_") for c in cols):
         lines += ["", "`maps_*`: the text-prompted map generator's maps (row `<image model>+maps`), "
                   "`maps_baseline_*`: a random real training map with the prompt's class set. adherence: mean of "
                   "presence / absence / size / location / quantity shares; cooccurrence_l1, area_w1: distance "
                   "to the real training maps (lower = more realistic); diversity: pixel disagreement between "
                   "maps of one prompt."]
+    if found:
+        lines += ["", "## Comparisons", "", *comparison_lines(found)]
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(params: Params, rows: dict[str, dict], metrics: Path, plots: Path, report: Path) -> list[dict]:
-    columns, table = build(rows)
+def write_outputs(params: Params, rows: dict[str, dict], metrics: Path, plots: Path, report: Path,
+                  comparisons_file: Path) -> tuple[list[dict], list[dict]]:
+    roles = {n: e.role for n, e in params.models.items()}
+    found = comparisons(rows, roles, params.leaderboard.ladder, params.evaluate.bootstrap.level)
+    columns, table = build(rows, found)
     table = sort_rows(table, params.leaderboard.primary, params.leaderboard.sort)
     write_json(metrics, {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table})
+    write_json(comparisons_file, found)
     write_csv(Path(plots) / "summary.csv", columns, table)
     write_csv(Path(plots) / "per_class.csv", ["model", "class", "rare", "iou", "iou_std", "dice", "dice_std"],
               [{"model": model, "class": cls, "rare": int(cls in r["rare_classes"]), **d}
                for model, r in rows.items() for cls, d in r["downstream"]["per_class"].items()])
-    write_text(Path(report), markdown(columns, table, f"{params.report.title}: leaderboard"))
-    return table
+    write_csv(Path(plots) / "comparisons.csv", ["kind", "a", "b", "metric", "delta", "low", "high", "verdict", "n",
+                                                "method", "note"], found)
+    write_text(Path(report), markdown(columns, table, f"{params.report.title}: leaderboard", found))
+    return table, found
 
 
-def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report: Path) -> str:
+def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report: Path, found: list[dict]) -> str:
     """A leaderboard run with the table artifact; each model's training run gets its numbers."""
     import mlflow
 
@@ -162,6 +215,7 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report:
             key = r["model"].replace("+", "_plus_")  # MLflow metric names allow no "+" ("casdm+maps")
             mlflow.log_metrics({f"{key}/{k}": v for k, v in numeric(r).items()})
         mlflow.log_dict({n: flatten(r["downstream"]["per_class"]) for n, r in rows.items()}, "per_class.json")
+        mlflow.log_dict(found, "comparisons.json")
         return run.info.run_id
 
 
@@ -185,7 +239,8 @@ def latest_table(params: Params) -> tuple[str, "object"]:
 SHORT = {"semantic_miou": "semantic mIoU", "semantic_rare_miou": "semantic rare mIoU", "downstream_miou": "mIoU",
          "downstream_mdice": "mDice", "downstream_rare_miou": "rare mIoU", "downstream_rare_mdice": "rare mDice",
          "delta_miou": "Δ mIoU", "delta_rare_miou": "Δ rare mIoU", "delta_mdice": "Δ mDice",
-         "delta_rare_mdice": "Δ rare mDice", "maps_adherence": "maps adherence"}
+         "delta_rare_mdice": "Δ rare mDice", "vs_control_miou": "Δ mIoU vs control",
+         "vs_control_rare_miou": "Δ rare mIoU vs control", "maps_adherence": "maps adherence"}
 
 
 def rich_table(params: Params, run_id: str, df, full: bool = False):

@@ -133,6 +133,17 @@ def save_plots(study: optuna.Study, params: Params, folder: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------- running
+def reports_at(step: int, trial: Params, s) -> bool:
+    """Whether a trial reports an intermediate score (to the pruner) at ``step``: never at its last step
+    (the final score is the objective, which no pruner may cut), and, when CA-SP's start is searched,
+    only once CA-SP runs (a trial must not be pruned for a stage 2 it has not reached)."""
+    if step >= trial.train.steps:
+        return False
+    training = trial.models[s.model].training
+    return "sp_start_fraction" not in s.search_space or training["loss"] != "ca_mse+ca_sp" or \
+        step > training["sp_start_step"]
+
+
 def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Path, log=print):
     import mlflow
 
@@ -158,6 +169,8 @@ def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Pat
             mlflow.log_params({f"training.{k}": json.dumps(v) if isinstance(v, dict) else v for k, v in overrides.items()})
 
             def hook(step: int, with_ema) -> None:
+                if not reports_at(step, p, s):
+                    return
                 value = with_ema(lambda pipe: scorer(pipe, s.objectives[:1]))[s.objectives[0]]
                 mlflow.log_metric(f"intermediate_{s.objectives[0]}", value, step=step)
                 if single:
@@ -207,9 +220,9 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
     if params.models[s.model].kind != "casdm":
         raise ValueError(f"study.model {s.model!r} is a {params.models[s.model].kind!r} model; the loss weights "
                          "tuned here belong to a casdm model")
-    if s.eval_split == "test":
-        log("[yellow]note:[/] the objectives use the test split, which the leaderboard also scores; "
-            "set data.split.val_videos and study.eval_split: val for an unbiased study")
+    if s.eval_split == "test":  # allowed only with study.allow_test_split: true
+        log("[yellow]warning:[/] the objectives use the test split, which the leaderboard also scores: the tuned "
+            "model's leaderboard numbers are biased")
     connect(params.tracking)
     study = load_study(params, storage)
     parent = parent_run(params, study, storage or s.storage or f"sqlite:///{(STUDIES / s.name).resolve()}.db")

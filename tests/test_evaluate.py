@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from benchmark.config import ConfigError
-from benchmark.evaluate import aggregate
-from benchmark.leaderboard import REAL, build, load_rows, markdown, sort_rows
+from benchmark.comparisons import CONTROL, REAL, comparisons
+from benchmark.downstream import aggregate
+from benchmark.leaderboard import build, load_rows, markdown, sort_rows
 from tests.conftest import tiny_params
 
 NAMES = ["bg", "organ", "duct", "vein"]
@@ -55,33 +56,48 @@ def result(model, role, seeds_miou, extractor="efficientnet_lite0:blocks.4", fid
     return r
 
 
-def test_leaderboard_rows_columns_and_paired_deltas():
-    rows = {REAL: result(REAL, "reference", {0: 0.50, 1: 0.60}),
-            "casdm": result("casdm", "method", {0: 0.55, 1: 0.70}, fid=12.0),
-            "sdm": result("sdm", "baseline", {0: 0.40, 1: 0.58}, extractor="inception", fid=30.0)}
-    columns, table = build(rows)
-    assert {"fid:efficientnet_lite0:blocks.4", "fid:inception", "kid:inception", "delta_miou_std"} <= set(columns)
+def test_leaderboard_rows_columns_intervals_and_verdicts():
+    rows = {REAL: result(REAL, "reference", {0: 0.50, 1: 0.60, 2: 0.55}),
+            CONTROL: result(CONTROL, "control", {0: 0.56, 1: 0.69, 2: 0.61}),
+            "casdm": result("casdm", "method", {0: 0.55, 1: 0.70, 2: 0.62}, fid=12.0),
+            "sdm": result("sdm", "baseline", {0: 0.40, 1: 0.58, 2: 0.50}, extractor="inception", fid=30.0)}
+    found = comparisons(rows, {"casdm": "method", "sdm": "baseline"}, ["sdm", "casdm"], 0.95)
+    columns, table = build(rows, found)
+    assert {"fid:efficientnet_lite0:blocks.4", "fid:inception", "kid:inception", "delta_miou_low",
+            "vs_control_miou_verdict", "precision:inception"} <= set(columns)
     by = {r["model"]: r for r in table}
     # two extractors never share a column: each row has a value in its own column only
     assert by["casdm"]["fid:efficientnet_lite0:blocks.4"] == 12.0 and by["casdm"]["fid:inception"] is None
     assert by["sdm"]["fid:inception"] == 30.0 and by["sdm"]["fid:efficientnet_lite0:blocks.4"] is None
     assert by[REAL]["fid:inception"] is None and by[REAL]["delta_miou"] is None
-    assert by["casdm"]["delta_miou"] == pytest.approx(0.075)  # (0.05 + 0.10) / 2, paired by seed
-    assert by["casdm"]["delta_miou_std"] == pytest.approx(statistics.stdev([0.05, 0.10]))
-    assert by["casdm"]["delta_rare_mdice"] is None  # absent stays absent
+    diffs = [0.05, 0.10, 0.07]  # casdm - real, paired by seed; t(0.975, 2) = 4.3027
+    half = 4.302652729911275 * statistics.stdev(diffs) / 3 ** 0.5
+    assert by["casdm"]["delta_miou"] == pytest.approx(statistics.fmean(diffs))
+    assert by["casdm"]["delta_miou_low"] == pytest.approx(statistics.fmean(diffs) - half)
+    assert by["casdm"]["delta_miou_verdict"] == "better"  # [0.011, 0.139] excludes 0
+    # against the control (which re-shows the same real frames) casdm is no better: a selection effect
+    assert by["casdm"]["vs_control_miou_verdict"] == "indistinguishable"
+    notes = {(c["a"], c["b"], c["metric"]): c.get("note", "") for c in found}
+    assert "selection effect" in notes[("casdm", REAL, "downstream_miou")]
+    assert by["sdm"]["delta_miou_verdict"] == "indistinguishable"
+    assert by["casdm"]["semantic_rare_miou"] is None and by["casdm"]["downstream_rare_mdice"] is None  # absent stays absent
     assert all(set(columns) == set(r) for r in table)  # every row has every column
     ordered = sort_rows(table, "downstream_miou", "desc")
-    assert [r["model"] for r in ordered] == ["casdm", REAL, "sdm"]
-    assert [r["model"] for r in sort_rows(table, "fid:inception", "asc")] == ["sdm", REAL, "casdm"]
+    assert [r["model"] for r in ordered] == ["casdm", CONTROL, REAL, "sdm"]
+    assert [r["model"] for r in sort_rows(table, "fid:inception", "asc")][0] == "sdm"
     with pytest.raises(ValueError, match="leaderboard.primary 'fid' is not a leaderboard column"):
         sort_rows(table, "fid", "asc")
-    md = markdown(columns, ordered, "t")
-    assert "| casdm | method | 12.00 | 0.1200 | - | - |" in md and "0.625 ± 0.106" in md
+    md = markdown(columns, ordered, "t", found)
+    assert "| casdm | method | 12.00 | 0.1200 |" in md and "0.623 ± 0.075" in md
+    assert "| vs real | casdm | real | downstream_miou | +0.073 | [0.011, 0.136] | better |" in md
 
 
 def test_missing_evaluation_is_named_with_its_stage(tmp_path):
     params = tiny_params()
     (tmp_path / "real.json").write_text(json.dumps(result(REAL, "reference", {0: 0.5, 1: 0.6})))
+    with pytest.raises(FileNotFoundError, match=r"real\+control\.json: missing; run `dvc repro evaluate-control`"):
+        load_rows(tmp_path, params)
+    (tmp_path / "real+control.json").write_text(json.dumps(result(CONTROL, "control", {0: 0.5, 1: 0.6})))
     with pytest.raises(FileNotFoundError, match=r"casdm\.json: missing; run `dvc repro evaluate@casdm`"):
         load_rows(tmp_path, params)
 
@@ -119,3 +135,29 @@ def test_efficientnet_stage_features_and_extractor_names_are_checked():
         tiny_params(evaluate={"fid": {"offline_extractor": "inception"}})
     with pytest.raises(ConfigError, match=r"evaluate\.downstream\.segmenters\.0"):
         tiny_params(evaluate={"downstream": {"segmenters": ["deeplab"]}})
+
+
+def test_the_control_row_re_shows_exactly_the_sampled_training_maps(prepared, tmp_path, monkeypatch):
+    """Size-matched control: real + the real images of the maps the sample stage turns into images."""
+    import benchmark.evaluate as ev
+    from benchmark.engine.data import PreparedDataset
+    from benchmark.engine.sample import pick_train_maps
+
+    params = tiny_params(evaluate={"downstream": {"seeds": [0], "steps": 2}})
+    seen = {}
+    real_downstream = ev.downstream
+
+    def spy(cfg, datasets, test, log=print):
+        seen["ids"] = [datasets[1][i]["id"] for i in range(len(datasets[1]))]
+        seen["sizes"] = [len(d) for d in datasets]
+        return real_downstream(cfg, datasets, test, log)
+
+    monkeypatch.setattr(ev, "downstream", spy)
+    r = ev.evaluate_control(params, prepared, tmp_path / "c.json", tmp_path / "c.csv", log=lambda *a: None)
+    train = PreparedDataset(prepared, "train")
+    picked = pick_train_maps(train, params.sample)
+    assert seen["ids"] == [train.rows[i]["id"] for i in picked] and seen["sizes"] == [len(train), len(picked)]
+    assert r["model"] == "real+control" and r["train_images"]["repeated_real"] == len(picked) == 8
+    assert json.loads((tmp_path / "c.json").read_text())["downstream"]["seeds"] == [0]
+    with pytest.raises(ValueError, match="sample.train_maps is 0"):
+        ev.evaluate_control(tiny_params(sample={"train_maps": 0}), prepared, tmp_path / "d.json", tmp_path / "d.csv")

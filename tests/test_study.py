@@ -18,21 +18,20 @@ from tests.conftest import REPO, cli_env, tiny_params
 
 
 def study_params(**study):
-    """The tiny profile's study; its test split (8 frames) holds no rare class, so the objective is
-    semantic_miou (a rare_semantic_miou study there is refused up front, as tested below)."""
+    """The tiny profile's study on the fixture's validation video; the objective is semantic_miou (a
+    rare_semantic_miou study on maps without a rare class is refused up front, as tested below)."""
     return tiny_params(study={"objectives": ["semantic_miou"], **study})
 
 
 @pytest.fixture
 def study_dir(tmp_path, prepared, monkeypatch):
     """A working folder with the prepared data, a trained judge and its own MLflow store."""
-    from benchmark.evaluate import evaluate_real
+    from benchmark.evaluate import train_judge
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    evaluate_real(tiny_params(evaluate={"downstream": {"seeds": [0]}}), prepared, tmp_path / "judge",
-                  tmp_path / "real.json", tmp_path / "real.csv", log=lambda *a: None)
+    train_judge(tiny_params(), prepared, tmp_path / "judge", log=lambda *a: None)
     return tmp_path
 
 
@@ -63,7 +62,10 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
         t = study.trials[int(r.data.tags["trial"])]
         assert r.data.metrics["semantic_miou"] == pytest.approx(t.value)
         assert r.data.params["lambda_sp"] == str(t.params["lambda_sp"]) and r.data.tags["state"] == "COMPLETE"
-        assert os.path.isdir(r.data.tags["artifacts"]) and "intermediate_semantic_miou" in r.data.metrics
+        assert os.path.isdir(r.data.tags["artifacts"])
+        # 4 steps, a report every 2: step 2 reports only if CA-SP (searched) runs by then; step 4 is final
+        reported = round(t.params["sp_start_fraction"] * 4) < 2
+        assert ("intermediate_semantic_miou" in r.data.metrics) == reported
     assert (study_dir / "runs/studies/casdm-loss-weights/plots/history_semantic_miou.png").exists()
     artifacts = mlflow.MlflowClient().list_artifacts(parent.info.run_id, "plots")
     assert "plots/history_semantic_miou.png" in [a.path for a in artifacts]
@@ -166,7 +168,7 @@ def test_hopeless_studies_stop_instead_of_looping(study_dir, prepared, monkeypat
     from benchmark.study import run_study
     from benchmark.kinds.casdm import CASDMKind
 
-    with pytest.raises(ValueError, match="rare_semantic_miou: no rare class in the 8 test maps"):
+    with pytest.raises(ValueError, match="rare_semantic_miou: no rare class in the 2 val maps"):
         run_study(tiny_params(), prepared, study_dir / "judge", log=lambda *a: None)  # before any trial
     real_loss = CASDMKind.loss
     monkeypatch.setattr(CASDMKind, "loss", lambda self, *a, **k: (real_loss(self, *a, **k)[0] * torch.nan, {}))
@@ -207,3 +209,24 @@ def test_two_workers_share_one_study_on_postgresql(study_dir, prepared):
         trial_runs = sorted(int(r.data.tags["trial"]) for r in runs if r.data.tags.get("kind") == "trial")
         assert len(parents) == 1 and trial_runs == sorted(numbers)
         assert {r.data.tags["mlflow.parentRunId"] for r in runs if r.data.tags.get("kind") == "trial"} == parents
+
+
+def test_pruning_reports_wait_for_ca_sp_and_never_come_at_the_last_step():
+    from benchmark.study import reports_at
+    from benchmark.study_space import trial_params
+
+    params = study_params(train_steps=10)
+    p = trial_params(params, {"sp_start_fraction": 0.5}, ["Blood"])
+    assert p.models["casdm"].training["sp_start_step"] == 5 and p.train.steps == 10
+    assert [s for s in range(1, 11) if reports_at(s, p, params.study)] == [6, 7, 8, 9]
+    unsearched = params.study.model_copy(update={"search_space": {"lambda_sp": params.study.search_space["lambda_sp"]}})
+    assert [s for s in range(1, 11) if reports_at(s, p, unsearched)] == list(range(1, 10))
+
+
+def test_tuning_on_the_test_split_is_refused_unless_asked_for():
+    from benchmark.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"study: .*eval_split: test tunes on the test maps.*allow_test_split"):
+        study_params(eval_split="test")
+    assert study_params(eval_split="test", allow_test_split=True).study.eval_split == "test"
+    assert tiny_params().study.eval_split == "val" and tiny_params().data.split.val_videos

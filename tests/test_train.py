@@ -174,25 +174,40 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(repo_copy, monkeypatch):
         ids = np.unique(np.asarray(Image.open(repo_copy / "samples" / "maps" / r["map"])))
         assert ids.max() < 13 and (repo_copy / "samples" / "maps" / r["image"]).exists()
     board = json.loads((repo_copy / "metrics" / "leaderboard.json").read_text())
-    assert set(board) == {"real", *models, "casdm+maps"}
+    assert set(board) == {"real", "real+control", *models, "casdm+maps"}
+    ex = "efficientnet_lite0:blocks.0"
     maps_cols = {f"maps_{b}{k}" for b in ("", "baseline_") for k in ("adherence", "rare_presence", "cooccurrence_l1",
                                                                      "area_w1", "diversity")}
-    columns = {"role", "fid:efficientnet_lite0:blocks.0", "kid:efficientnet_lite0:blocks.0", "semantic_miou",
-               "semantic_rare_miou"} | {f"{p}_{k}{s}" for p in ("downstream", "delta") for s in ("", "_std")
-                                        for k in ("miou", "mdice", "rare_miou", "rare_mdice")} | maps_cols
+    columns = {"role", f"fid:{ex}", f"kid:{ex}_low", f"precision:{ex}", f"coverage:{ex}", "semantic_miou_high",
+               "delta_miou_verdict", "vs_control_rare_miou_low", "map_conditioned_steps", "images_seen",
+               "downstream_segmenter"} | {f"downstream_{k}{s}" for s in ("", "_std")
+                                          for k in ("miou", "mdice", "rare_miou", "rare_mdice")} | maps_cols
     for name, row in board.items():
-        assert set(row) == columns, name
-        numbers = [row["semantic_miou"], row["downstream_miou"], row["downstream_miou_std"]]
-        if name != "real":
-            numbers += [row["delta_miou"]]
+        assert columns <= set(row), (name, columns - set(row))
+        assert "EfficientNet-Lite0 encoder" in row["downstream_segmenter"]  # the segmenter is named as it is
+        numbers = [row["downstream_miou"], row["downstream_miou_std"]]
+        if name not in ("real", "real+control"):
+            numbers += [row["delta_miou"], row["delta_miou_low"], row["vs_control_miou"]]
+            assert row["delta_miou_verdict"] in ("better", "worse", "indistinguishable")
         if name == "casdm+maps":
-            numbers += [row["maps_adherence"], row["maps_baseline_adherence"], row["maps_area_w1"]]
+            numbers += [row["maps_adherence"], row["maps_baseline_adherence"], row["maps_area_w1"],
+                        row["semantic_miou"]]
         else:
             assert row["maps_adherence"] is None, name
-        if name not in ("real", "casdm+maps"):
-            numbers += [row["fid:efficientnet_lite0:blocks.0"], row["kid:efficientnet_lite0:blocks.0"]]
+        if name not in ("real+control", "casdm+maps"):  # the real row has the reference FID (the floor)
+            numbers += [row[f"fid:{ex}"], row[f"fid:{ex}_low"], row[f"kid:{ex}"], row[f"precision:{ex}"],
+                        row["semantic_miou"], row["semantic_miou_low"]]
+        if name in models:
+            assert row["images_seen"] == 4 * 4 and row["map_conditioned_steps"] == (2 if name == "controlnet" else 4)
         assert all(isinstance(v, float) and math.isfinite(v) for v in numbers), (name, row)
-    assert board["real"]["fid:efficientnet_lite0:blocks.0"] is None and board["real"]["delta_miou"] is None
+    assert board["real"]["delta_miou"] is None and board["real+control"][f"fid:{ex}"] is None
+    found = json.loads((repo_copy / "metrics" / "comparisons.json").read_text())
+    kinds = {c["kind"] for c in found}
+    assert {"vs real", "vs real+control", "method vs ablation", "method vs baseline", "ladder step"} <= kinds
+    ladder = {(c["a"], c["b"]) for c in found if c["kind"] == "ladder step"}
+    assert ladder == {("casdm-camse", "casdm-mse"), ("casdm", "casdm-camse")}
+    assert {c["metric"] for c in found if c["kind"] == "ladder step"} >= {"downstream_miou", "fid", "semantic_miou"}
+    assert "## Comparisons" in (repo_copy / "reports" / "leaderboard.md").read_text()
     made = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, large, upper left; Grasper, small",
                            "--num", "2", "--out", "gen"], cwd=repo_copy, env=env, capture_output=True, text=True)
     assert made.returncode == 0, made.stderr

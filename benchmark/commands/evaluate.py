@@ -16,6 +16,7 @@ DATA = path_option("the prepared dataset")
 JUDGE = path_option("the semantic-fidelity judge (evaluate-real writes it)")
 METRICS = path_option("the row's metrics JSON")
 PLOT = path_option("the row's per-class CSV")
+FEATURES = path_option("folder of the real test-image features")
 
 
 @evaluate_app.command("features")
@@ -32,24 +33,37 @@ def evaluate_features(params: Path = PARAMS, data: Path = DATA,
 
 
 @evaluate_app.command("real")
-def evaluate_real_cmd(params: Path = PARAMS, data: Path = DATA, judge: Path = JUDGE, metrics: Path = METRICS,
-                      plot: Path = PLOT) -> None:
-    """The real-only row: the semantic-fidelity judge and downstream segmenters on real images."""
+def evaluate_real_cmd(params: Path = PARAMS, data: Path = DATA, features: Path = FEATURES, judge: Path = JUDGE,
+                      metrics: Path = METRICS, plot: Path = PLOT) -> None:
+    """The real-only row: the semantic-fidelity judge, downstream segmenters on real images, and the
+    image-quality floor (real training against test images)."""
     from benchmark.evaluate import evaluate_real
 
     try:
-        r = evaluate_real(read_params(params), data, judge, metrics, plot, log=err.print)
+        r = evaluate_real(read_params(params), data, features, judge, metrics, plot, log=err.print)
     except ERRORS as exc:
         fail(str(exc))
     console.print(f"real only: downstream mIoU {r['downstream']['miou']:.3f}, judge on real test images "
                   f"mIoU {r['semantic']['miou']:.3f}")
 
 
+@evaluate_app.command("control")
+def evaluate_control_cmd(params: Path = PARAMS, data: Path = DATA, metrics: Path = METRICS, plot: Path = PLOT) -> None:
+    """The size-matched control row: real + the real images of the training maps the models draw from."""
+    from benchmark.evaluate import evaluate_control
+
+    try:
+        r = evaluate_control(read_params(params), data, metrics, plot, log=err.print)
+    except ERRORS as exc:
+        fail(str(exc))
+    console.print(f"real + control: downstream mIoU {r['downstream']['miou']:.3f}, rare mIoU "
+                  f"{r['downstream']['rare_miou']}")
+
+
 @evaluate_app.command("model")
 def evaluate_model_cmd(name: str = typer.Argument(..., help="model name"), params: Path = PARAMS, data: Path = DATA,
                        samples: Path = path_option("the model's sample folder"),
-                       features: Path = path_option("folder of the real test-image features"),
-                       judge: Path = JUDGE, metrics: Path = METRICS, plot: Path = PLOT) -> None:
+                       features: Path = FEATURES, judge: Path = JUDGE, metrics: Path = METRICS, plot: Path = PLOT) -> None:
     """One model's row: FID/KID, semantic fidelity, downstream with its synthetic pairs."""
     from benchmark.evaluate import evaluate_model
 
@@ -95,7 +109,9 @@ def leaderboard_show(ctx: typer.Context, params: Path = PARAMS,
 
 @leaderboard_app.command("build")
 def leaderboard_build(params: Path = PARAMS, rows: Path = path_option("folder of the rows' metrics JSON"),
+                      train_metrics: Path = path_option("folder of the models' training metrics JSON"),
                       metrics: Path = path_option("the leaderboard metrics JSON"),
+                      comparisons: Path = path_option("every comparison's interval and verdict, JSON"),
                       plots: Path = path_option("folder of the leaderboard's plot CSVs"),
                       report: Path = path_option("the markdown leaderboard"),
                       mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow")) -> None:
@@ -104,10 +120,10 @@ def leaderboard_build(params: Path = PARAMS, rows: Path = path_option("folder of
 
     p = read_params(params)
     try:
-        found = load_rows(rows, p)
-        table = write_outputs(p, found, metrics, plots, report)
+        loaded = load_rows(rows, p, train_metrics)
+        table, found = write_outputs(p, loaded, metrics, plots, report, comparisons)
     except ERRORS as exc:
         fail(str(exc))
     if mlflow_log:
-        err.print(f"MLflow leaderboard run {log_mlflow(p, table, found, report)}")
+        err.print(f"MLflow leaderboard run {log_mlflow(p, table, loaded, report, found)}")
     console.print(report.read_text(), markup=False, highlight=False)

@@ -161,3 +161,34 @@ def fid_kid(generated: np.ndarray, real: np.ndarray, extractor: Extractor) -> di
     s1, s2 = np.cov(generated, rowvar=False), np.cov(real, rowvar=False)
     return {"fid": float(fid.frechet_distance(mu1, s1, mu2, s2)), "kid": float(fid.kernel_distance(generated, real)),
             "extractor": extractor.name, "images_generated": len(generated), "images_real": len(real)}
+
+
+def prdc(generated: np.ndarray, real: np.ndarray, nearest_k: int) -> dict:
+    """Precision and recall (Kynkaanniemi et al. 2019), density and coverage (Naeem et al. 2020) of the
+    generated features against the real ones, by the authors' ``prdc`` package: fidelity (precision,
+    density) and diversity (recall, coverage) apart, where FID mixes them."""
+    import contextlib
+    import io
+
+    from prdc import compute_prdc
+
+    if min(len(generated), len(real)) <= nearest_k:
+        raise ValueError(f"PRDC with k = {nearest_k} needs more than {nearest_k} images per set; got "
+                         f"{len(generated)} generated and {len(real)} real")
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints the set sizes
+        out = compute_prdc(real_features=real, fake_features=generated, nearest_k=nearest_k)
+    return {k: float(v) for k, v in out.items()}
+
+
+def bootstrap_fid_kid(generated: np.ndarray, real: np.ndarray, indices: np.ndarray) -> dict[str, list]:
+    """FID and KID on each resample of the test images (``indices``: [B, n] rows into both sets, which
+    are aligned by test map), for percentile intervals and paired differences between models."""
+    from cleanfid import fid
+
+    out: dict[str, list] = {"fid": [], "kid": []}
+    for idx in indices:
+        g, r = generated[idx], real[idx]
+        out["fid"].append(float(fid.frechet_distance(g.mean(0), np.cov(g, rowvar=False), r.mean(0),
+                                                     np.cov(r, rowvar=False))))
+        out["kid"].append(float(fid.kernel_distance(g, r)))
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from benchmark.data.classes import IGNORE_INDEX, ClassTable
@@ -21,6 +22,7 @@ class SegScores:
     dice: dict[str, float | None]
     absent: list[str]
     rare: list[str] = field(default_factory=list)
+    per_image: np.ndarray | None = field(default=None, repr=False)  # [N, K, K] confusions, for bootstraps
 
     @staticmethod
     def _mean(values: dict[str, float | None], names: list[str] | None = None) -> float | None:
@@ -60,6 +62,7 @@ class SegmentationMeter:
         self.jaccard = MulticlassJaccardIndex(k, average="none", ignore_index=IGNORE_INDEX).to(device)
         self.f1 = MulticlassF1Score(k, average="none", ignore_index=IGNORE_INDEX, multidim_average="global").to(device)
         self.support = torch.zeros(k, dtype=torch.long, device=device)
+        self.confusions: list[torch.Tensor] = []  # per image [K, K] (true, predicted): for bootstraps
 
     @torch.no_grad()
     def update(self, preds: torch.Tensor, target: torch.Tensor) -> None:
@@ -75,6 +78,7 @@ class SegmentationMeter:
                              f"0..{self.table.num_classes - 1} or {IGNORE_INDEX}")
         self.jaccard.update(preds, target)
         self.f1.update(preds, target)
+        self.confusions.append(per_image_confusion(preds, target, self.table.num_classes).cpu())
         self.support += torch.bincount(target[valid].flatten(), minlength=self.table.num_classes)
 
     def compute(self) -> SegScores:
@@ -84,4 +88,25 @@ class SegmentationMeter:
         return SegScores(iou={n: (v if p else None) for n, v, p in zip(names, iou, present)},
                          dice={n: (v if p else None) for n, v, p in zip(names, dice, present)},
                          absent=[n for n, p in zip(names, present) if not p],
-                         rare=self.table.rare_names)
+                         rare=self.table.rare_names,
+                         per_image=torch.cat(self.confusions).numpy() if self.confusions else None)
+
+
+def per_image_confusion(preds: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, K, K] pixel counts (true class, predicted class) per image, ignore pixels left out."""
+    valid = (target != IGNORE_INDEX).flatten(1)
+    pairs = (target.long() * k + preds.long()).flatten(1)
+    out = torch.zeros(target.shape[0], k * k, dtype=torch.long, device=target.device)
+    out.scatter_add_(1, torch.where(valid, pairs, 0), valid.long())
+    return out.view(-1, k, k)
+
+
+def miou_from_confusion(conf: np.ndarray, rare_ids: list[int]) -> tuple[float | None, float | None]:
+    """(mIoU, rare mIoU) of a summed [K, K] confusion: IoU = TP / (TP + FP + FN) per class with ground
+    truth pixels, absent classes left out of the means (as ``SegScores`` does)."""
+    tp = np.diag(conf).astype(float)
+    support, predicted = conf.sum(1), conf.sum(0)
+    present = support > 0
+    iou = tp / np.maximum(support + predicted - tp, 1)
+    mean = lambda ids: float(iou[ids].mean()) if len(ids) else None
+    return mean(np.flatnonzero(present)), mean([i for i in rare_ids if present[i]])

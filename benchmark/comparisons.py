@@ -1,0 +1,74 @@
+"""Every comparison the leaderboard shows, each with a 95 % interval and a verdict (``metrics/stats.py``).
+
+- each row against real only and against the size-matched control (downstream, paired by seed);
+- the method against each ablation and each baseline, and every step of the ablation ladder
+  (MSE -> CA-MSE -> CA-MSE + CA-SP) against the step before: downstream (paired by seed) and image
+  scores (FID, KID, semantic mIoU: paired bootstrap over the same test-map resamples).
+
+A row that beats real only but not the control owes its gain to re-showing the selected (rare-first)
+training frames, not to synthesis: such comparisons carry the note ``selection effect``.
+"""
+from __future__ import annotations
+
+from benchmark.metrics.stats import BETTER, paired_bootstrap, paired_seeds
+
+REAL, CONTROL = "real", "real+control"
+DOWNSTREAM = ("miou", "rare_miou")  # the downstream scores compared (per seed)
+IMAGE = ("fid", "kid", "semantic_miou", "semantic_rare_miou")  # the image scores compared (bootstrap)
+
+
+def per_seed(row: dict, key: str) -> dict:
+    return {p["seed"]: p[key] for p in row["downstream"]["per_seed"]}
+
+
+def image_score(row: dict, metric: str) -> tuple[float | None, list]:
+    """(value on all test maps, values on the resamples) of an image score; (None, []) when the row has none."""
+    if metric.startswith("semantic_"):
+        block, key = row.get("semantic") or {}, metric.removeprefix("semantic_")
+    else:
+        block, key = row.get("quality") or {}, metric
+    return block.get(key), block.get("bootstrap", {}).get(key, [])
+
+
+def compare(a: str, b: str, rows: dict, level: float, image: bool) -> list[dict]:
+    """A against B on the downstream scores (and, with ``image``, the image scores)."""
+    out = []
+    for m in DOWNSTREAM:
+        r = paired_seeds(per_seed(rows[a], m), per_seed(rows[b], m), m, level)
+        if r is not None:
+            out.append({"a": a, "b": b, "metric": f"downstream_{m}", **r})
+    for m in IMAGE if image else ():
+        (pa, ra), (pb, rb) = image_score(rows[a], m), image_score(rows[b], m)
+        same_features = m.startswith("semantic") or rows[a]["quality"]["extractor"] == rows[b]["quality"]["extractor"]
+        r = paired_bootstrap(ra, rb, None if pa is None or pb is None else pa - pb, m, level) if same_features else None
+        if r is not None:
+            out.append({"a": a, "b": b, "metric": m, **r})
+    return out
+
+
+def comparisons(rows: dict, roles: dict[str, str], ladder: list[str], level: float) -> list[dict]:
+    """Every comparison, in reading order: rows vs references, the method vs the others, the ladder."""
+    out = []
+    for name in rows:
+        for ref in (REAL, CONTROL):
+            if name not in (REAL, CONTROL) and ref in rows:
+                out += [{**c, "kind": f"vs {ref}"} for c in compare(name, ref, rows, level, image=False)]
+    methods = [n for n, r in roles.items() if r == "method" and n in rows]
+    for method in methods:
+        for other in (n for n, r in roles.items() if r in ("ablation", "baseline") and n in rows):
+            out += [{**c, "kind": f"method vs {roles[other]}"} for c in compare(method, other, rows, level, image=True)]
+    for lower, upper in zip(ladder, ladder[1:]):
+        if lower in rows and upper in rows:
+            out += [{**c, "kind": "ladder step"} for c in compare(upper, lower, rows, level, image=True)]
+    flag_selection_effects(out)
+    return out
+
+
+def flag_selection_effects(found: list[dict]) -> None:
+    """A gain over real only that the control matches (or beats) is a selection effect."""
+    by = {(c["a"], c["b"], c["metric"]): c for c in found}
+    for c in found:
+        if c["b"] == REAL and c["verdict"] == BETTER:
+            control = by.get((c["a"], CONTROL, c["metric"]))
+            if control is not None and control["verdict"] != BETTER:
+                c["note"] = control["note"] = "selection effect: the size-matched control matches this gain"
