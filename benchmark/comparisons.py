@@ -39,7 +39,8 @@ def compare(a: str, b: str, rows: dict, level: float, image: bool) -> list[dict]
             out.append({"a": a, "b": b, "metric": f"downstream_{m}", **r})
     for m in IMAGE if image else ():
         (pa, ra), (pb, rb) = image_score(rows[a], m), image_score(rows[b], m)
-        same_features = m.startswith("semantic") or rows[a]["quality"]["extractor"] == rows[b]["quality"]["extractor"]
+        extractor = lambda name: (rows[name].get("quality") or {}).get("extractor")
+        same_features = m.startswith("semantic") or extractor(a) == extractor(b)  # FIDs of two extractors: no pair
         r = paired_bootstrap(ra, rb, None if pa is None or pb is None else pa - pb, m, level) if same_features else None
         if r is not None:
             out.append({"a": a, "b": b, "metric": m, **r})

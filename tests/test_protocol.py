@@ -168,3 +168,19 @@ def test_controlnet_trains_a_null_and_reports_its_map_conditioned_steps():
     kind0.loss(model0, torch.rand(2, 3, 32, 32) * 2 - 1, labels, torch.Generator().manual_seed(0),
                Accelerator(cpu=True))[0].backward()
     assert model0.prompt.embed.weight.grad.abs().sum() > 0
+
+
+def test_the_map_generator_predicts_clean_maps_whatever_the_prediction_type(prepared):
+    """mapgen overrides the prediction type with "sample" (clean-map logits): v-prediction and zero SNR
+    change its schedule, never its target."""
+    from benchmark.engine.data import PreparedDataset
+    from benchmark.maps import MAPGEN, generator_params
+
+    data = PreparedDataset(prepared, "train")
+    kind = make_kind(generator_params(tiny_params(**V_PRED)), MAPGEN, data.table)
+    assert kind.noise_scheduler.config.prediction_type == "sample" and kind.noise_scheduler.alphas_cumprod[-1] < 1e-6
+    kind.prepare(data)
+    model = kind.build()
+    labels = torch.stack([data[i]["labels"] for i in range(4)])
+    loss, _ = kind.loss(model, None, labels, torch.Generator().manual_seed(0), Accelerator(cpu=True))
+    assert torch.isfinite(loss)
