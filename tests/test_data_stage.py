@@ -60,13 +60,14 @@ def test_prepare_writes_resized_data_stats_and_coverage(synth_root, tmp_path):
     stats = prepare(cfg, tmp_path / "prepared", tmp_path / "metrics.json")
     rows, table, stats2 = load_prepared(tmp_path / "prepared")
     assert stats2 == json.loads(json.dumps(stats))
-    assert len(rows) == 34 and {r["split"] for r in rows} == {"train", "test"}
+    assert len(rows) == 34 and {r["split"] for r in rows} == {"train", "val", "test"}
     assert sum(r["split"] == "test" for r in rows) == 8  # 4 test videos x 2 frames
+    assert {r["video"] for r in rows if r["split"] == "val"} == {"video27"}  # data.split.val_videos: a training video
     img = Image.open(tmp_path / "prepared" / "images" / f"{rows[0]['id']}.png")
     mask = np.asarray(Image.open(tmp_path / "prepared" / "masks" / f"{rows[0]['id']}.png"))
     assert img.size == (32, 32) and img.mode == "RGB" and mask.shape == (32, 32)
     assert set(np.unique(mask)) <= set(range(13)) | {IGNORE_INDEX}
-    for split in ("train", "test"):
+    for split in ("train", "val", "test"):
         share = stats["splits"][split]["class_pixel_share"]
         assert abs(sum(share.values()) - 1) < 1e-9
         missing = stats["missing"][split]
@@ -96,7 +97,9 @@ def test_default_synthetic_dataset_covers_every_class_in_train_and_test(tmp_path
     generate(p.data.synthetic, tmp_path / "raw")
     cfg = p.data.model_copy(update={"root": str(tmp_path / "raw")})
     stats = prepare(cfg, tmp_path / "prepared")
-    assert stats["missing"] == {"train": [], "test": []}
+    assert stats["missing"]["train"] == [] and stats["missing"]["test"] == []
+    # the validation video (studies) holds three of the four rare classes, training keeps every class
+    assert set(stats["missing"]["val"]).isdisjoint({"Cystic Duct", "Hepatic Vein", "Liver Ligament"})
     train = stats["splits"]["train"]["class_frame_share"]
     assert train["Liver"] == 1.0 and train["Cystic Duct"] < 0.1 and train["Hepatic Vein"] < 0.1
 
