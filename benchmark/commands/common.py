@@ -28,6 +28,15 @@ def fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+def or_fail(fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``; a stage's expected errors (a bad value, a missing file, a non-finite loss,
+    a bad prompt: all ``ERRORS``) end the command with their message instead of a traceback."""
+    try:
+        return fn(*args, **kwargs)
+    except ERRORS as exc:
+        fail(str(exc))
+
+
 def read_params(path: Path, model: str | None = None):
     """The validated params; with ``model``, that name checked against its ``models:`` section."""
     from benchmark.config import ConfigError, load_params

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, path_option, read_params
+from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, or_fail, path_option, read_params
 
 evaluate_app = typer.Typer(help="Evaluation stages: real features, real-only row, one model's row, the "
                            "generated-maps row.", no_args_is_help=True)
@@ -21,14 +21,11 @@ FEATURES = path_option("folder of the real test-image features")
 
 @evaluate_app.command("features")
 def evaluate_features(params: Path = PARAMS, data: Path = DATA,
-                      out: Path = path_option("folder of the real test-image features")) -> None:
+                      out: Path = FEATURES) -> None:
     """Features of the real test images (cached per dataset version and extractor)."""
     from benchmark.evaluate import real_features
 
-    try:
-        meta = real_features(read_params(params), data, out)
-    except ERRORS as exc:
-        fail(str(exc))
+    meta = or_fail(real_features, read_params(params), data, out)
     console.print(f"{meta['images']} real test images, {meta['extractor']} ({meta['dims']}-d) -> {out}")
 
 
@@ -39,10 +36,7 @@ def evaluate_real_cmd(params: Path = PARAMS, data: Path = DATA, features: Path =
     image-quality floor (real training against test images)."""
     from benchmark.evaluate import evaluate_real
 
-    try:
-        r = evaluate_real(read_params(params), data, features, judge, metrics, plot, log=err.print)
-    except ERRORS as exc:
-        fail(str(exc))
+    r = or_fail(evaluate_real, read_params(params), data, features, judge, metrics, plot, log=err.print)
     console.print(f"real only: downstream mIoU {r['downstream']['miou']:.3f}, judge on real test images "
                   f"mIoU {r['semantic']['miou']:.3f}")
 
@@ -52,10 +46,7 @@ def evaluate_control_cmd(params: Path = PARAMS, data: Path = DATA, metrics: Path
     """The size-matched control row: real + the real images of the training maps the models draw from."""
     from benchmark.evaluate import evaluate_control
 
-    try:
-        r = evaluate_control(read_params(params), data, metrics, plot, log=err.print)
-    except ERRORS as exc:
-        fail(str(exc))
+    r = or_fail(evaluate_control, read_params(params), data, metrics, plot, log=err.print)
     console.print(f"real + control: downstream mIoU {r['downstream']['miou']:.3f}, rare mIoU "
                   f"{r['downstream']['rare_miou']}")
 
@@ -68,10 +59,7 @@ def evaluate_model_cmd(name: str = typer.Argument(..., help="model name"), param
     from benchmark.evaluate import evaluate_model
 
     p = read_params(params, name)
-    try:
-        r = evaluate_model(p, name, data, samples, features, judge, metrics, plot, log=err.print)
-    except ERRORS as exc:
-        fail(str(exc))
+    r = or_fail(evaluate_model, p, name, data, samples, features, judge, metrics, plot, log=err.print)
     console.print(f"{name}: FID {r['quality']['fid']:.2f} ({r['quality']['extractor']}), semantic mIoU "
                   f"{r['semantic']['miou']:.3f}, downstream mIoU {r['downstream']['miou']:.3f}")
 
@@ -83,10 +71,7 @@ def evaluate_maps_cmd(params: Path = PARAMS, data: Path = DATA,
     """The "real + generated maps" row: downstream with the map generator's pairs, judge on its images."""
     from benchmark.evaluate import evaluate_maps
 
-    try:
-        r = evaluate_maps(read_params(params), data, samples, judge, metrics, plot, log=err.print)
-    except ERRORS as exc:
-        fail(str(exc))
+    r = or_fail(evaluate_maps, read_params(params), data, samples, judge, metrics, plot, log=err.print)
     console.print(f"{r['model']}: downstream mIoU {r['downstream']['miou']:.3f}, rare mIoU "
                   f"{r['downstream']['rare_miou']}, judge mIoU {r['semantic']['miou']:.3f}")
 

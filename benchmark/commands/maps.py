@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, path_option, read_params
+from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, or_fail, path_option, read_params
 
 maps_app = typer.Typer(help="Text-prompted segmentation-map generator: train, build (stages), generate, prompts.",
                        no_args_is_help=True)
@@ -19,14 +19,11 @@ def maps_train(params: Path = PARAMS, data: Path = path_option("the prepared dat
                out: Path = path_option("folder of the trained generator"),
                metrics: Path = path_option("training metrics JSON"), plot: Path = path_option("loss-curve CSV")) -> None:
     """The DVC stage train-maps: the generator on the shared trainer (re-running resumes)."""
-    from benchmark.engine.trainer import NonFiniteLoss, RunPaths
+    from benchmark.engine.trainer import RunPaths
     from benchmark.maps import train_generator
 
-    try:
-        m = train_generator(read_params(params), RunPaths(data=data, checkpoints=checkpoints, model=out,
-                                                          metrics=metrics, plot=plot), console=err)
-    except (NonFiniteLoss, *ERRORS) as exc:
-        fail(str(exc))
+    paths = RunPaths(data=data, checkpoints=checkpoints, model=out, metrics=metrics, plot=plot)
+    m = or_fail(train_generator, read_params(params), paths, console=err)
     console.print(f"mapgen: {m['steps']} steps, loss {m['first_loss']:.4g} -> {m['final_loss']:.4g}, "
                   f"{m['s_per_step']:.3f} s/step, {m['num_parameters'] / 1e6:.2f} M parameters")
 
@@ -40,10 +37,7 @@ def maps_build(params: Path = PARAMS, data: Path = path_option("the prepared dat
     """The DVC stage maps: maps for the prompt set, images by maps.generate.image_model, metrics."""
     from benchmark.maps import build_maps
 
-    try:
-        r = build_maps(read_params(params), data, generator, image_model, out, metrics, log=err.print)
-    except ERRORS as exc:
-        fail(str(exc))
+    r = or_fail(build_maps, read_params(params), data, generator, image_model, out, metrics, log=err.print)
     for who in ("generator", "baseline"):
         a, q = r[who]["adherence"], r[who]["realism"]
         console.print(f"{who:9s}: adherence {a['adherence']:.3f} (presence {a['presence']:.3f}, size {a['size']:.3f}, "

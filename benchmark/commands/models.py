@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, path_option, read_params
+from benchmark.commands.common import PARAMS, console, err, or_fail, path_option, read_params
 
 NAME = typer.Argument(..., help="model name (a key of params.yaml models)")
 
@@ -16,14 +16,11 @@ def train_cmd(name: str = NAME, params: Path = PARAMS, data: Path = path_option(
               metrics: Path = path_option("training metrics JSON"),
               plot: Path = path_option("loss-curve CSV")) -> None:
     """Train one model; re-running resumes from its last checkpoint."""
-    from benchmark.engine.trainer import NonFiniteLoss, RunPaths, train
+    from benchmark.engine.trainer import RunPaths, train
 
     p = read_params(params, name)
-    try:
-        m = train(p, name, RunPaths(data=data, checkpoints=checkpoints, model=out, metrics=metrics, plot=plot),
-                  console=err)
-    except (NonFiniteLoss, *ERRORS) as exc:
-        fail(str(exc))
+    paths = RunPaths(data=data, checkpoints=checkpoints, model=out, metrics=metrics, plot=plot)
+    m = or_fail(train, p, name, paths, console=err)  # a NonFiniteLoss is a RuntimeError: one of ERRORS
     console.print(f"{name}: {m['steps']} steps, loss {m['first_loss']:.4g} -> {m['final_loss']:.4g}, "
                   f"{m['s_per_step']:.3f} s/step, {m['num_parameters'] / 1e6:.2f} M parameters")
 
@@ -35,9 +32,6 @@ def sample_cmd(name: str = NAME, params: Path = PARAMS, data: Path = path_option
     from benchmark.engine.sample import sample
 
     p = read_params(params, name)
-    try:
-        r = sample(p, name, model, data, out, metrics)
-    except ERRORS as exc:
-        fail(str(exc))
+    r = or_fail(sample, p, name, model, data, out, metrics)
     console.print(f"{name}: {r['images']} images, {r['s_per_image']:.3f} s/image ({r['scheduler']}, "
                   f"{r['num_inference_steps']} steps)")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, read_params
+from benchmark.commands.common import PARAMS, console, err, fail, or_fail, read_params
 
 study_app = typer.Typer(help="Optuna loss-weight studies: run (or resume), show, best.", no_args_is_help=True)
 STORAGE = typer.Option(None, "--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., "
@@ -22,10 +22,7 @@ def study_run(params: Path = PARAMS, storage: str = STORAGE,
     from benchmark.study import run_study, trials_table
 
     p = read_params(params)
-    try:
-        study = run_study(p, data, judge, storage, n_trials, log=err.print)
-    except ERRORS as exc:
-        fail(str(exc))
+    study = or_fail(run_study, p, data, judge, storage, n_trials, log=err.print)
     console.print(trials_table(study, p))
 
 
