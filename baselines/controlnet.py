@@ -24,7 +24,7 @@ from torch import nn
 
 from benchmark.engine.kind import KindOptions, ModelKind
 from benchmark.engine.registry import register
-from casdm.losses import mse, training_target
+from casdm.losses import draw_noise, mse, timestep_weights, training_target
 from casdm.schedulers import make_scheduler
 from casdm.text import encode_phrases
 from casdm.unet import groups_for
@@ -192,12 +192,14 @@ class ControlNetKind(ModelKind):
         drop = False
         if self.options.drop_rate > 0:  # text dropout: the null of classifier-free guidance gets trained
             drop = (torch.rand(b, generator=g) < self.options.drop_rate).to(images.device)
-        noise = torch.randn(images.shape, generator=g).to(images.device)
+        d = self.ctx.diffusion
+        noise = draw_noise(tuple(images.shape), g, d.offset_noise).to(images.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(images.device)
         with accelerator.autocast():
             out = model(sched.add_noise(images, noise, t), t, labels, drop_text=drop)
         name = "controlnet_mse" if accelerator.unwrap_model(model).use_control else "base_mse"
-        terms = {name: mse(out, training_target(sched, images, noise, t))}
+        terms = {name: mse(out, training_target(sched, images, noise, t),
+                           sample_weights=timestep_weights(sched, t, d.snr_gamma))}
         return terms[name], terms
 
     def pipeline(self, model: ControlNetPair) -> ControlNetPixelPipeline:

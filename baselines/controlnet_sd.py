@@ -21,7 +21,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from baselines.controlnet import ControlNetOptions, colour_map
 from benchmark.engine.kind import ModelKind
 from benchmark.engine.registry import register
-from casdm.losses import mse, training_target
+from casdm.losses import draw_noise, mse, timestep_weights, training_target
 from casdm.schedulers import scheduler_like
 
 PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -112,7 +112,8 @@ class ControlNetSDKind(ModelKind):
             latents = m.vae.encode(images.to(m.vae.dtype)).latent_dist.sample(g) * m.vae.config.scaling_factor
             text = m.encode_text(m.prompts(labels))
         sched, b = self.noise_scheduler, images.shape[0]
-        noise = torch.randn(latents.shape, generator=g).to(latents)
+        d = self.ctx.diffusion  # the timestep weighting and offset noise of every model; the schedule is the checkpoint's
+        noise = draw_noise(tuple(latents.shape), g, d.offset_noise).to(latents)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(latents.device)
         noisy = sched.add_noise(latents, noise, t)
         with accelerator.autocast():
@@ -120,7 +121,8 @@ class ControlNetSDKind(ModelKind):
                                      conditioning_scale=self.options.conditioning_scale, return_dict=False)
             eps = m.unet(noisy, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid).sample
-        terms = {"controlnet_mse": mse(eps, training_target(sched, latents, noise, t))}
+        terms = {"controlnet_mse": mse(eps, training_target(sched, latents, noise, t),
+                                       sample_weights=timestep_weights(sched, t, d.snr_gamma))}
         return terms["controlnet_mse"], terms
 
     def pipeline(self, model: SDControlNet) -> MapToImage:

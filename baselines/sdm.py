@@ -13,7 +13,7 @@ import torch
 
 from benchmark.engine.registry import register
 from benchmark.kinds.casdm import SpadeKind
-from casdm.losses import x0_from_output
+from casdm.losses import mse, x0_from_output
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -66,14 +66,15 @@ def vb_term(sched, x0_pred: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x_t
 
 
 def hybrid_loss(sched, out: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
-                t: torch.Tensor) -> dict:
+                t: torch.Tensor, sample_weights: torch.Tensor | None = None) -> dict:
     """L_simple + L_vb (Improved DDPM's hybrid objective with T = 1000, as SDM trains). ``target`` is
     the scheduler's training target (noise or velocity); the bound's mean comes from the clean-image
-    estimate of the same prediction type."""
+    estimate of the same prediction type. ``sample_weights`` (min-SNR) weight the simple term, as for
+    every other model; the bound, which trains only the variance, is left as published."""
     c = x0.shape[1]
     pred, v = out[:, :c].float(), out[:, c:].float()
     x0_pred = x0_from_output(sched, x_t, pred.detach(), t)
-    return {"mse": ((pred - target.float()) ** 2).mean(),
+    return {"mse": mse(pred, target, sample_weights=sample_weights),
             "vb": vb_term(sched, x0_pred, v, x0.float(), x_t.float(), t).mean() * sched.config.num_train_timesteps / 1000}
 
 
@@ -86,5 +87,6 @@ class SDMKind(SpadeKind):
 
     def loss(self, model, images, labels, g, accelerator):
         r = self.noisy_batch(model, images, labels, g, accelerator)
-        terms = hybrid_loss(self.noise_scheduler, r["out"], r["target"], images, r["x_t"], r["t"])
+        terms = hybrid_loss(self.noise_scheduler, r["out"], r["target"], images, r["x_t"], r["t"],
+                            r["sample_weights"])
         return terms["mse"] + terms["vb"], terms

@@ -100,6 +100,9 @@ class DiffusionConfig(Section):
     beta_end: float = Field(gt=0, lt=1)
     prediction_type: Literal["epsilon", "v_prediction"]
     zero_snr: bool = Field(description="rescale the betas to zero terminal SNR, trailing timestep spacing")
+    snr_gamma: float | None = Field(gt=0, description="min-SNR-gamma timestep weighting of every model's "
+                                    "denoising loss (null = off: the losses as published)")
+    offset_noise: float = Field(ge=0, le=1, description="offset-noise strength (0 = off)")
 
     @model_validator(mode="after")
     def _zero_snr_needs_v(self):

@@ -19,6 +19,7 @@ pairs them), downstream scores their per-seed values (paired by seed).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,8 @@ from benchmark.engine.data import PreparedDataset
 from benchmark.engine.kind import device
 from benchmark.engine.sample import pick_train_maps
 from benchmark.io import atomic_dir, write_csv, write_json
-from benchmark.metrics.quality import Extractor, bootstrap_fid_kid, fid_kid, files_features, make_extractor, prdc
+from benchmark.metrics.quality import (Extractor, bootstrap_fid_kid, colour_cast, fid_kid, files_features,
+                                      make_extractor, prdc)
 from benchmark.metrics.segmentation import SegScores, miou_from_confusion
 from benchmark.metrics.stats import bootstrap_indices, percentile
 from benchmark.tracking import dataset_hash
@@ -132,6 +134,7 @@ def evaluate_real(params: Params, data_dir: Path, features: Path, judge_dir: Pat
                   log=print) -> dict:
     """The real-only row (with the image-quality floor of real training images), and the
     semantic-fidelity judge saved for every model's stage."""
+    t0 = time.perf_counter()
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
     sem = params.evaluate.semantic
     judge = train_judge(params, data_dir, judge_dir, log)
@@ -145,6 +148,7 @@ def evaluate_real(params: Params, data_dir: Path, features: Path, judge_dir: Pat
     log(f"downstream, real only: {len(train)} images")
     result = row("real", "reference", test, {"real": len(train), "synthetic": 0}, quality=floor, semantic=ceiling,
                  judge=judge_label(sem), downstream=downstream(params.evaluate.downstream, [train], test, log))
+    result["seconds"] = time.perf_counter() - t0  # the report's protocol card shows it
     write_json(metrics, result)
     write_plot(plot, test.table, result)
     return result
@@ -176,6 +180,7 @@ def judge_label(sem) -> str:
 def evaluate_control(params: Params, data_dir: Path, metrics: Path, plot: Path, log=print) -> dict:
     """The size-matched control: real + the real images of the training maps every model's synthetic
     training set is drawn from (``sample.train_maps``, ``sample.train_selection``), same seeds and budget."""
+    t0 = time.perf_counter()
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
     picked = Subset(train, pick_train_maps(train, params.sample))
     if not len(picked):
@@ -184,6 +189,7 @@ def evaluate_control(params: Params, data_dir: Path, metrics: Path, plot: Path, 
         f"{len(picked)} images")
     result = row("real+control", "control", test, {"real": len(train), "synthetic": 0, "repeated_real": len(picked)},
                  downstream=downstream(params.evaluate.downstream, [train, picked], test, log))
+    result["seconds"] = time.perf_counter() - t0  # the report's protocol card shows it
     write_json(metrics, result)
     write_plot(plot, test.table, result)
     return result
@@ -202,14 +208,18 @@ def load_judge(judge_dir: Path) -> torch.nn.Module:
 def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, features: Path, judge_dir: Path,
                    metrics: Path, plot: Path, log=print) -> dict:
     """One model's row: image quality, semantic fidelity, downstream with its synthetic pairs."""
+    t0 = time.perf_counter()
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
     generated_test, generated_train = GeneratedDataset(samples, "test"), GeneratedDataset(samples, "train")
     ex = extractor(params)
     real = aligned(load_real_features(features, ex, data_dir), [r.id for r in generated_test.records], samples)
     generated = files_features(generated_test.image_files, ex, device(), params.evaluate.fid.batch_size)
     quality = image_quality(params, generated, real, ex)
+    quality["colour"] = colour_cast(generated_test.image_files,
+                                    [test.root / "images" / f"{r.id}.png" for r in generated_test.records])
     log(f"{name}: FID {quality['fid']:.3f}, KID {quality['kid']:.4f} ({ex.name}, {len(generated_test)} images), "
-        f"precision {quality['prdc']['precision']:.3f}, recall {quality['prdc']['recall']:.3f}")
+        f"precision {quality['prdc']['precision']:.3f}, recall {quality['prdc']['recall']:.3f}, "
+        f"colour shift {quality['colour']['colour_shift']:.3f}")
     semantic = semantic_summary(params, evaluate_segmenter(load_judge(judge_dir), generated_test, test.table,
                                                            device=device()), test.table)
     log(f"{name}: semantic mIoU {semantic['miou']:.3f}")
@@ -217,6 +227,7 @@ def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, fea
     result = row(name, params.models[name].role, test, {"real": len(train), "synthetic": len(generated_train)},
                  quality=quality, semantic=semantic, judge=judge_label(params.evaluate.semantic),
                  downstream=downstream(params.evaluate.downstream, [train, generated_train], test, log))
+    result["seconds"] = time.perf_counter() - t0  # the report's protocol card shows it
     write_json(metrics, result)
     write_plot(plot, test.table, result)
     return result
@@ -226,6 +237,7 @@ def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path
                   log=print) -> dict:
     """The "real + generated maps" row: downstream segmenters on real + (generated map, image) pairs;
     the judge's IoU of the images against the generated maps that made them; the generator's metrics."""
+    t0 = time.perf_counter()
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
     pairs = GeneratedDataset(samples, "train")
     maps_metrics = json.loads((Path(samples) / "metrics.json").read_text())
@@ -242,6 +254,7 @@ def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path
                              "diversity": maps_metrics[who]["diversity"]} for who in ("generator", "baseline")},
                  text_encoder=maps_metrics["text_encoder"],
                  downstream=downstream(params.evaluate.downstream, [train, pairs], test, log))
+    result["seconds"] = time.perf_counter() - t0  # the report's protocol card shows it
     write_json(metrics, result)
     write_plot(plot, test.table, result)
     return result

@@ -44,10 +44,15 @@ def class_pixel_weights(onehot: torch.Tensor, *, variant: str = "paper", boost: 
     return pix
 
 
+def _per_sample(err: torch.Tensor, sample_weights: torch.Tensor | None) -> torch.Tensor:
+    return err if sample_weights is None else err * sample_weights.float().view(-1, 1, 1, 1)
+
+
 def mse(pred: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = None, *,
-        ignore: torch.Tensor | None = None, **_) -> torch.Tensor:
-    """Plain MSE (the ablation baseline); ignore pixels are left out of the mean."""
-    err = (pred.float() - target.float()) ** 2
+        ignore: torch.Tensor | None = None, sample_weights: torch.Tensor | None = None, **_) -> torch.Tensor:
+    """Plain MSE (the ablation baseline); ignore pixels are left out of the mean. ``sample_weights``
+    [B] weight whole images (the timestep weighting of ``timestep_weights``)."""
+    err = _per_sample((pred.float() - target.float()) ** 2, sample_weights)
     if ignore is None:
         return err.mean()
     keep = (~ignore.bool()).unsqueeze(1).float()
@@ -56,11 +61,37 @@ def mse(pred: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor | None = 
 
 def ca_mse(pred: torch.Tensor, target: torch.Tensor, onehot: torch.Tensor, *, variant: str = "paper",
            boost: torch.Tensor | None = None, alpha: float = 1.0, ignore: torch.Tensor | None = None,
-           weights: torch.Tensor | None = None) -> torch.Tensor:
-    """(1 / (B*C*H*W)) * sum w * (pred - target)^2, exactly as the released code (not divided by sum w)."""
+           weights: torch.Tensor | None = None, sample_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 / (B*C*H*W)) * sum w * (pred - target)^2, exactly as the released code (not divided by sum w);
+    ``sample_weights`` as in ``mse`` (1 for every image: the paper's loss)."""
     if weights is None:
         weights = class_pixel_weights(onehot, variant=variant, boost=boost, alpha=alpha, ignore=ignore)
-    return (weights * (pred.float() - target.float()) ** 2).mean()
+    return _per_sample(weights * (pred.float() - target.float()) ** 2, sample_weights).mean()
+
+
+def timestep_weights(scheduler, t: torch.Tensor, snr_gamma: float | None) -> torch.Tensor | None:
+    """Min-SNR-gamma weights (Hang et al. 2023) per image: min(SNR_t, gamma) / SNR_t for epsilon
+    targets, min(SNR_t, gamma) / (SNR_t + 1) for velocity ones, so the loss of every prediction type is
+    the x0 error clipped at SNR gamma. Low-noise steps stop dominating the gradient, which is what
+    makes a model converge faster; ``None`` (off) leaves the loss as the paper defines it."""
+    if snr_gamma is None:
+        return None
+    abar = scheduler.alphas_cumprod.to(t.device)[t].double()
+    snr = abar / (1 - abar).clamp_min(1e-20)
+    clipped = snr.clamp(max=snr_gamma)
+    if scheduler.config.prediction_type == "v_prediction":
+        return (clipped / (snr + 1)).float()
+    return (clipped / snr.clamp_min(1e-20)).float()
+
+
+def draw_noise(shape: tuple, generator: torch.Generator, offset: float = 0.0) -> torch.Tensor:
+    """Training noise; ``offset`` > 0 adds offset noise (one extra N(0, offset^2) value per image and
+    channel, Guttenberg 2023), so the model learns to change an image's mean colour, which plain noise
+    at the last timestep almost never asks of it (the colour-cast failure)."""
+    noise = torch.randn(shape, generator=generator)
+    if offset > 0:
+        noise = noise + offset * torch.randn(shape[:2] + (1,) * (len(shape) - 2), generator=generator)
+    return noise
 
 
 def training_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

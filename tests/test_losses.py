@@ -153,3 +153,38 @@ def test_ca_sp_weights_follow_the_map():
     b = ca_sp(frozen, x0, x0_hat, oh, class_pixel_weights(oh) * torch.linspace(0.1, 2, 16).view(1, 1, 16, 1),
               sched, torch.Generator().manual_seed(0))
     assert a.item() != b.item()
+
+
+def test_min_snr_weights_clip_the_x0_error_at_gamma_for_both_prediction_types():
+    from casdm.losses import timestep_weights
+
+    t = torch.tensor([0, 200, 500, 999])
+    eps = make_scheduler("ddpm", DIFFUSION)
+    abar = eps.alphas_cumprod[t].double()
+    snr = abar / (1 - abar)
+    w = timestep_weights(eps, t, 5.0)
+    assert torch.allclose(w.double(), snr.clamp(max=5.0) / snr, rtol=1e-5)
+    assert w[0] < 0.01 and w[-1] == 1.0  # low-noise steps (huge SNR) damped; noisy ones untouched
+    v = make_scheduler("ddpm", DIFFUSION.model_copy(update={"prediction_type": "v_prediction", "zero_snr": True}))
+    wv = timestep_weights(v, t, 5.0)
+    snr_v = v.alphas_cumprod[t].double() / (1 - v.alphas_cumprod[t].double())
+    assert torch.allclose(wv.double(), snr_v.clamp(max=5.0) / (snr_v + 1), rtol=1e-5)
+    assert wv[-1] == 0.0  # zero terminal SNR: the last step weighs nothing (its x0 error is undefined)
+    assert timestep_weights(eps, t, None) is None
+    # the weights scale each image's share of the loss, and nothing else
+    pred, target = torch.randn(4, 3, 8, 8), torch.randn(4, 3, 8, 8)
+    per_image = ((pred - target) ** 2).mean(dim=(1, 2, 3))
+    assert torch.allclose(mse(pred, target, sample_weights=w), (per_image * w).mean(), rtol=1e-5)
+    assert torch.allclose(mse(pred, target, sample_weights=torch.ones(4)), mse(pred, target))
+
+
+def test_offset_noise_shifts_each_image_channel_by_one_draw():
+    from casdm.losses import draw_noise
+
+    g = torch.Generator().manual_seed(0)
+    plain = draw_noise((64, 3, 32, 32), g)
+    g = torch.Generator().manual_seed(0)
+    shifted = draw_noise((64, 3, 32, 32), g, offset=0.5)
+    means = (shifted - plain).mean(dim=(2, 3))
+    assert torch.allclose(shifted - plain, means[..., None, None].expand_as(plain), atol=1e-6)  # constant per channel
+    assert 0.35 < means.std().item() < 0.65  # N(0, 0.5^2) per image and channel

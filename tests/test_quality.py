@@ -67,3 +67,19 @@ def test_efficientnet_lite0_loads_every_weight_and_gives_features():
 def test_missing_inception_weights_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="inception-2015-12-05.pt"):
         inception("cpu", tmp_path / "inception-2015-12-05.pt")
+
+
+def test_colour_cast_is_the_largest_channel_gap_of_the_mean_colours(tmp_path):
+    from PIL import Image
+
+    from benchmark.metrics.quality import colour_cast
+
+    real, gen = [], []
+    for i in range(3):
+        real.append(tmp_path / f"r{i}.png")
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(real[-1])
+        gen.append(tmp_path / f"g{i}.png")
+        Image.new("RGB", (8, 8), (10, 20 + 51 * (i == 0), 30)).save(gen[-1])  # one image 51 greener: mean +17
+    c = colour_cast(gen, real)
+    assert c["real_mean_rgb"] == [10.0, 20.0, 30.0] and c["mean_rgb"] == [10.0, 37.0, 30.0]
+    assert abs(c["colour_shift"] - 17 / 255) < 1e-9

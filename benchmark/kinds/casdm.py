@@ -16,7 +16,8 @@ from benchmark.engine.kind import KindOptions, ModelKind
 from benchmark.engine.registry import register
 from benchmark.seeds import CA_SP_NOISE
 from casdm.labels import IGNORE_INDEX
-from casdm.losses import ca_mse, ca_sp, class_pixel_weights, frozen_copy, mse, predict_x0, training_target
+from casdm.losses import (ca_mse, ca_sp, class_pixel_weights, draw_noise, frozen_copy, mse, predict_x0,
+                          timestep_weights, training_target)
 from casdm.pipeline import CASDMPipeline, to_onehot
 from casdm.schedulers import make_scheduler
 from casdm.unet import SPADEUNet, unet_from_preset
@@ -59,13 +60,15 @@ class SpadeKind(ModelKind):
         if self.options.drop_rate > 0:  # classifier-free guidance: the whole map zeroed
             keep = (torch.rand(b, generator=g) >= self.options.drop_rate).float().to(images.device)
             cond = onehot * keep.view(-1, 1, 1, 1)
-        noise = torch.randn(images.shape, generator=g).to(images.device)
+        d = self.ctx.diffusion
+        noise = draw_noise(tuple(images.shape), g, d.offset_noise).to(images.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(images.device)
         x_t = sched.add_noise(images, noise, t)
         target = training_target(sched, images, noise, t)
         with accelerator.autocast():
             out = model(x_t, t, cond).sample
-        return dict(onehot=onehot, cond=cond, noise=noise, t=t, x_t=x_t, target=target, out=out)
+        return dict(onehot=onehot, cond=cond, noise=noise, t=t, x_t=x_t, target=target, out=out,
+                    sample_weights=timestep_weights(sched, t, d.snr_gamma))
 
     def pipeline(self, model) -> CASDMPipeline:
         s = self.sampling
@@ -110,11 +113,13 @@ class CASDMKind(SpadeKind):
         r = self.noisy_batch(model, images, labels, g, accelerator)
         eps = r["out"][:, : images.shape[1]]
         if o.loss == "mse":
-            terms = {"mse": mse(eps, r["target"], ignore=labels == IGNORE_INDEX)}
+            terms = {"mse": mse(eps, r["target"], ignore=labels == IGNORE_INDEX,
+                                 sample_weights=r["sample_weights"])}
             return terms["mse"], terms
         weights = class_pixel_weights(r["onehot"], variant=o.ca_variant, boost=self.boost.to(images.device),
                                       alpha=o.ca_alpha)
-        terms = {"ca_mse": ca_mse(eps, r["target"], r["onehot"], weights=weights)}
+        terms = {"ca_mse": ca_mse(eps, r["target"], r["onehot"], weights=weights,
+                                   sample_weights=r["sample_weights"])}
         loss = terms["ca_mse"]
         if o.loss == "ca_mse+ca_sp" and self.frozen is not None:
             x0_hat = predict_x0(self.noise_scheduler, r["x_t"], eps, r["t"])

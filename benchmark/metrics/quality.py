@@ -148,6 +148,25 @@ def folder_features(folder: str | Path, extractor: Extractor, device: str | torc
     return files_features(files, extractor, device, batch_size)
 
 
+def mean_colour(files: list[Path]) -> np.ndarray:
+    """Mean RGB (0-255) over every pixel of the images."""
+    from PIL import Image
+
+    if not files:
+        raise FileNotFoundError("no images to take the mean colour of")
+    return np.mean([np.asarray(Image.open(f).convert("RGB"), dtype=np.float64).reshape(-1, 3).mean(0)
+                    for f in files], axis=0)
+
+
+def colour_cast(generated_files: list[Path], real_files: list[Path]) -> dict:
+    """The whole-set colour cast: mean RGB of the generated images against the real ones of the same
+    maps, and the largest per-channel gap as a share of 0-255 (a model that reads an image's mean from
+    the noise draws black background navy: FID sees it late, this sees it at once)."""
+    g, r = mean_colour(generated_files), mean_colour(real_files)
+    return {"mean_rgb": [round(float(v), 2) for v in g], "real_mean_rgb": [round(float(v), 2) for v in r],
+            "colour_shift": float(np.abs(g - r).max() / 255.0)}
+
+
 def fid_kid(generated: np.ndarray, real: np.ndarray, extractor: Extractor) -> dict:
     """FID and KID between two feature sets; too few images for the feature size is an error."""
     from cleanfid import fid

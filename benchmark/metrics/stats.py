@@ -18,7 +18,7 @@ import statistics
 import numpy as np
 
 BETTER, WORSE, SAME = "better", "worse", "indistinguishable"
-HIGHER_IS_BETTER = {"fid": False, "kid": False}  # every other score: higher is better
+HIGHER_IS_BETTER = {"fid": False, "kid": False, "colour_shift": False}  # every other score: higher is better
 
 
 def higher_is_better(metric: str) -> bool:
