@@ -45,7 +45,7 @@ TEXTURE = {
     "L-hook Electrocautery": ((58, 58, 68), 4, 0.0, 0, 4),
     "Gallbladder": ((148, 158, 108), 8, 0.0, 0, 16),
     "Hepatic Vein": ((72, 40, 96), 5, 0.0, 0, 8),
-    "Liver Ligament": ((204, 178, 128), 10, 1.6, 22, 8),
+    "Liver Ligament": ((236, 228, 232), 10, 1.6, 22, 8),
 }
 
 
@@ -136,7 +136,7 @@ class _Clip:
         lab[liver] = C["Liver"]
         if self.visible("Hepatic Vein", t):
             vx, vy = L["liver"][0] + L["vein"][0], L["liver"][1] + L["vein"][1]
-            lab[_band(wx, wy, vx, vy, L["duct_angle"], 0.022 * W, 1.0, 0.09 * W) & liver] = C["Hepatic Vein"]
+            lab[_band(wx, wy, vx, vy, L["duct_angle"], 0.065 * W, 1.0, 0.2 * W) & liver] = C["Hepatic Vein"]
         if self.visible("Liver Ligament", t):
             lab[_band(wx, wy, 0, L["wall_y"] + 0.15 * H, L["lig_angle"], 0.16 * H, 3.0)] = C["Liver Ligament"]
         if self.visible("Connective Tissue", t):
@@ -145,10 +145,10 @@ class _Clip:
             lab[_blob(wx, wy, *L["gb"], 0.13 * W, P["Gallbladder"])] = C["Gallbladder"]
         if self.visible("Cystic Duct", t):
             gx, gy = L["gb"]
-            lab[_band(wx, wy, gx, gy + 0.08 * H, L["duct_angle"], 0.035 * W, 2.0, 0.2 * W)] = C["Cystic Duct"]
+            lab[_band(wx, wy, gx, gy + 0.08 * H, L["duct_angle"], 0.06 * W, 2.0, 0.2 * W)] = C["Cystic Duct"]
         if self.visible("Blood", t):
             for i, (bx, by) in enumerate(L["blood"][: 1 + t % 3]):
-                lab[_blob(wx, wy, bx, by, 0.035 * W * (1 + 0.2 * i), P["Blood"])] = C["Blood"]
+                lab[_blob(wx, wy, bx, by, 0.055 * W * (1 + 0.2 * i), P["Blood"])] = C["Blood"]
         # Tools move in screen space (the surgeon's hand), not with the camera.
         if self.visible("Grasper", t):
             side = L["grasper_side"]
