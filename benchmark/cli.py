@@ -12,6 +12,7 @@ from benchmark.commands.data import data_app, params_app
 from benchmark.commands.evaluate import evaluate_app, leaderboard_app
 from benchmark.commands.maps import maps_app
 from benchmark.commands.models import sample_cmd, train_cmd
+from benchmark.commands.report import report_app
 from benchmark.commands.study import study_app
 
 app = typer.Typer(help="casdm-bench: mask-conditioned surgical image synthesis benchmark.",
@@ -24,6 +25,7 @@ app.add_typer(evaluate_app, name="evaluate")
 app.add_typer(leaderboard_app, name="leaderboard")
 app.add_typer(study_app, name="study")
 app.add_typer(maps_app, name="maps")
+app.add_typer(report_app, name="report")
 
 if __name__ == "__main__":
     app()

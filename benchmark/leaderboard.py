@@ -53,6 +53,7 @@ def build(rows: dict[str, dict], found: list[dict]) -> tuple[list[str], list[dic
     for ex in extractors:
         columns += [f"{m}:{ex}{s}" for m in ("fid", "kid") for s in ("", "_low", "_high")]
         columns += [f"{m}:{ex}" for m in PRDC]
+    columns += ["colour_shift"]
     columns += [f"semantic_{m}{s}" for m in ("miou", "rare_miou") for s in ("", "_low", "_high")]
     columns += [f"downstream_{k}{s}" for k in SCALARS for s in ("", "_std")]
     columns += [f"{p}_{m}{s}" for p in REFS for m in ("miou", "rare_miou") for s in ("", "_low", "_high", "_verdict")]
@@ -70,6 +71,7 @@ def build(rows: dict[str, dict], found: list[dict]) -> tuple[list[str], list[dic
             for m in ("fid", "kid"):
                 row.update({f"{m}:{ex}": q[m], f"{m}:{ex}_low": q.get(f"{m}_low"), f"{m}:{ex}_high": q.get(f"{m}_high")})
             row.update({f"{m}:{ex}": q.get("prdc", {}).get(m) for m in PRDC})
+            row["colour_shift"] = q.get("colour", {}).get("colour_shift")
         for m in ("miou", "rare_miou"):
             sem = r.get("semantic") or {}
             row.update({f"semantic_{m}{s}": sem.get(f"{m}{s}") for s in ("", "_low", "_high")})
@@ -216,6 +218,9 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report:
             mlflow.log_metrics({f"{key}/{k}": v for k, v in numeric(r).items()})
         mlflow.log_dict({n: flatten(r["downstream"]["per_class"]) for n, r in rows.items()}, "per_class.json")
         mlflow.log_dict(found, "comparisons.json")
+        # what `casdm report compare RUN_ID ...` reads back: the rows as metrics/leaderboard.json holds them, the params
+        mlflow.log_dict({r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table}, "leaderboard_rows.json")
+        mlflow.log_dict(params.model_dump(mode="json"), "params.json")
         return run.info.run_id
 
 

@@ -198,6 +198,7 @@ def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Pat
                 log(f"trial {trial.number} failed: {reason}")
                 raise
             mlflow.log_metrics(scores)
+            trial.set_user_attr("bootstrap", scorer.last_bootstrap)
             mlflow.set_tag("state", "COMPLETE")
             values = [scores[o] for o in s.objectives]
             log(f"trial {trial.number}: " + ", ".join(f"{o} {v:.4g}" for o, v in zip(s.objectives, values))

@@ -13,7 +13,8 @@ from benchmark.engine.data import PreparedDataset
 from benchmark.engine.kind import device
 from benchmark.evaluate import extractor, load_judge
 from benchmark.metrics.quality import fid_kid, files_features
-from benchmark.metrics.segmentation import SegmentationMeter
+from benchmark.metrics.segmentation import SegmentationMeter, miou_from_confusion
+from benchmark.metrics.stats import bootstrap_indices
 
 
 class Scorer:
@@ -36,6 +37,11 @@ class Scorer:
                              "study.eval_maps or choose another objective")
         self.judge = load_judge(judge_dir).to(device()) if any("semantic" in o for o in s.objectives) else None
         self.real = None
+        # the semantic objectives on the same resamples of the evaluation maps for every trial, so the
+        # report can pair the best trial with trial 0 (the configured weights) and give a verdict
+        b = params.evaluate.bootstrap
+        self.resamples = bootstrap_indices(n, b.resamples, b.seed)
+        self.last_bootstrap: dict[str, list] = {}
         if any(o in ("fid", "kid") for o in s.objectives):
             self.extractor = extractor(params)
             files = [Path(data_dir) / "images" / f"{it['id']}.png" for it in self.items]
@@ -66,6 +72,8 @@ class Scorer:
                 raise ValueError(f"rare_semantic_miou: no rare class in the {len(self.items)} {self.params.study.eval_split} "
                                  "maps of the study; raise study.eval_maps or choose another objective")
             scores["semantic_miou"], scores["rare_semantic_miou"] = seg.miou, seg.rare_miou
+            boots = [miou_from_confusion(seg.per_image[idx].sum(0), self.table.rare_ids) for idx in self.resamples]
+            self.last_bootstrap = {"semantic_miou": [m for m, _ in boots], "rare_semantic_miou": [r for _, r in boots]}
         if any(o in ("fid", "kid") for o in objectives):
             self.work.mkdir(parents=True, exist_ok=True)
             # a folder of this call's own: workers of one study share `work`, and must not

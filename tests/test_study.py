@@ -69,6 +69,20 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
     assert (study_dir / "runs/studies/casdm-loss-weights/plots/history_semantic_miou.png").exists()
     artifacts = mlflow.MlflowClient().list_artifacts(parent.info.run_id, "plots")
     assert "plots/history_semantic_miou.png" in [a.path for a in artifacts]
+    # every trial keeps its objective on the same bootstrap resamples: the report pairs best with trial 0
+    assert all(len(t.user_attrs["bootstrap"]["semantic_miou"]) == params.evaluate.bootstrap.resamples
+               for t in study.trials)
+    from types import SimpleNamespace
+
+    from benchmark.report.sections import study as study_section
+
+    assets = {}
+    shown = study_section(SimpleNamespace(params=params), assets)
+    assert shown["complete"] == 2 and shown["trial0"]["number"] == 0 and "study_history_semantic_miou" in assets
+    best = shown["best"]["number"]
+    assert (best == 0) == (shown["comparison"] is None)
+    if best != 0:
+        assert shown["comparison"].endswith(("better", "worse", "indistinguishable"))
     # the same command again: nothing left to do, the same study and parent
     again = run_study(params, prepared, study_dir / "judge", log=lambda *a: None)
     assert len(again.trials) == 2 and len([r for r in runs_of(study_dir) if r.data.tags.get("kind") == "study"]) == 1

@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 from benchmark.kinds.casdm import CASDMKind
 from benchmark.engine.trainer import NonFiniteLoss, RunPaths, train
 from tests.conftest import cli_env, tiny_params
+from tests.report_checks import check_compare, check_report
 
 
 def paths(tmp_path, prepared, name="casdm") -> RunPaths:
@@ -235,6 +236,7 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(repo_copy, monkeypatch):
     monkeypatch.chdir(repo_copy)  # the default artifact root (./mlruns) is relative to the project
     table = json.loads(Path(client.download_artifacts(leader.info.run_id, "leaderboard.json")).read_text())
     assert sorted(table["data"][i][table["columns"].index("model")] for i in range(len(table["data"]))) == sorted(board)
+    check_report(repo_copy, board, models, client, leader.info.run_id)
 
     second = dvc("repro")
     assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
@@ -248,12 +250,14 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(repo_copy, monkeypatch):
     third = dvc("repro")
     assert third.returncode == 0, third.stderr
     ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
-    assert ran == {"sample@casdm", "evaluate@casdm", "maps", "evaluate-maps", "leaderboard"}  # maps: casdm draws them
-    _git(repo_copy, "commit", "-qam", "dpm sampler")
-    exp = dvc("exp", "run", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
+    assert ran == {"sample@casdm", "evaluate@casdm", "maps", "evaluate-maps", "leaderboard", "report"}  # maps: casdm draws them
+    _git(repo_copy, "add", "-A")
+    _git(repo_copy, "commit", "-qm", "dpm sampler")
+    exp = dvc("exp", "run", "-n", "no-maps", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
     assert exp.returncode == 0, exp.stdout + exp.stderr
     ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
-    assert ran == {"train@sdm", "sample@sdm", "evaluate@sdm", "leaderboard"}, exp.stdout
+    assert ran == {"train@sdm", "sample@sdm", "evaluate@sdm", "leaderboard", "report"}, exp.stdout
+    check_compare(repo_copy, env, leader.info.run_id)
 
 
 def test_cli_unknown_model_is_named():

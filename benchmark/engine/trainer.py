@@ -151,7 +151,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
             shutil.rmtree(p, ignore_errors=True)
 
     model.train()
-    t_start, step = time.perf_counter(), start
+    t_start, step, last_grid = time.perf_counter(), start, None
     columns = [TextColumn(f"[bold]{name}[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[speed]}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
@@ -191,8 +191,8 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
                     history.append(row)
                     tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
                 if (step % tc.sample_every == 0 or step == tc.steps) and accelerator.is_main_process:
-                    tracker.log_image(_grid(kind, accelerator.unwrap_model(model), ema, trainable, grid_maps),
-                                      "samples_map_real_ema_raw", step)
+                    last_grid = _grid(kind, accelerator.unwrap_model(model), ema, trainable, grid_maps)
+                    tracker.log_image(last_grid, "samples_map_real_ema_raw", step)
                 if hook is not None and hook_every and step % hook_every == 0 and accelerator.is_main_process:
                     hook(step, lambda fn: _with_ema(kind, accelerator.unwrap_model(model), ema, trainable, fn))
                 if step % tc.checkpoint_every == 0 or step == tc.steps:
@@ -207,7 +207,8 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     metrics = {}
     if accelerator.is_main_process:
         metrics = _finish(kind, accelerator.unwrap_model(model), ema, trainable, paths, history, n_params,
-                          time.perf_counter() - t_start, step - start, tc.steps, tc.batch_size * world)
+                          time.perf_counter() - t_start, step - start, tc.steps, tc.batch_size * world, last_grid,
+                          {"device": str(device), "processes": world, "mixed_precision": accelerator.mixed_precision})
         tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
         tracker.set_tag("model_path", str(paths.model.resolve()))
     tracker.end()
@@ -261,9 +262,14 @@ def _grid(kind, model, ema, trainable, grid):
 
 
 def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, seconds, steps_run, steps,
-            batch: int) -> dict:
-    """Export the EMA weights as a pipeline (raw weights beside them), write metrics and the loss curve."""
+            batch: int, last_grid=None, run: dict | None = None) -> dict:
+    """Export the EMA weights as a pipeline (raw weights beside them) with the last step's sample grid
+    (``last_grid.png``: the report shows it), write metrics and the loss curve."""
+    from PIL import Image
+
     with atomic_dir(paths.model) as tmp:
+        if last_grid is not None:
+            Image.fromarray(last_grid).save(tmp / "last_grid.png")
         kind.export_raw(model, tmp)
         ema.store(trainable)
         ema.copy_to(trainable)
@@ -274,7 +280,9 @@ def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, sec
                "images_seen": steps * batch,
                "final_loss": sum(r["loss"] for r in tail) / max(len(tail), 1),
                "first_loss": history[0]["loss"] if history else math.nan,
-               "s_per_step": seconds / steps_run if steps_run else math.nan}
+               "s_per_step": seconds / steps_run if steps_run else math.nan,
+               "train_s": seconds,  # this invocation's wall time (a resumed run: since the resume)
+               **(run or {})}
     write_json(paths.metrics, metrics)
     write_csv(paths.plot, ["step", *sorted({k for r in history for k in r} - {"step"})], history)
     return metrics

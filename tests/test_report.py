@@ -1,0 +1,75 @@
+"""The report's bad inputs and its comparison logic, without a pipeline run (the tiny end-to-end test in
+test_train.py builds the real page and opens it in chromium)."""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+from benchmark.report.compare import metric_rows, resolve, State
+from benchmark.report.sections import params_diff
+from tests.conftest import REPO, tiny_params
+
+BUILD = ["report", "build", "--rows", "m/evaluate", "--train-metrics", "m/train", "--sample-metrics", "m/sample",
+         "--train-plots", "p/train", "--samples", "s", "--models", "models", "--data", "d", "--maps", "m/maps.json",
+         "--out", "reports", "--no-mlflow"]
+
+
+def test_missing_or_broken_leaderboard_is_named(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    r = CliRunner().invoke(app, [*BUILD, "--leaderboard", "m/leaderboard.json", "--comparisons", "m/c.json"])
+    assert r.exit_code == 1 and "m/leaderboard.json: missing" in r.output and "leaderboard stage" in r.output
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "leaderboard.json").write_text("{not json")
+    r = CliRunner().invoke(app, [*BUILD, "--leaderboard", "m/leaderboard.json", "--comparisons", "m/c.json"])
+    assert r.exit_code == 1 and "m/leaderboard.json: not valid JSON" in r.output
+    assert not (tmp_path / "reports").exists()  # nothing half-written
+
+
+def test_params_diff_names_changed_added_and_removed_keys():
+    old = {"train": {"steps": 400, "lr": 0.0005}, "models": {"a": {"x": 1}}}
+    new = {"train": {"steps": 800, "lr": 0.0005}, "models": {"b": {"x": 1}}}
+    assert params_diff(old, new) == [{"key": "models.a.x", "old": 1, "new": "-"},
+                                     {"key": "models.b.x", "old": "-", "new": 1},
+                                     {"key": "train.steps", "old": 400, "new": 800}]
+
+
+def test_metric_rows_take_b_minus_a_and_say_which_is_better():
+    a = State("A", "workspace", "w", {"casdm": {"fid:x": 100.0, "downstream_miou": 0.5, "role": "method"}}, {}, None)
+    b = State("B", "workspace", "w", {"casdm": {"fid:x": 90.0, "downstream_miou": 0.4, "role": "method"},
+                                      "sdm": {"fid:x": 1.0}}, {}, None)
+    rows = {r["metric"]: r for r in metric_rows(a, b)}
+    assert rows["fid:x"]["delta"] == -10.0 and rows["fid:x"]["direction"] == "B better"  # lower FID is better
+    assert rows["downstream_miou"]["delta"] == pytest.approx(-0.1) and rows["downstream_miou"]["direction"] == "A better"
+    assert set(rows) == {"fid:x", "downstream_miou"}  # only rows both hold; text columns left out
+
+
+def _commit(repo, board: dict | None, steps: int, message: str) -> None:
+    (repo / "metrics").mkdir(exist_ok=True)
+    if board is not None:
+        (repo / "metrics" / "leaderboard.json").write_text(json.dumps(board))
+    (repo / "params.yaml").write_text(yaml.safe_dump({"train": {"steps": steps}}))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "add", "-A"], cwd=repo, check=True)
+    subprocess.run([*git, "commit", "-qm", message], cwd=repo, check=True)
+
+
+def test_compare_two_commits_and_a_bad_name(tmp_path):
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    _commit(tmp_path, {"casdm": {"downstream_miou": 0.5}}, 400, "first")
+    _commit(tmp_path, {"casdm": {"downstream_miou": 0.6}}, 800, "second")
+    tracking = tiny_params().tracking
+    a, b = resolve("HEAD~1", tmp_path, tracking), resolve("HEAD", tmp_path, tracking)
+    assert (a.kind, a.leaderboard["casdm"]["downstream_miou"], b.params["train"]["steps"]) == ("git revision", 0.5, 800)
+    assert a.samples is None  # no report assets committed there: the page says so
+    with pytest.raises(ValueError, match=r"'nope': not a git revision, a DVC experiment or an MLflow run id"):
+        resolve("nope", tmp_path, tracking)
+    (tmp_path / "metrics" / "leaderboard.json").unlink()
+    _commit(tmp_path, None, 800, "no leaderboard")
+    with pytest.raises(FileNotFoundError, match=r"HEAD \(git revision [0-9a-f]{10}\): no metrics/leaderboard.json"):
+        resolve("HEAD", tmp_path, tracking)
