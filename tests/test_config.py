@@ -30,6 +30,17 @@ def test_every_profile_applies_and_validates(profile, tmp_path):
     assert "# casdm-bench parameters" in params.read_text()  # comments survive the merge
 
 
+def test_paper_profile_is_the_released_run():
+    params = parse_params(_merge(raw(), yaml.safe_load((PROFILES_DIR / "paper.yaml").read_text())))
+    t = params.train
+    assert (params.data.source, params.data.resolution, t.preset) == ("cholecseg8k", 256, "paper")
+    assert (t.batch_size, t.lr, t.steps, t.warmup_steps, t.ema_decay, t.mixed_precision) == (10, 1e-4, 343500, 500,
+                                                                                            0.9999, "bf16")
+    assert all((m.sampling.scheduler, m.sampling.num_inference_steps) == ("ddim", 50) for m in params.models.values())
+    assert params.models["casdm"].training["sp_start_step"] == 30 * 687 and params.maps.preset == "paper"
+    assert params.evaluate.downstream.encoder_weights == "imagenet" and params.evaluate.fid.extractor == "auto"
+
+
 def test_tiny_profile_is_small():
     params = parse_params(_merge(raw(), yaml.safe_load((PROFILES_DIR / "tiny.yaml").read_text())))
     assert params.data.resolution == 32 and params.train.steps <= 10
