@@ -37,13 +37,23 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"))
     ap.add_argument("--data", type=Path, default=Path("data/prepared"))
     ap.add_argument("--rare-prompts", type=Path, default=Path("prompts/rare.txt"))
+    ap.add_argument("--guidance", type=float, nargs="+", default=None,
+                    help="score the trained generator at each of these guidance scales (default: maps.sampling's)")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="a params.yaml override (dotted key, YAML value), e.g. maps.drop_rate=0.2")
     ap.add_argument("--out", type=Path, default=Path("benchmark/results/maps_cpu.json"))
     args = ap.parse_args()
     base = load_params(args.params)
+    if args.sets:
+        from benchmark.bench_budget import parse_set
+        from benchmark.config import deep_merge, parse_params, read_yaml
+
+        base = parse_params(deep_merge(read_yaml(args.params), parse_set(args.sets)), f"{args.params} + --set")
     data = PreparedDataset(args.data, "train")
     real = data.masks()
     rare = data.table.rare_names
-    report = {"steps": args.steps, "class_aware": base.maps.class_aware, "encoders": {}}
+    report = {"steps": args.steps, "class_aware": base.maps.class_aware, "set": args.sets, "encoders": {}}
+    scales = args.guidance or [base.maps.sampling.guidance_scale]
     for enc in args.encoders:
         over = {"text_encoder": enc, "train": {**base.maps.train, **({"steps": args.steps} if args.steps else {})}}
         p = base.model_copy(update={"maps": base.maps.model_copy(update=over)})
@@ -55,12 +65,15 @@ def main() -> None:
             seconds = time.perf_counter() - t0
             pipe = load_generator(p, tmp / "model", data.table)
             entry = {"train_s": seconds, "s_per_step": m["s_per_step"], "final_loss": m["final_loss"]}
-            for source in ("train", "file"):
-                gen = p.maps.generate.model_copy(update={"prompts": source, "prompt_file": str(args.rare_prompts)})
-                q = p.model_copy(update={"maps": p.maps.model_copy(update={"generate": gen})})
-                result, _ = score_generator(q, pipe, prompt_set(q, pipe.mapgen.vocab, real), real, rare)
-                entry[source] = {"generator": row(result, "generator"), "baseline": row(result, "baseline"),
-                                 "s_per_map": result["s_per_map"]}
+            for scale in scales:
+                at = entry if len(scales) == 1 else entry.setdefault("guidance", {}).setdefault(str(scale), {})
+                sampling = p.maps.sampling.model_copy(update={"guidance_scale": scale})
+                for source in ("train", "file"):
+                    gen = p.maps.generate.model_copy(update={"prompts": source, "prompt_file": str(args.rare_prompts)})
+                    q = p.model_copy(update={"maps": p.maps.model_copy(update={"generate": gen, "sampling": sampling})})
+                    result, _ = score_generator(q, pipe, prompt_set(q, pipe.mapgen.vocab, real), real, rare)
+                    at[source] = {"generator": row(result, "generator"), "baseline": row(result, "baseline"),
+                                  "s_per_map": result["s_per_map"]}
             report["encoders"][enc] = entry
             print(json.dumps({enc: entry}, indent=1))
     write_json(args.out, report)

@@ -344,6 +344,8 @@ class MapsConfig(Section):
     drop_rate: float = Field(ge=0, le=1, description="empty-prompt dropout (classifier-free guidance)")
     class_aware: bool = Field(description="class-aware (balanced) cross-entropy: every class present in a "
                               "map weighs the same, whatever its size")
+    rare_oversample: float = Field(ge=1, description="training maps holding a rare class are drawn this many "
+                                   "times as often as the others (1 = uniform epochs)")
     train: dict[str, Any] = Field(description="overrides of the train: section")
     sampling: SamplingRecipe
     generate: MapGenerateConfig

@@ -34,7 +34,7 @@ def generator_params(params: Params) -> Params:
     m = params.maps
     entry = ModelEntry(kind=MAPGEN, role="generator", sampling=m.sampling, training={
         "loss": "map_ce", "drop_rate": m.drop_rate, "text_encoder": m.text_encoder, "min_region": m.min_region,
-        "class_aware": m.class_aware, **m.presets[m.preset].model_dump()})
+        "class_aware": m.class_aware, "rare_oversample": m.rare_oversample, **m.presets[m.preset].model_dump()})
     return params.model_copy(update={"models": {MAPGEN: entry}, "train": params.train.model_copy(update=m.train)})
 
 

@@ -213,3 +213,16 @@ def test_maps_config_errors_are_named():
         tiny_params(maps={"generate": {"prompts": "file", "prompt_file": None}})
     with pytest.raises(ConfigError, match="unknown text encoder 'bert'"):
         tiny_params(maps={"text_encoder": "bert"})
+
+
+def test_weighted_batches_oversample_rare_maps_and_resume_alike():
+    from benchmark.engine.data import StepBatchSampler
+
+    weights = [5.0 if i < 10 else 1.0 for i in range(100)]  # 10 "rare" maps drawn 5x as often
+    full = list(StepBatchSampler(100, 8, 0, 0, 400, weights=weights))
+    resumed = list(StepBatchSampler(100, 8, 0, 250, 400, weights=weights))
+    assert full[250:] == resumed  # a resumed run draws the batches a straight run would
+    share = sum(i < 10 for b in full for i in b) / (8 * 400)
+    assert abs(share - 50 / 140) < 0.03  # 10 x 5 of 140 weight units
+    first_epoch = [i for b in list(StepBatchSampler(100, 8, 0, 0, 12)) for i in b]  # 96 of 100: unweighted epochs
+    assert len(set(first_epoch)) == 96  # never repeat a frame within an epoch

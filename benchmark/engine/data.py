@@ -48,15 +48,22 @@ class StepBatchSampler(Sampler):
     """Per-process batches for steps [start, end): epoch e is a permutation seeded by (seed, e).
 
     With several processes (DDP) the global batch of ``batch_size * world`` indices is cut into one
-    slice per rank, so processes never see the same frames in a step.
+    slice per rank, so processes never see the same frames in a step. With ``weights`` each step's
+    global batch is drawn with replacement in proportion to them, seeded by (seed, step): still the
+    same batches whether a run was resumed or not.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, start: int, end: int, rank: int = 0, world: int = 1):
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, end: int, rank: int = 0, world: int = 1,
+                 weights: list[float] | None = None):
         self.n, self.b, self.seed, self.start, self.end = n, batch_size, seed, start, end
         self.rank, self.world = rank, world
+        self.p = None if weights is None else np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
 
     def batch(self, step: int) -> list[int]:
         idx, size = [], self.b * self.world
+        if self.p is not None:
+            idx = np.random.default_rng([self.seed, step, 1]).choice(self.n, size=size, replace=True, p=self.p).tolist()
+            return idx[self.rank * self.b: (self.rank + 1) * self.b]
         pos = step * size
         while len(idx) < size:
             epoch, offset = divmod(pos, self.n)

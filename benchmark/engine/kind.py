@@ -89,6 +89,11 @@ class ModelKind:
         """The training loss of one batch and its named terms (logged separately)."""
         raise NotImplementedError
 
+    def frame_weights(self, data) -> list[float] | None:
+        """How often each training frame (row of ``data``) is drawn relative to the others; ``None``
+        (every image model) keeps plain epochs, each frame once per epoch."""
+        return None
+
     def conditioned_steps(self, steps: int) -> int:
         """How many of ``steps`` training steps condition the network on the map (the leaderboard shows
         it beside each model: a model that saw the map for fewer steps had a smaller budget)."""

@@ -134,7 +134,8 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
 
     rank, world = accelerator.process_index, accelerator.num_processes
     loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), tc.batch_size, tc.seed, start, tc.steps,
-                                                             rank, world), num_workers=tc.num_workers)
+                                                             rank, world, kind.frame_weights(data)),
+                        num_workers=tc.num_workers)
 
     def save(step: int) -> None:
         if not accelerator.is_main_process:

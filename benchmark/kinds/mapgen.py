@@ -32,6 +32,7 @@ class MapGenOptions(KindOptions, MapPreset):
     text_encoder: str = Field(description="minilm | learned | clip:<local path or hub id>")
     min_region: float = Field(gt=0, lt=0.5, description="specks under this share of the map are ignored")
     class_aware: bool = Field(description="cross-entropy weighted like CA-MSE (balanced): small classes count")
+    rare_oversample: float = Field(ge=1, description="maps holding a rare class drawn this many times as often")
 
 
 @register("mapgen")
@@ -55,6 +56,16 @@ class MapGenKind(ModelKind):
     def prepare(self, data) -> None:
         """Fit the size thresholds on the training maps (before ``build``: they go into the config)."""
         self.vocab = fit_vocabulary(data.masks(), self.table.names, self.options.min_region)
+
+    def frame_weights(self, data) -> list[float] | None:
+        """Training balance without touching the loss: a map holding a rare class (above the speck
+        threshold) is drawn ``rare_oversample`` times as often, so the generator sees the few maps it
+        must learn to draw rare classes from more than a handful of times."""
+        k = self.options.rare_oversample
+        if k == 1:
+            return None
+        rare, floor = self.table.rare_ids, self.options.min_region
+        return [k if any((m == c).mean() >= floor for c in rare) else 1.0 for m in data.masks()]
 
     def text_dim(self) -> int:
         o = self.options
