@@ -1,0 +1,178 @@
+"""Quality per CPU-minute: one model trained at several step budgets, each scored by the leaderboard's
+own stages (``dvc repro evaluate@MODEL``: FID/KID/PRDC, the judge's semantic mIoU, downstream
+real + synthetic, colour shift), in a scratch copy of the project.
+
+    python -m benchmark.bench_budget --model casdm-mse --steps 400 800 1600 3200 --tag mse
+    python -m benchmark.bench_budget --model casdm-mse --steps 800 --set diffusion.snr_gamma=5 --tag snr5
+
+``--set KEY=VALUE`` (dotted key, YAML value; repeatable) and ``--profile NAME`` change params.yaml in
+the copy only, so the levers of issue 14 are measured with the same commands users run. The data,
+the real-image features and the judge are made once (the first budget); each budget then re-runs
+train@, sample@ and evaluate@ of the model. Writes ``benchmark/results/budget_<tag>.json`` (per budget:
+steps, CPU seconds per stage, the scores next to their references) and ``budget_<tag>.png`` (each score
+against the CPU-minutes the model cost: training + sampling).
+
+The copy's stages run the installed ``casdm`` (the working tree, an editable install): do not edit the
+code while it runs. Minutes are only comparable between runs that had the cores to themselves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from benchmark.io import copy_project, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmark" / "results"
+
+
+def parse_set(items: list[str]) -> dict:
+    """``a.b=1`` pairs -> a nested override; the value is read as YAML (numbers, null, lists)."""
+    out: dict = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. diffusion.snr_gamma=5")
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = yaml.safe_load(value)
+    return out
+
+
+def env_for(dst: Path) -> dict:
+    return dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MLFLOW_TRACKING_URI=f"sqlite:///{dst}/mlflow.db",
+                PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+
+
+def repro(dst: Path, target: str, log) -> dict[str, float]:
+    """``dvc repro TARGET`` in the copy; seconds per stage that ran."""
+    import re
+
+    stages, current = {}, None
+    proc = subprocess.Popen(["dvc", "repro", target], cwd=dst, env=env_for(dst), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        log.write(line)
+        log.flush()
+        m = re.match(r"Running stage '([^']+)'", line)
+        now = time.perf_counter()
+        if m:
+            if current:
+                stages[current] = round(now - stages[current], 1)
+            current, stages[m.group(1)] = m.group(1), now
+    if current:
+        stages[current] = round(time.perf_counter() - stages[current], 1)
+    if proc.wait():
+        raise SystemExit(f"dvc repro {target} failed; see {log.name}")
+    return stages
+
+
+def point(dst: Path, model: str, steps: int, stages: dict) -> dict:
+    """One budget's scores, with the references they are read against."""
+    ev = json.loads((dst / "metrics" / "evaluate" / f"{model}.json").read_text())
+    real = json.loads((dst / "metrics" / "evaluate" / "real.json").read_text())
+    tr = json.loads((dst / "metrics" / "train" / f"{model}.json").read_text())
+    q, rq, sem, ds = ev["quality"], real["quality"], ev["semantic"], ev["downstream"]
+    cpu_s = stages.get(f"train@{model}", 0) + stages.get(f"sample@{model}", 0)
+    return {
+        "steps": steps, "stage_s": stages, "model_cpu_min": round(cpu_s / 60, 2), "s_per_step": tr["s_per_step"],
+        "fid": q["fid"], "fid_low": q.get("fid_low"), "fid_high": q.get("fid_high"), "reference_fid": rq["fid"],
+        "fid_x_reference": q["fid"] / rq["fid"], "precision": q["prdc"]["precision"], "recall": q["prdc"]["recall"],
+        "colour_shift": q["colour"]["colour_shift"], "mean_rgb": q["colour"]["mean_rgb"],
+        "real_mean_rgb": q["colour"]["real_mean_rgb"],
+        "semantic_miou": sem["miou"], "semantic_rare_miou": sem["rare_miou"], "judge_on_real": real["semantic"]["miou"],
+        "semantic_x_judge": sem["miou"] / real["semantic"]["miou"],
+        "downstream_miou": ds["miou"], "downstream_miou_std": ds["miou_std"], "downstream_rare_miou": ds["rare_miou"],
+        "downstream_rare_miou_std": ds["rare_miou_std"], "real_only_miou": real["downstream"]["miou"],
+        "real_only_rare_miou": real["downstream"]["rare_miou"], "final_loss": tr["final_loss"]}
+
+
+def plot(result: dict, out: Path) -> None:
+    """Each score against the model's CPU-minutes, its reference as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = result["points"]
+    x = [p["model_cpu_min"] for p in pts]
+    panels = [("fid_x_reference", "FID / reference FID (target <= 4)", 4.0, True),
+              ("semantic_x_judge", "semantic mIoU / judge on real (target >= 0.5)", 0.5, False),
+              ("downstream_rare_miou", "downstream rare mIoU (real only dashed)", pts[0]["real_only_rare_miou"], False),
+              ("colour_shift", "colour shift, share of 0-255 (target <= 0.10)", 0.10, False)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
+    for ax, (key, title, ref, log) in zip(axes, panels):
+        ax.plot(x, [p[key] for p in pts], "o-")
+        for p in pts:
+            ax.annotate(str(p["steps"]), (p["model_cpu_min"], p[key]), fontsize=7, textcoords="offset points",
+                        xytext=(3, 3))
+        ax.axhline(ref, ls="--", c="grey")
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("CPU minutes (train + sample)")
+    fig.suptitle(f"{result['model']} ({result['tag']}): quality per CPU-minute", fontsize=9)
+    fig.tight_layout()
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="casdm-mse")
+    ap.add_argument("--steps", type=int, nargs="+", default=[400, 800, 1600, 3200])
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
+    ap.add_argument("--profile", help="a benchmark/profiles/ name applied first")
+    ap.add_argument("--tag", default=None, help="results name (default: the model)")
+    ap.add_argument("--keep", type=Path, help="run in this folder and keep it (samples, logs); a folder kept "
+                    "from an earlier run is reused: its data, features and judge are not made again")
+    a = ap.parse_args(argv)
+    from benchmark.config import update_params
+
+    tag = a.tag or a.model
+    override = parse_set(a.sets)
+    result = {"model": a.model, "tag": tag, "profile": a.profile, "set": override, "cpu_count": os.cpu_count(),
+              "points": []}
+    tmp = None
+    if a.keep:
+        dst = copy_project(REPO, a.keep)
+    else:
+        tmp = tempfile.TemporaryDirectory()
+        dst = copy_project(REPO, Path(tmp.name))
+    try:
+        if a.profile:
+            subprocess.run(["casdm", "params", "profile", a.profile], cwd=dst, env=env_for(dst), check=True)
+        if override:
+            update_params(override, dst / "params.yaml")
+        with (dst / f"budget_{tag}.log").open("w") as log:
+            for steps in a.steps:
+                update_params({"train": {"steps": steps}}, dst / "params.yaml")
+                stages = repro(dst, f"evaluate@{a.model}", log)
+                p = point(dst, a.model, steps, stages)
+                result["points"].append(p)
+                print(f"{a.model} {steps} steps: {p['model_cpu_min']:.1f} CPU-min, FID {p['fid']:.1f} "
+                      f"({p['fid_x_reference']:.1f}x ref), semantic {p['semantic_miou']:.3f} "
+                      f"({p['semantic_x_judge']:.2f}x judge), downstream rare {p['downstream_rare_miou']:.3f}, "
+                      f"colour shift {p['colour_shift']:.3f}", flush=True)
+                write_json(RESULTS / f"budget_{tag}.json", result)  # each budget kept as it lands
+        plot(result, RESULTS / f"budget_{tag}.png")
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    return result
+
+
+if __name__ == "__main__":
+    main()
