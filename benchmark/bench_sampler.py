@@ -1,0 +1,67 @@
+"""The sampler and its step count, on one trained model: for each (scheduler, steps) the test-map images
+are drawn by the sample stage's own code and scored by the leaderboard's image scores (FID against the
+real test images, the judge's semantic mIoU, the colour shift), with seconds per image. No retraining:
+a sampler is a ``models.<name>.sampling`` change.
+
+    python -m benchmark.bench_sampler --model casdm-mse --root /tmp/screen --samplers ddpm:15 ddim:15 dpmsolver++:15
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+from benchmark.io import write_json
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="casdm-mse")
+    ap.add_argument("--root", type=Path, default=Path("."), help="a project folder whose pipeline ran (params.yaml, "
+                    "data/prepared, models/, features/real, segmenters/judge)")
+    ap.add_argument("--samplers", nargs="+", default=["ddpm:15", "ddim:15", "dpmsolver++:15"], metavar="NAME:STEPS")
+    ap.add_argument("--tag", default=None)
+    a = ap.parse_args(argv)
+    from benchmark.config import load_params
+    from benchmark.downstream import GeneratedDataset, evaluate_segmenter
+    from benchmark.engine.data import PreparedDataset
+    from benchmark.engine.kind import device
+    from benchmark.engine.sample import sample
+    from benchmark.evaluate import aligned, extractor, load_judge, load_real_features
+    from benchmark.metrics.quality import colour_cast, fid_kid, files_features
+
+    root = a.root
+    base = load_params(root / "params.yaml")
+    data = root / "data" / "prepared"
+    test = PreparedDataset(data, "test")
+    ex = extractor(base)
+    judge = load_judge(root / "segmenters" / "judge")
+    result = {"model": a.model, "root": str(root), "samplers": {}}
+    for spec in a.samplers:
+        name, _, steps = spec.partition(":")
+        recipe = base.models[a.model].sampling.model_copy(update={"scheduler": name, "num_inference_steps": int(steps)})
+        models = dict(base.models)
+        models[a.model] = models[a.model].model_copy(update={"sampling": recipe})
+        p = base.model_copy(update={"models": models, "sample": base.sample.model_copy(update={"train_maps": 0})})
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            r = sample(p, a.model, root / "models" / a.model, data, Path(tmp) / "s", Path(tmp) / "m.json")
+            seconds = time.perf_counter() - t0
+            gen = GeneratedDataset(Path(tmp) / "s", "test")
+            real = aligned(load_real_features(root / "features" / "real", ex, data), [x.id for x in gen.records], gen.folder)
+            q = fid_kid(files_features(gen.image_files, ex, device(), base.evaluate.fid.batch_size), real, ex)
+            sem = evaluate_segmenter(judge, gen, test.table, device=device())
+            colour = colour_cast(gen.image_files, [data / "images" / f"{x.id}.png" for x in gen.records])
+        entry = {"fid": q["fid"], "kid": q["kid"], "semantic_miou": sem.miou, "semantic_rare_miou": sem.rare_miou,
+                 "colour_shift": colour["colour_shift"], "s_per_image": seconds / r["images"]}
+        result["samplers"][spec] = entry
+        print(spec, {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}, flush=True)
+    write_json(REPO / "benchmark" / "results" / f"sampler_{a.tag or a.model}.json", result)
+    return result
+
+
+if __name__ == "__main__":
+    main()
