@@ -159,7 +159,7 @@ def test_min_snr_weights_clip_the_x0_error_at_gamma_for_both_prediction_types():
     from casdm.losses import timestep_weights
 
     t = torch.tensor([0, 200, 500, 999])
-    eps = make_scheduler("ddpm", DIFFUSION)
+    eps = make_scheduler("ddpm", DIFFUSION.model_copy(update={"prediction_type": "epsilon", "zero_snr": False}))
     abar = eps.alphas_cumprod[t].double()
     snr = abar / (1 - abar)
     w = timestep_weights(eps, t, 5.0)
