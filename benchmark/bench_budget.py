@@ -21,13 +21,12 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
+from benchmark.bench_pipeline import env_for, timed_repro
 from benchmark.io import copy_project, write_json
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,34 +46,6 @@ def parse_set(items: list[str]) -> dict:
             node = node.setdefault(p, {})
         node[leaf] = yaml.safe_load(value)
     return out
-
-
-def env_for(dst: Path) -> dict:
-    return dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MLFLOW_TRACKING_URI=f"sqlite:///{dst}/mlflow.db",
-                PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-
-
-def repro(dst: Path, target: str, log) -> dict[str, float]:
-    """``dvc repro TARGET`` in the copy; seconds per stage that ran."""
-    import re
-
-    stages, current = {}, None
-    proc = subprocess.Popen(["dvc", "repro", target], cwd=dst, env=env_for(dst), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        log.write(line)
-        log.flush()
-        m = re.match(r"Running stage '([^']+)'", line)
-        now = time.perf_counter()
-        if m:
-            if current:
-                stages[current] = round(now - stages[current], 1)
-            current, stages[m.group(1)] = m.group(1), now
-    if current:
-        stages[current] = round(time.perf_counter() - stages[current], 1)
-    if proc.wait():
-        raise SystemExit(f"dvc repro {target} failed; see {log.name}")
-    return stages
 
 
 def point(dst: Path, model: str, steps: int, stages: dict) -> dict:
@@ -159,7 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
         with (dst / f"budget_{tag}.log").open("w") as log:
             for steps in a.steps:
                 update_params({"train": {"steps": steps}}, dst / "params.yaml")
-                stages = repro(dst, f"evaluate@{a.model}", log)
+                stages = timed_repro(dst, log, f"evaluate@{a.model}")
                 p = point(dst, a.model, steps, stages)
                 result["points"].append(p)
                 print(f"{a.model} {steps} steps: {p['model_cpu_min']:.1f} CPU-min, FID {p['fid']:.1f} "

@@ -25,15 +25,17 @@ REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = {"default": 30 * 60, "tiny": 5 * 60}
 
 
-def run(dst: Path, profile: str | None) -> dict:
-    env = dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MLFLOW_TRACKING_URI=f"sqlite:///{dst}/mlflow.db",
-               PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    if profile:
-        subprocess.run(["casdm", "params", "profile", profile], cwd=dst, env=env, check=True)
-    stages, current, t0 = {}, None, time.perf_counter()
-    log = (dst / "repro.log").open("w")
-    proc = subprocess.Popen(["dvc", "repro"], cwd=dst, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+def env_for(dst: Path) -> dict:
+    """The copy's environment: offline, its own MLflow store, the venv's scripts first on PATH."""
+    return dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MLFLOW_TRACKING_URI=f"sqlite:///{dst}/mlflow.db",
+                PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+
+
+def timed_repro(dst: Path, log, *targets: str) -> dict[str, float]:
+    """``dvc repro [TARGET ...]`` in the copy, its output into ``log``; seconds per stage that ran."""
+    stages, current = {}, None
+    proc = subprocess.Popen(["dvc", "repro", *targets], cwd=dst, env=env_for(dst), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         log.write(line)
         log.flush()
@@ -43,11 +45,20 @@ def run(dst: Path, profile: str | None) -> dict:
             if current:
                 stages[current] = round(now - stages[current], 1)
             current, stages[m.group(1)] = m.group(1), now
-    total = time.perf_counter() - t0
     if current:
         stages[current] = round(time.perf_counter() - stages[current], 1)
     if proc.wait():
-        raise SystemExit(f"dvc repro failed; see {dst / 'repro.log'}")
+        raise SystemExit(f"dvc repro {' '.join(targets)} failed; see {log.name}")
+    return stages
+
+
+def run(dst: Path, profile: str | None) -> dict:
+    if profile:
+        subprocess.run(["casdm", "params", "profile", profile], cwd=dst, env=env_for(dst), check=True)
+    t0 = time.perf_counter()
+    with (dst / "repro.log").open("w") as log:
+        stages = timed_repro(dst, log)
+    total = time.perf_counter() - t0
     name = profile or "default"
     return {"profile": name, "total_s": round(total, 1), "budget_s": BUDGET_S.get(name),
             "within_budget": total <= BUDGET_S.get(name, float("inf")), "cpu_count": os.cpu_count(), "stages": stages}

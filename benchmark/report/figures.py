@@ -32,7 +32,7 @@ def forest(steps: list[dict], metrics: list[str]) -> bytes:
     """One panel per metric; one row per ladder step: the paired delta and its interval, coloured by
     verdict, against a zero line (each metric on its own scale: FID and mIoU do not share an axis)."""
     plt = _plt()
-    labels = sorted({f"{c['b']} -> {c['a']}" for c in steps}, key=lambda s: [c["b"] for c in steps].index(s.split(" -> ")[0]))
+    labels = list(dict.fromkeys(f"{c['b']} -> {c['a']}" for c in steps))  # ladder order
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 0.5 + 0.45 * len(labels)), sharey=True,
                              squeeze=False)
     for ax, m in zip(axes[0], metrics):

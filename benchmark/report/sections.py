@@ -144,7 +144,7 @@ def _pick_maps(inp: Inputs) -> list[str]:
         k = next((i for i, m in enumerate(masks) if (m == cid).any() and ids[i] not in chosen), None)
         if k is not None:
             chosen.append(ids[k])
-    for i, fid in enumerate(ids):
+    for fid in ids:
         video = fid.split("_")[0]
         if len(chosen) >= SAMPLE_ROWS:
             break
