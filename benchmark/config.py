@@ -346,6 +346,10 @@ class MapsConfig(Section):
                               "map weighs the same, whatever its size")
     rare_oversample: float = Field(ge=1, description="training maps holding a rare class are drawn this many "
                                    "times as often as the others (1 = uniform epochs)")
+    pooled_prompt: bool = Field(description="the summed clause tokens also added to the timestep embedding, "
+                                "so the prompt reaches every block, not only cross-attention")
+    posterior_skip: bool = Field(description="the generator's logits are a residual on the class log-odds the "
+                                 "noisy map itself carries")
     train: dict[str, Any] = Field(description="overrides of the train: section")
     sampling: SamplingRecipe
     generate: MapGenerateConfig

@@ -34,7 +34,8 @@ def generator_params(params: Params) -> Params:
     m = params.maps
     entry = ModelEntry(kind=MAPGEN, role="generator", sampling=m.sampling, training={
         "loss": "map_ce", "drop_rate": m.drop_rate, "text_encoder": m.text_encoder, "min_region": m.min_region,
-        "class_aware": m.class_aware, "rare_oversample": m.rare_oversample, **m.presets[m.preset].model_dump()})
+        "class_aware": m.class_aware, "rare_oversample": m.rare_oversample,
+        "pooled_prompt": m.pooled_prompt, "posterior_skip": m.posterior_skip, **m.presets[m.preset].model_dump()})
     return params.model_copy(update={"models": {MAPGEN: entry}, "train": params.train.model_copy(update=m.train)})
 
 

@@ -87,7 +87,10 @@ class ClassStats:
 
 
 def class_stats(labels: np.ndarray, num_classes: int, min_fraction: float) -> dict[int, ClassStats]:
-    """Per present class (at least ``min_fraction`` of the pixels): area share, regions, centroid."""
+    """Per present class: area share, regions, centroid of its regions of at least ``min_fraction``
+    of the pixels (8-connected). Specks are not regions: a class scattered as specks is absent, however
+    many pixels they add up to (a generator's salt noise must not count as drawing a class), and they
+    move neither the area nor the centroid."""
     from scipy import ndimage
 
     h, w = labels.shape
@@ -95,14 +98,13 @@ def class_stats(labels: np.ndarray, num_classes: int, min_fraction: float) -> di
     out = {}
     counts = np.bincount(labels[labels < num_classes].ravel(), minlength=num_classes)
     for c in np.flatnonzero(counts >= min_px):
-        mask = labels == c
-        comp, n = ndimage.label(mask, structure=np.ones((3, 3)))
+        comp, _ = ndimage.label(labels == c, structure=np.ones((3, 3)))
         sizes = np.bincount(comp.ravel())
         big = np.flatnonzero(sizes[1:] >= min_px) + 1
-        # the centroid of the regions that count: a stray speck must not move "upper right" to "centre"
-        ys, xs = np.nonzero(np.isin(comp, big)) if len(big) else np.nonzero(mask)
-        out[int(c)] = ClassStats(float(counts[c]) / (h * w), max(1, len(big)),
-                                 (float(ys.mean() + 0.5) / h, float(xs.mean() + 0.5) / w))
+        if not len(big):
+            continue
+        ys, xs = np.nonzero(np.isin(comp, big))
+        out[int(c)] = ClassStats(len(ys) / (h * w), len(big), (float(ys.mean() + 0.5) / h, float(xs.mean() + 0.5) / w))
     return out
 
 

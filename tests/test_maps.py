@@ -226,3 +226,63 @@ def test_weighted_batches_oversample_rare_maps_and_resume_alike():
     assert abs(share - 50 / 140) < 0.03  # 10 x 5 of 140 weight units
     first_epoch = [i for b in list(StepBatchSampler(100, 8, 0, 0, 12)) for i in b]  # 96 of 100: unweighted epochs
     assert len(set(first_epoch)) == 96  # never repeat a frame within an epoch
+
+
+def test_a_class_only_in_specks_is_absent_however_many_pixels_they_add_up_to():
+    from casdm.prompts import class_stats
+
+    m = np.full((30, 30), 4, dtype=np.uint8)
+    m[::4, ::4] = 7  # 64 single Blood pixels: 64 px in all, far above min_fraction, but no region
+    m[10:13, 10:13] = 8  # one 9 px Cystic Duct region
+    stats = class_stats(m, len(NAMES), 0.005)  # 4.5 -> 4 px regions count
+    assert 7 not in stats and 8 in stats
+    assert stats[8].area == pytest.approx(9 / 900) and stats[8].regions == 1
+    m[0:2, 0:2] = 7  # now one real Blood region: only its 4 px count, the specks move neither area nor centroid
+    stats = class_stats(m, len(NAMES), 0.005)
+    assert stats[7].area == pytest.approx(4 / 900) and stats[7].centroid == pytest.approx((1 / 30, 1 / 30))
+
+
+def test_posterior_skip_reads_the_noisy_maps_own_evidence():
+    """2 sqrt(a) / (1 - a) x_t alone classifies a lightly noised map and says nothing at zero SNR."""
+    from casdm.mapgen import encode_maps, posterior_logits
+
+    labels = torch.from_numpy(hand_drawn()).long()[None].repeat(2, 1, 1)
+    x0 = encode_maps(labels, len(NAMES))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    a = torch.tensor([0.9, 0.0])
+    xt = a.sqrt().view(-1, 1, 1, 1) * x0 + (1 - a).sqrt().view(-1, 1, 1, 1) * noise
+    logits = posterior_logits(xt, a)
+    assert (logits[0].argmax(0) == labels[0]).float().mean() > 0.99
+    assert logits[1].abs().max() == 0
+
+
+@pytest.mark.parametrize("pooled, skip", [(True, True), (False, False)])
+def test_pooled_prompt_and_posterior_skip_are_saved_and_trained(prepared, tmp_path, pooled, skip):
+    """The pooled prompt feeds the timestep embedding (it gets a gradient); both flags survive
+    save_pretrained/from_pretrained, so a saved generator samples as it was trained."""
+    from benchmark.maps import MAPGEN, generator_params
+    from benchmark.engine.data import PreparedDataset
+    from benchmark.engine.registry import make_kind
+    from casdm.mapgen import MapGenerator
+
+    p = generator_params(tiny_params(maps={"pooled_prompt": pooled, "posterior_skip": skip}))
+    data = PreparedDataset(prepared, "train")
+    kind = make_kind(p, MAPGEN, data.table)
+    kind.prepare(data)
+    model = kind.build()
+
+    class Acc:
+        def autocast(self):
+            return torch.autocast("cpu", enabled=False)
+
+    batch = torch.stack([data[i]["labels"] for i in range(4)])
+    loss, _ = kind.loss(model, None, batch, torch.Generator().manual_seed(0), Acc())
+    loss.backward()
+    assert torch.isfinite(loss)
+    emb = model.unet.class_embedding
+    assert (emb is not None) == pooled
+    if pooled:
+        assert emb.linear_1.weight.grad.abs().sum() > 0
+    model.save_pretrained(tmp_path / "g")
+    again = MapGenerator.from_pretrained(tmp_path / "g")
+    assert (again.config.pooled_prompt, again.config.posterior_skip) == (pooled, skip)

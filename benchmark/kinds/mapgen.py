@@ -18,7 +18,7 @@ from benchmark.engine.kind import KindOptions, ModelKind
 from benchmark.engine.registry import register
 from casdm.labels import IGNORE_INDEX
 from casdm.losses import class_pixel_weights
-from casdm.mapgen import MapGenerator, MapGenPipeline, PromptConditioner, encode_maps, map_scheduler
+from casdm.mapgen import MapGenerator, MapGenPipeline, PromptConditioner, encode_maps, map_scheduler, posterior_logits
 from casdm.pipeline import to_onehot
 from casdm.prompts import Vocabulary, describe_map, fit_vocabulary
 from casdm.text import embedding_dim
@@ -33,6 +33,8 @@ class MapGenOptions(KindOptions, MapPreset):
     min_region: float = Field(gt=0, lt=0.5, description="specks under this share of the map are ignored")
     class_aware: bool = Field(description="cross-entropy weighted like CA-MSE (balanced): small classes count")
     rare_oversample: float = Field(ge=1, description="maps holding a rare class drawn this many times as often")
+    pooled_prompt: bool = Field(description="summed clause tokens added to the timestep embedding too")
+    posterior_skip: bool = Field(description="the output is a residual on the noisy map's own class log-odds")
 
 
 @register("mapgen")
@@ -80,7 +82,8 @@ class MapGenKind(ModelKind):
                              block_out_channels=tuple(o.block_out_channels), attention_levels=tuple(o.attention_levels),
                              layers_per_block=o.layers_per_block, cross_attention_dim=o.cross_attention_dim,
                              attention_head_dim=o.attention_head_dim, norm_num_groups=o.norm_num_groups,
-                             vocabulary=self.vocab.to_dict())
+                             vocabulary=self.vocab.to_dict(), pooled_prompt=o.pooled_prompt,
+                             posterior_skip=o.posterior_skip)
         self.conditioner = PromptConditioner(o.text_encoder, self.vocab, model.config.text_dim)
         return model
 
@@ -92,8 +95,11 @@ class MapGenKind(ModelKind):
         x0 = encode_maps(labels, self.table.num_classes)
         noise = torch.randn(x0.shape, generator=g).to(labels.device)
         t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(labels.device)
+        xt = sched.add_noise(x0, noise, t)
         with accelerator.autocast():
-            logits = model(sched.add_noise(x0, noise, t), t, **cond)
+            logits = model(xt, t, **cond)
+        if self.options.posterior_skip:
+            logits = logits.float() + posterior_logits(xt, sched.alphas_cumprod.to(xt.device)[t])
         ce = F.cross_entropy(logits.float(), labels.long(), ignore_index=IGNORE_INDEX, reduction="none")
         valid = (labels != IGNORE_INDEX).float()
         if self.options.class_aware:  # every class present in a map weighs the same, whatever its size
