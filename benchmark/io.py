@@ -37,9 +37,13 @@ def write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
 @contextmanager
 def atomic_dir(out: Path):
     """Yield a fresh temp folder beside ``out``; when the block succeeds it replaces ``out``, when it
-    fails it is removed, so a stage never leaves a half-written output that looks finished."""
+    fails it is removed, so a stage never leaves a half-written output that looks finished. A process
+    killed outright (``kill -9``) cannot remove its temp folder: the next writer of ``out`` removes
+    every stale ``.<out>.tmp-*`` first (one writer per output: DVC runs a stage once at a time)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp

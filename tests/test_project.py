@@ -22,3 +22,26 @@ def test_readme_has_exactly_two_setup_commands():
 def test_ci_runs_the_readme_test_command():
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     assert readme_commands()[1] in ci
+
+
+def test_atomic_dir_removes_a_killed_writers_temp_folder_and_keeps_others(tmp_path):
+    """``kill -9`` leaves ``.<out>.tmp-*`` behind; the next write of that output removes it, and
+    touches neither another output's temp folder nor anything when the block fails."""
+    import pytest
+
+    from benchmark.io import atomic_dir
+
+    out = tmp_path / "samples" / "casdm"
+    stale = tmp_path / "samples" / ".casdm.tmp-dead1"
+    other = tmp_path / "samples" / ".sdm.tmp-alive"
+    for d in (stale, other):
+        d.mkdir(parents=True)
+        (d / "img.png").write_bytes(b"x")
+    with atomic_dir(out) as tmp:
+        (tmp / "a.txt").write_text("done")
+    assert (out / "a.txt").read_text() == "done" and not stale.exists() and other.exists()
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "b.txt").write_text("half")
+        raise RuntimeError("killed")
+    assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
+    assert sorted(p.name for p in out.parent.iterdir()) == [".sdm.tmp-alive", "casdm"]
