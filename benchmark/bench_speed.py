@@ -8,6 +8,7 @@ the median of the timed steps is reported (nanoGPT's bench.py pattern).
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import time
 from pathlib import Path
@@ -50,6 +51,7 @@ def _train_step(kind, model, opt, images, labels, accelerator):
     opt.step()
     if images.is_cuda:
         torch.cuda.synchronize()
+    return loss.item()
 
 
 def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: int | None, device: str,
@@ -106,34 +108,41 @@ def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: in
     return result
 
 
-def bench_models(batch: int, steps: int) -> dict:
+def bench_models(batch: int, steps: int, dtype: torch.dtype = torch.float32) -> dict:
     """One row per model of params.yaml: its training step (through its registered kind, so CASDM's
-    CA-SP term is on) and its sampling time per image with its configured sampler."""
+    CA-SP term is on) and its sampling time per image with its configured sampler; ``bfloat16`` runs
+    both under CPU autocast, as ``train.mixed_precision: bf16`` would, and records whether the loss
+    stayed finite."""
     from accelerate import Accelerator
 
     from benchmark.data.classes import CHOLECSEG8K
     from benchmark.engine.registry import make_kind
 
     params = load_params(REPO / "params.yaml")
-    acc, rows = Accelerator(cpu=True), {}
+    bf16 = dtype == torch.bfloat16
+    acc, rows = Accelerator(cpu=True, mixed_precision="bf16" if bf16 else "no"), {}
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
     images, labels = _batch(batch, params.data.resolution, "cpu")
     for name, entry in params.models.items():
         kind = make_kind(params, name, CHOLECSEG8K)
         model = kind.build()
         trainable = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=1e-4)
-        train_s = _median_time(lambda: _train_step(kind, model, opt, images, labels, acc), 2, steps)
+        losses = []
+        train_s = _median_time(lambda: losses.append(_train_step(kind, model, opt, images, labels, acc)), 2, steps)
         model.eval()
         s = entry.sampling
         n_img = min(batch, 8)
         pipe = kind.pipeline(model)
-        sample_s = _median_time(lambda: pipe(labels[:n_img], s.num_inference_steps, s.guidance_scale,
-                                             output_type="pt"), 1, 2) / n_img
+        with autocast:
+            sample_s = _median_time(lambda: pipe(labels[:n_img], s.num_inference_steps, s.guidance_scale,
+                                                 output_type="pt"), 1, 2) / n_img
         rows[name] = {"kind": entry.kind, "loss": entry.training["loss"],
                       "num_parameters": sum(p.numel() for p in model.parameters()),
                       "train_s_per_step": train_s, "sampler": f"{s.scheduler}-{s.num_inference_steps}"
                       + (f" x{s.guidance_scale} guidance" if s.guidance_scale != 1 else ""),
-                      "sample_s_per_image": sample_s}
+                      "sample_s_per_image": sample_s, "dtype": str(dtype).removeprefix("torch."),
+                      "losses_finite": bool(all(map(math.isfinite, losses)))}
     return rows
 
 
@@ -150,7 +159,7 @@ def main() -> None:
     ap.add_argument("--models", action="store_true", help="one row per params.yaml model instead")
     a = ap.parse_args()
     if a.models:
-        return _print_models(bench_models(a.batch, a.steps), a.out)
+        return _print_models(bench_models(a.batch, a.steps, getattr(torch, a.dtype)), a.out)
     r = bench(a.preset, a.batch, a.steps, a.sample_steps, a.resolution, a.device, getattr(torch, a.dtype))
     from rich.console import Console
     from rich.table import Table
