@@ -56,7 +56,7 @@ class CASDMPipeline(DiffusionPipeline):
         c = unet.config.in_channels
         for t in self.progress_bar(self.scheduler.timesteps):
             inp = torch.cat([x, x]) if guided else x
-            out = unet(self.scheduler.scale_model_input(inp, t), t, cond).sample
+            out = unet(self.scheduler.scale_model_input(inp, t), t, cond, return_dict=False)[0]
             if guided:
                 null, full = out.chunk(2)
                 eps = null[:, :c] + guidance_scale * (full[:, :c] - null[:, :c])

@@ -38,9 +38,9 @@ def mlflow_tmp(tmp_path, monkeypatch):
 
 
 def test_train_logs_an_mlflow_run_with_provenance(tmp_path, prepared, mlflow_tmp):
-    p = tiny_params(train={"steps": 4, "sample_every": 2, "log_every": 1})
-    m = train(p, "casdm", paths(tmp_path, prepared))
-    assert m["steps"] == 4 and m["num_parameters"] > 0
+    p = tiny_params(train={"steps": 4, "sample_every": 2, "log_every": 1, "mixed_precision": "bf16"})
+    m = train(p, "casdm", paths(tmp_path, prepared))  # bf16 autocast, as params.yaml: the CA-SP stage included
+    assert m["steps"] == 4 and m["num_parameters"] > 0 and m["mixed_precision"] == "bf16"
     client = mlflow.MlflowClient(mlflow_tmp)
     run = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])[0]
     tags = run.data.tags

@@ -66,7 +66,9 @@ class SpadeKind(ModelKind):
         x_t = sched.add_noise(images, noise, t)
         target = training_target(sched, images, noise, t)
         with accelerator.autocast():
-            out = model(x_t, t, cond).sample
+            # a tuple: accelerate's fp32 cast of a mixed-precision model's output rebuilds a BaseOutput
+            # whose second field is None as SPADEUNetOutput(sample={...}), so .sample would be a dict
+            out = model(x_t, t, cond, return_dict=False)[0]
         return dict(onehot=onehot, cond=cond, noise=noise, t=t, x_t=x_t, target=target, out=out,
                     sample_weights=timestep_weights(sched, t, d.snr_gamma))
 
