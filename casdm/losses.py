@@ -156,10 +156,16 @@ def ca_sp(frozen: torch.nn.Module, x0: torch.Tensor, x0_hat: torch.Tensor, segma
     t2 = torch.randint(0, T, (b,), generator=generator, device=gen_device).to(x0.device)
     e2 = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
     dtype = next(frozen.parameters()).dtype
+    # features as the tuple's second item, not ``.features``: under mixed precision the frozen copy
+    # keeps accelerate's fp32 output cast, which rebuilds a SPADEUNetOutput with its features lost,
+    # and CA-SP silently summed nothing (0.0 at every step of a bf16 run)
     with torch.no_grad():
-        real = frozen(scheduler.add_noise(x0, e2, t2).to(dtype), t2, segmap, return_features=True).features
-    pred = frozen(scheduler.add_noise(x0_hat.to(x0.dtype), e2, t2).to(dtype), t2, segmap,
-                  return_features=True).features
+        real = frozen(scheduler.add_noise(x0, e2, t2).to(dtype), t2, segmap, return_features=True,
+                      return_dict=False)[1]
+    pred = frozen(scheduler.add_noise(x0_hat.to(x0.dtype), e2, t2).to(dtype), t2, segmap, return_features=True,
+                  return_dict=False)[1]
+    if len(real) < levels or len(pred) < levels:
+        raise ValueError(f"CA-SP: {levels} feature levels requested, the frozen denoiser returned {len(pred)}")
     total = x0.new_zeros((), dtype=torch.float32)
     for fr, fp in list(zip(real, pred))[:levels]:
         w = F.adaptive_avg_pool2d(pixel_weights.float(), fr.shape[-2:])

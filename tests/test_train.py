@@ -51,6 +51,7 @@ def test_train_logs_an_mlflow_run_with_provenance(tmp_path, prepared, mlflow_tmp
     assert [h.step for h in history] == [1, 2, 3, 4]
     sp = client.get_metric_history(run.info.run_id, "ca_sp")
     assert [h.step for h in sp] == [3, 4]  # stage 2 starts at sp_start_step (2): logged from step 3
+    assert all(h.value > 0 for h in sp)  # and it is on: a bf16 run once logged CA-SP 0.0 at every step
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     assert len(artifacts) >= 2  # grids at steps 2 and 4
     assert (tmp_path / "models" / "casdm" / "model_index.json").exists()
