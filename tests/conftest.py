@@ -14,6 +14,18 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Every test starts with accelerate's process-wide state cleared. accelerate keeps the first
+    ``Accelerator``'s mixed precision for the whole process and silently hands it to every later one,
+    so a bf16 training run in one test turned another test's ``Accelerator(cpu=True)`` into bf16
+    autocast (and its exact-value checks failed). Stages run one process each and never meet this."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A tiny synthetic CholecSeg8K-layout dataset (17 videos x 1 clip x 2 frames), read-only by convention."""

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -48,7 +47,7 @@ class Oracle(nn.Module):
     def forward(self, x_t, t, *_, **__):
         out = exact(self.sched, self.x0, x_t, t, self.kind) + 0 * self.w
         out = torch.cat([out, torch.zeros_like(out)], 1) if self.channels == 6 else out
-        return SimpleNamespace(sample=out) if self.spade else out
+        return (out, []) if self.spade else out  # the SPADE U-Net is read as a tuple (return_dict=False)
 
 
 @pytest.mark.parametrize("name,loss", [("casdm-camse", "ca_mse"), ("casdm-mse", "mse"), ("sdm", "mse"),
@@ -66,7 +65,7 @@ def test_every_kind_trains_on_its_prediction_types_target(name, loss, prediction
     assert terms[loss].item() < 1e-6, terms  # the kind's target is the oracle's
     wrong = Oracle(kind.noise_scheduler, x0, "v_prediction" if prediction == "epsilon" else "epsilon",
                    channels=oracle.channels, spade=oracle.spade)
-    assert kind.loss(wrong, x0, labels, torch.Generator().manual_seed(0), Accelerator(cpu=True))[1][loss] > 1e-2
+    assert kind.loss(wrong, x0, labels, torch.Generator().manual_seed(0), Accelerator(cpu=True))[1][loss] > 1e-3  # min-SNR weights shrink it
     assert torch.isfinite(total)
 
 
