@@ -180,25 +180,33 @@ def test_each_clause_is_one_cross_attention_token():
     assert cond["text"][2].abs().sum() == 0  # the empty prompt: one zero token (classifier-free null)
 
 
-def test_learned_field_control_trains_its_embeddings(prepared, tmp_path):
+class NoAutocast:
+    """The one accelerator method a kind's loss calls, without mixed precision."""
+
+    def autocast(self):
+        return torch.autocast("cpu", enabled=False)
+
+
+def generator_loss(prepared, **maps_overrides):
+    """A fresh generator built by the mapgen kind from the tiny params + ``maps_overrides``, and its
+    training loss on four prepared maps, already back-propagated: (model, loss)."""
     from benchmark.maps import MAPGEN, generator_params
     from benchmark.engine.data import PreparedDataset
     from benchmark.engine.registry import make_kind
 
-    p = generator_params(tiny_params(maps={"text_encoder": "learned"}))
     data = PreparedDataset(prepared, "train")
-    kind = make_kind(p, MAPGEN, data.table)
+    kind = make_kind(generator_params(tiny_params(maps=maps_overrides)), MAPGEN, data.table)
     kind.prepare(data)
     model = kind.build()
-    assert model.fields is not None and model.config.text_encoder == "learned"
-
-    class Acc:
-        def autocast(self):
-            return torch.autocast("cpu", enabled=False)
-
     batch = torch.stack([data[i]["labels"] for i in range(4)])
-    loss, terms = kind.loss(model, None, batch, torch.Generator().manual_seed(0), Acc())
+    loss, _ = kind.loss(model, None, batch, torch.Generator().manual_seed(0), NoAutocast())
     loss.backward()
+    return model, loss
+
+
+def test_learned_field_control_trains_its_embeddings(prepared):
+    model, loss = generator_loss(prepared, text_encoder="learned")
+    assert model.fields is not None and model.config.text_encoder == "learned"
     assert torch.isfinite(loss) and model.fields.tables[0].weight.grad.abs().sum() > 0
 
 
@@ -260,24 +268,9 @@ def test_posterior_skip_reads_the_noisy_maps_own_evidence():
 def test_pooled_prompt_and_posterior_skip_are_saved_and_trained(prepared, tmp_path, pooled, skip):
     """The pooled prompt feeds the timestep embedding (it gets a gradient); both flags survive
     save_pretrained/from_pretrained, so a saved generator samples as it was trained."""
-    from benchmark.maps import MAPGEN, generator_params
-    from benchmark.engine.data import PreparedDataset
-    from benchmark.engine.registry import make_kind
     from casdm.mapgen import MapGenerator
 
-    p = generator_params(tiny_params(maps={"pooled_prompt": pooled, "posterior_skip": skip}))
-    data = PreparedDataset(prepared, "train")
-    kind = make_kind(p, MAPGEN, data.table)
-    kind.prepare(data)
-    model = kind.build()
-
-    class Acc:
-        def autocast(self):
-            return torch.autocast("cpu", enabled=False)
-
-    batch = torch.stack([data[i]["labels"] for i in range(4)])
-    loss, _ = kind.loss(model, None, batch, torch.Generator().manual_seed(0), Acc())
-    loss.backward()
+    model, loss = generator_loss(prepared, pooled_prompt=pooled, posterior_skip=skip)
     assert torch.isfinite(loss)
     emb = model.unet.class_embedding
     assert (emb is not None) == pooled
