@@ -24,6 +24,7 @@ from torch import nn
 
 from benchmark.engine.kind import KindOptions, ModelKind
 from benchmark.engine.registry import register
+from casdm.draws import as_draws
 from casdm.losses import draw_noise, mse, timestep_weights, training_target
 from casdm.schedulers import make_scheduler
 from casdm.text import encode_phrases
@@ -188,13 +189,13 @@ class ControlNetKind(ModelKind):
         return steps - self.switch
 
     def loss(self, model, images, labels, g, accelerator):
-        sched, b = self.noise_scheduler, images.shape[0]
+        sched, b, g = self.noise_scheduler, images.shape[0], as_draws(g)
         drop = False
         if self.options.drop_rate > 0:  # text dropout: the null of classifier-free guidance gets trained
-            drop = (torch.rand(b, generator=g) < self.options.drop_rate).to(images.device)
+            drop = (g.rand((b,)) < self.options.drop_rate).to(images.device)
         d = self.ctx.diffusion
         noise = draw_noise(tuple(images.shape), g, d.offset_noise).to(images.device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(images.device)
+        t = g.randint(sched.config.num_train_timesteps, (b,)).to(images.device)
         with accelerator.autocast():
             out = model(sched.add_noise(images, noise, t), t, labels, drop_text=drop)
         name = "controlnet_mse" if accelerator.unwrap_model(model).use_control else "base_mse"

@@ -21,6 +21,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from baselines.controlnet import ControlNetOptions, colour_map
 from benchmark.engine.kind import ModelKind
 from benchmark.engine.registry import register
+from casdm.draws import as_draws
 from casdm.losses import draw_noise, mse, timestep_weights, training_target
 from casdm.schedulers import scheduler_like
 
@@ -107,14 +108,16 @@ class ControlNetSDKind(ModelKind):
         return model
 
     def loss(self, model, images, labels, g, accelerator):
-        m = accelerator.unwrap_model(model)
+        m, g = accelerator.unwrap_model(model), as_draws(g)
         with torch.no_grad():
-            latents = m.vae.encode(images.to(m.vae.dtype)).latent_dist.sample(g) * m.vae.config.scaling_factor
+            dist = m.vae.encode(images.to(m.vae.dtype)).latent_dist  # sampled from g: one slice of the global batch
+            latent = dist.mean + dist.std * g.randn(tuple(dist.mean.shape)).to(dist.mean)
+            latents = latent * m.vae.config.scaling_factor
             text = m.encode_text(m.prompts(labels))
         sched, b = self.noise_scheduler, images.shape[0]
         d = self.ctx.diffusion  # the timestep weighting and offset noise of every model; the schedule is the checkpoint's
         noise = draw_noise(tuple(latents.shape), g, d.offset_noise).to(latents)
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(latents.device)
+        t = g.randint(sched.config.num_train_timesteps, (b,)).to(latents.device)
         noisy = sched.add_noise(latents, noise, t)
         with accelerator.autocast():
             down, mid = m.controlnet(noisy, t, encoder_hidden_states=text, controlnet_cond=m.control_image(labels),

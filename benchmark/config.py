@@ -129,10 +129,27 @@ class TrainConfig(Section):
     sample_every: int = Field(ge=1, description="sample grid logged to MLflow every N steps")
     seed: int
     num_workers: int = Field(ge=0)
+    num_processes: int = Field(ge=1, description="above 1, `casdm train` runs itself under `accelerate launch` "
+                               "with this many processes (one per GPU; gloo on CPUs); batch_size stays the "
+                               "global batch, so the result does not depend on it")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def yaml_no(cls, v):
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
+
+    @model_validator(mode="after")
+    def _batch_divides(self):
+        if self.batch_size % self.num_processes:
+            raise ValueError(f"batch_size {self.batch_size} is the global batch: it must divide evenly among "
+                             f"num_processes {self.num_processes}")
+        return self
 
 
 class SampleConfig(Section):
     batch_size: int = Field(ge=1)
+    num_processes: int = Field(ge=1, description="above 1, `casdm sample` runs under `accelerate launch`: "
+                               "the maps are split across processes, rank 0 writes the one folder")
     max_images: int | None = Field(ge=1, description="cap on test maps sampled (null = all)")
     train_maps: int | None = Field(ge=0, description="training maps turned into images for the downstream "
                                    "real + synthetic variant (null = all, 0 = none)")

@@ -10,6 +10,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from casdm.draws import BatchDraws, as_draws
+
 
 def _valid(onehot: torch.Tensor, ignore: torch.Tensor | None) -> torch.Tensor:
     """Float32 one-hot with ignore pixels (explicit mask, or no class at all) zeroed."""
@@ -84,13 +86,14 @@ def timestep_weights(scheduler, t: torch.Tensor, snr_gamma: float | None) -> tor
     return (clipped / snr.clamp_min(1e-20)).float()
 
 
-def draw_noise(shape: tuple, generator: torch.Generator, offset: float = 0.0) -> torch.Tensor:
+def draw_noise(shape: tuple, generator: BatchDraws | torch.Generator, offset: float = 0.0) -> torch.Tensor:
     """Training noise; ``offset`` > 0 adds offset noise (one extra N(0, offset^2) value per image and
     channel, Guttenberg 2023), so the model learns to change an image's mean colour, which plain noise
     at the last timestep almost never asks of it (the colour-cast failure)."""
-    noise = torch.randn(shape, generator=generator)
+    draws = as_draws(generator)
+    noise = draws.randn(shape)
     if offset > 0:
-        noise = noise + offset * torch.randn(shape[:2] + (1,) * (len(shape) - 2), generator=generator)
+        noise = noise + offset * draws.randn(shape[:2] + (1,) * (len(shape) - 2))
     return noise
 
 
@@ -134,7 +137,7 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def ca_sp(frozen: torch.nn.Module, x0: torch.Tensor, x0_hat: torch.Tensor, segmap: torch.Tensor,
-          pixel_weights: torch.Tensor, scheduler, generator: torch.Generator | None = None,
+          pixel_weights: torch.Tensor, scheduler, generator: BatchDraws | torch.Generator | None = None,
           levels: int = 1) -> torch.Tensor:
     """Class-aware self-perceptual loss.
 
@@ -152,9 +155,9 @@ def ca_sp(frozen: torch.nn.Module, x0: torch.Tensor, x0_hat: torch.Tensor, segma
     """
     b = x0.shape[0]
     T = scheduler.config.num_train_timesteps
-    gen_device = generator.device if generator is not None else "cpu"  # draws on the generator's device
-    t2 = torch.randint(0, T, (b,), generator=generator, device=gen_device).to(x0.device)
-    e2 = torch.randn(x0.shape, generator=generator, device=gen_device, dtype=x0.dtype).to(x0.device)
+    draws = as_draws(generator)  # CPU draws, sliced per process: the same t', e' whatever the world size
+    t2 = draws.randint(T, (b,)).to(x0.device)
+    e2 = draws.randn(tuple(x0.shape), dtype=x0.dtype).to(x0.device)
     dtype = next(frozen.parameters()).dtype
     # features as the tuple's second item, not ``.features``: under mixed precision the frozen copy
     # keeps accelerate's fp32 output cast, which rebuilds a SPADEUNetOutput with its features lost,

@@ -98,8 +98,8 @@ def test_ca_sp_fresh_noise_is_not_the_next_steps_training_noise(monkeypatch):
     seen = {}
 
     def spy(*args, **kwargs):
-        gen = args[6]
-        seen["state"] = gen.get_state()
+        gen = args[6]  # a BatchDraws: its generator is where the draws come from
+        seen["state"] = gen.generator.get_state()
         return ca_sp(*args, **kwargs)
 
     monkeypatch.setattr(casdm_kind, "ca_sp", spy)

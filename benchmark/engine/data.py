@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from benchmark.data.prepare import load_prepared
+from casdm.draws import BatchDraws, as_draws
 
 
 def load_pair(image: Path, mask: Path) -> dict:
@@ -81,10 +82,10 @@ class StepBatchSampler(Sampler):
         return self.end - self.start
 
 
-def augment(images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
+def augment(images: torch.Tensor, labels: torch.Tensor, generator: BatchDraws | torch.Generator):
     """The paper's augmentations, applied jointly to image and map: h/v flips, 90-degree rotations."""
     out_i, out_l = [], []
-    draws = torch.rand((images.shape[0], 3), generator=generator)
+    draws = as_draws(generator).rand((images.shape[0], 3))
     for img, lab, (h, v, r) in zip(images, labels, draws.tolist()):
         if h < 0.5:
             img, lab = img.flip(-1), lab.flip(-1)

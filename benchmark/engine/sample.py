@@ -7,6 +7,7 @@ test images.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -35,29 +36,63 @@ def pick_train_maps(data: PreparedDataset, cfg: SampleConfig) -> list[int]:
     return sorted(order[:n])
 
 
+def _draw(pipe, recipe, sc, jobs: dict, data_dir: Path, folder: Path, rank: int, world: int) -> list:
+    """This process's images: batch k of each split when k % world == rank. Batches are cut exactly
+    as one process cuts them and every image's seed is its index's, so the images do not depend on
+    the number of processes. Returns (position, record) pairs for the manifest's order."""
+    out = []
+    for split, (data, indices, stream) in jobs.items():
+        (folder / split).mkdir(exist_ok=True)
+        for k, s in enumerate(range(0, len(indices), sc.batch_size)):
+            if k % world != rank:
+                continue
+            items = [data[i] for i in indices[s: s + sc.batch_size]]
+            labels = torch.stack([it["labels"] for it in items]).to(pipe.device)
+            # seeds differ between splits and images, and do not depend on the batch size
+            seeds = [derive_seed(sc.seed, s + j, stream) for j in range(len(items))]
+            gens = [torch.Generator(device=pipe.device).manual_seed(seed) for seed in seeds]
+            images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
+                          output_type="pt").images
+            for j, (it, img, seed) in enumerate(zip(items, to_uint8(images), seeds)):
+                Image.fromarray(img).save(folder / split / f"{it['id']}.png")
+                out.append(((split != "test", s + j), ImageRecord(
+                    id=it["id"], split=split, image=f"{split}/{it['id']}.png",
+                    map=str(Path(data_dir) / "masks" / f"{it['id']}.png"), seed=seed)))
+    return out
+
+
 def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path, metrics: Path) -> dict:
-    """Images of ``name`` (a key of params.models) for the test maps and the chosen training maps."""
+    """Images of ``name`` (a key of params.models) for the test maps and the chosen training maps.
+
+    Under ``accelerate launch`` every process draws its share of the batches into the one temp folder
+    rank 0 made; rank 0 writes the manifest and renames the folder into place when all are done, and
+    returns the metrics (the other processes return ``{}``)."""
+    from contextlib import nullcontext
+
+    from accelerate import PartialState
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    from benchmark.launch import inside_launch
+
+    # on a multi-GPU launch this also selects this process's GPU; without one, gloo on the CPU
+    state = PartialState(cpu=not torch.cuda.is_available())
+    rank, world, main = state.process_index, state.num_processes, state.is_main_process
+    if inside_launch() and world == 1:  # every process would draw every image and race on the folder
+        raise RuntimeError(f"launched as one of {os.environ.get('WORLD_SIZE')} processes, but torch.distributed "
+                           "did not start (accelerate sees one): check the launcher's environment")
     sc, recipe = params.sample, params.models[name].sampling
     test, train = PreparedDataset(data_dir, "test"), PreparedDataset(data_dir, "train")
     pipe = make_kind(params, name, test.table).load_pipeline(model_dir, sc.use_ema)
     jobs = {"test": (test, list(range(len(test) if sc.max_images is None else min(sc.max_images, len(test)))), TEST_IMAGES),
             "train": (train, pick_train_maps(train, sc), TRAIN_IMAGES)}
-    records, t0 = [], time.perf_counter()
-    with atomic_dir(out) as tmp:
-        for split, (data, indices, stream) in jobs.items():
-            (tmp / split).mkdir()
-            for s in range(0, len(indices), sc.batch_size):
-                items = [data[i] for i in indices[s: s + sc.batch_size]]
-                labels = torch.stack([it["labels"] for it in items]).to(pipe.device)
-                # seeds differ between splits and images, and do not depend on the batch size
-                seeds = [derive_seed(sc.seed, s + k, stream) for k in range(len(items))]
-                gens = [torch.Generator(device=pipe.device).manual_seed(seed) for seed in seeds]
-                images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
-                              output_type="pt").images
-                for it, img, seed in zip(items, to_uint8(images), seeds):
-                    Image.fromarray(img).save(tmp / split / f"{it['id']}.png")
-                    records.append(ImageRecord(id=it["id"], split=split, image=f"{split}/{it['id']}.png",
-                                               map=str(Path(data_dir) / "masks" / f"{it['id']}.png"), seed=seed))
+    t0 = time.perf_counter()
+    with (atomic_dir(out) if main else nullcontext()) as tmp:
+        folder = Path(broadcast_object_list([str(tmp) if main else None])[0]) if world > 1 else tmp
+        mine = _draw(pipe, recipe, sc, jobs, data_dir, folder, rank, world)
+        pairs = gather_object(mine) if world > 1 else mine  # every process's, in one list
+        if not main:
+            return {}
+        records = [r for _, r in sorted(pairs, key=lambda p: p[0])]
         seconds = time.perf_counter() - t0
         Manifest(model=name, images=records, made_with={
             "scheduler": recipe.scheduler, "num_inference_steps": recipe.num_inference_steps,
@@ -65,6 +100,6 @@ def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path
     counts = {split: sum(r.split == split for r in records) for split in jobs}
     result = {"images": len(records), "test_images": counts["test"], "train_images": counts["train"],
               "s_per_image": seconds / max(len(records), 1), "scheduler": recipe.scheduler,
-              "num_inference_steps": recipe.num_inference_steps}
+              "num_inference_steps": recipe.num_inference_steps, "processes": world}
     write_json(Path(metrics), result)
     return result

@@ -6,6 +6,7 @@ checkpoints of its own any more: the checkpoint folder is a ``persist: true`` ou
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import shutil
@@ -21,6 +22,7 @@ from benchmark.engine.data import PreparedDataset, StepBatchSampler, augment
 from benchmark.engine.registry import make_kind, model_options
 from benchmark.io import atomic_dir, write_csv, write_json, write_text
 from benchmark.seeds import RANK, derive_seed
+from casdm.draws import BatchDraws
 from casdm.pipeline import to_uint8
 
 KEEP_CHECKPOINTS = 2
@@ -62,6 +64,67 @@ def _latest(ckpt_dir: Path) -> Path | None:
     return path if (path / "state.json").exists() else None
 
 
+def _manifest(folder: Path) -> dict:
+    """Size and SHA-256 of every file of a checkpoint: checked before resuming, so a truncated or
+    corrupt file is found by name instead of failing somewhere inside ``load_state``."""
+    out = {}
+    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "state.json"):
+        with f.open("rb") as fh:
+            out[str(f.relative_to(folder))] = [f.stat().st_size, hashlib.file_digest(fh, "sha256").hexdigest()]
+    return out
+
+
+def _verify(folder: Path, state: dict) -> None:
+    for rel, (size, digest) in state.get("files", {}).items():
+        f = folder / rel
+        if not f.is_file():
+            raise FileNotFoundError(f"{f}: missing")
+        if f.stat().st_size != size:
+            raise ValueError(f"{f}: {f.stat().st_size} bytes, {size} when saved (truncated)")
+        with f.open("rb") as fh:
+            if hashlib.file_digest(fh, "sha256").hexdigest() != digest:
+                raise ValueError(f"{f}: content differs from when it was saved (corrupt)")
+
+
+def _candidates(ckpt_dir: Path) -> list[Path]:
+    """Checkpoints to resume from, newest first: the one ``latest`` names, then every other
+    ``step-N`` (a corrupt newest one is skipped for the one before it)."""
+    steps = sorted((p for p in ckpt_dir.glob("step-*") if p.name[5:].isdigit()), key=lambda p: -int(p.name[5:]))
+    first = _latest(ckpt_dir)
+    return ([first] if first else []) + [p for p in steps if p != first]
+
+
+def _resume(accelerator, kind, model, ckpt_dir: Path, config_hash: str, console) -> dict | None:
+    """Load the newest readable checkpoint made with these parameters; returns its state.json, or None
+    (start afresh). A truncated or corrupt checkpoint is skipped with a warning naming the file."""
+    stale, broken = False, []
+    for path in _candidates(ckpt_dir):
+        try:
+            state = json.loads((path / "state.json").read_text())
+            if state["config_hash"] != config_hash:
+                stale = True
+                continue
+            _verify(path, state)
+        except (OSError, ValueError, KeyError) as exc:  # checked before loading: nothing was touched yet
+            console.print(f"[yellow]warning: skipping checkpoint {path}: {exc}; trying the one before it[/]")
+            continue
+        try:
+            accelerator.load_state(str(path))
+            kind.load_state(path, accelerator.unwrap_model(model))
+            return {**state, "path": path}
+        except Exception as exc:  # noqa: BLE001 - unreadable despite its manifest (or saved without one)
+            console.print(f"[yellow]warning: checkpoint {path} could not be loaded ({type(exc).__name__}: {exc})[/]")
+            broken.append(str(path))
+    if broken:  # a failed load may have written part of the weights: a fresh start must not begin from them
+        raise RuntimeError(f"no readable checkpoint in {ckpt_dir} (unreadable: {', '.join(broken)}); delete the "
+                           "folder to train from scratch")
+    if stale:
+        console.print(f"[yellow]checkpoints in {ckpt_dir} were made with other parameters; starting afresh[/]")
+        shutil.rmtree(ckpt_dir)
+        ckpt_dir.mkdir(parents=True)
+    return None
+
+
 def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, hook_every: int = 0,
           track: bool = True) -> dict:
     """Train model ``name`` (a key of ``params.models``); returns the final metrics.
@@ -93,6 +156,11 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision), kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=kind.find_unused_parameters)])
     device = accelerator.device
+    rank, world = accelerator.process_index, accelerator.num_processes
+    if tc.batch_size % world:
+        raise ValueError(f"params.yaml: train.batch_size {tc.batch_size} is the global batch and must divide "
+                         f"evenly among the {world} processes")
+    local_batch = tc.batch_size // world  # the global batch, not the process count, defines the experiment
 
     set_seed(tc.seed)  # the initial weights, so an interrupted run and a straight one start alike
     model = kind.build()
@@ -108,20 +176,12 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
 
     # ---- resume ------------------------------------------------------------------------------
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
-    start, run_id, history = 0, None, []
-    latest = _latest(paths.checkpoints)
-    if latest is not None:
-        state = json.loads((latest / "state.json").read_text())
-        if state["config_hash"] == config_hash:
-            accelerator.load_state(str(latest))
-            start, run_id, history = state["step"], state.get("mlflow_run_id"), state.get("history", [])
-            kind.load_state(latest, accelerator.unwrap_model(model))
-            console.print(f"[cyan]{name}: resuming from {latest.name} (step {start}/{tc.steps})[/]")
-        else:
-            console.print(f"[yellow]{name}: checkpoints in {paths.checkpoints} were made with other parameters; "
-                          "starting afresh[/]")
-            shutil.rmtree(paths.checkpoints)
-            paths.checkpoints.mkdir(parents=True)
+    start, run_id, history, before = 0, None, [], 0.0
+    state = _resume(accelerator, kind, model, paths.checkpoints, config_hash, console)
+    if state is not None:
+        start, run_id, history = state["step"], state.get("mlflow_run_id"), state.get("history", [])
+        before = state.get("train_s", 0.0)  # training seconds of the invocations before this one
+        console.print(f"[cyan]{name}: resuming from {state['path'].name} (step {start}/{tc.steps})[/]")
 
     tags = {"model": name, "kind": entry.kind, "role": entry.role, "loss": kind.options.loss,
             "dataset": data.stats.get("source", "?"), "dataset_hash": dataset_hash(paths.data),
@@ -132,8 +192,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
         tracker.log_param("num_parameters", n_params)
     grid_maps = _grid_batch(paths.data, device)
 
-    rank, world = accelerator.process_index, accelerator.num_processes
-    loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), tc.batch_size, tc.seed, start, tc.steps,
+    loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), local_batch, tc.seed, start, tc.steps,
                                                              rank, world, kind.frame_weights(data)),
                         num_workers=tc.num_workers)
 
@@ -144,7 +203,8 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
         with atomic_dir(final) as tmp:
             accelerator.save_state(str(tmp))
             kind.save_state(tmp)
-            write_json(tmp / "state.json", {"step": step, "config_hash": config_hash,
+            write_json(tmp / "state.json", {"step": step, "config_hash": config_hash, "files": _manifest(tmp),
+                                            "train_s": before + time.perf_counter() - t_start,
                                             "mlflow_run_id": tracker.run_id, "history": history})
         write_text(paths.checkpoints / "latest", final.name)
         old = sorted((p for p in paths.checkpoints.glob("step-*")), key=lambda p: int(p.name[5:]))
@@ -160,9 +220,10 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
         with Progress(*columns, console=console, disable=not accelerator.is_main_process) as bar:
             task = bar.add_task("train", total=tc.steps, completed=start, loss="-", speed="")
             for batch in loader:
-                step_seed = derive_seed(tc.seed, step, rank * RANK)
-                g = torch.Generator().manual_seed(step_seed)
-                torch.manual_seed(step_seed)  # dropout and anything else global
+                # one seed per step on every process: each draws the global batch's noise and keeps its rows
+                step_seed = derive_seed(tc.seed, step)
+                g = BatchDraws(step_seed, rank, world)
+                torch.manual_seed(derive_seed(tc.seed, step, rank * RANK))  # dropout and anything else global
                 images, labels = batch["image"], batch["labels"]
                 if tc.augment:
                     images, labels = augment(images, labels, g)
@@ -187,7 +248,10 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
                 rate = (step - start) / (time.perf_counter() - t_start)
                 bar.update(task, completed=step, loss=f"{loss.item():.4g}", speed=f"{rate:.2f} it/s")
                 if step % tc.log_every == 0 or step == tc.steps:
-                    row = {"step": step, "loss": loss.item(), **{k: v.item() for k, v in terms.items()},
+                    # the global batch's mean over processes (every process logs at the same steps)
+                    values = accelerator.reduce(torch.stack([loss.detach().float(), *(v.detach().float()
+                                                                                        for v in terms.values())]), "mean")
+                    row = {"step": step, **dict(zip(["loss", *terms], values.tolist())),
                            "lr": lr_sched.get_last_lr()[0], "steps_per_s": rate}
                     history.append(row)
                     tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
@@ -198,9 +262,12 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
                     hook(step, lambda fn: _with_ema(kind, accelerator.unwrap_model(model), ema, trainable, fn))
                 if step % tc.checkpoint_every == 0 or step == tc.steps:
                     save(step)
-                    if not console.is_terminal:  # DVC and CI logs get a line per checkpoint instead of a bar
+                    if not console.is_terminal and accelerator.is_main_process:  # DVC and CI logs: a line per checkpoint
                         console.print(f"{name}: step {step}/{tc.steps}, loss {loss.item():.4g}, {rate:.2f} it/s, "
                                       f"checkpoint saved")
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (the CLI turns it into this): resumable, not failed
+        tracker.end(status="KILLED")
+        raise
     except BaseException:
         tracker.end(status="FAILED")
         raise
@@ -208,7 +275,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     metrics = {}
     if accelerator.is_main_process:
         metrics = _finish(kind, accelerator.unwrap_model(model), ema, trainable, paths, history, n_params,
-                          time.perf_counter() - t_start, step - start, tc.steps, tc.batch_size * world, last_grid,
+                          before + time.perf_counter() - t_start, tc.steps, tc.batch_size, last_grid,
                           {"device": str(device), "processes": world, "mixed_precision": accelerator.mixed_precision})
         tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
         tracker.set_tag("model_path", str(paths.model.resolve()))
@@ -262,7 +329,7 @@ def _grid(kind, model, ema, trainable, grid):
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
-def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, seconds, steps_run, steps,
+def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, seconds, steps,
             batch: int, last_grid=None, run: dict | None = None) -> dict:
     """Export the EMA weights as a pipeline (raw weights beside them) with the last step's sample grid
     (``last_grid.png``: the report shows it), write metrics and the loss curve."""
@@ -281,8 +348,8 @@ def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, sec
                "images_seen": steps * batch,
                "final_loss": sum(r["loss"] for r in tail) / max(len(tail), 1),
                "first_loss": history[0]["loss"] if history else math.nan,
-               "s_per_step": seconds / steps_run if steps_run else math.nan,
-               "train_s": seconds,  # this invocation's wall time (a resumed run: since the resume)
+               "s_per_step": seconds / steps,
+               "train_s": seconds,  # training wall time, every invocation of a resumed run added up
                **(run or {})}
     write_json(paths.metrics, metrics)
     write_csv(paths.plot, ["step", *sorted({k for r in history for k in r} - {"step"})], history)

@@ -15,6 +15,7 @@ from pydantic import Field
 from benchmark.engine.kind import KindOptions, ModelKind
 from benchmark.engine.registry import register
 from benchmark.seeds import CA_SP_NOISE
+from casdm.draws import as_draws
 from casdm.labels import IGNORE_INDEX
 from casdm.losses import (ca_mse, ca_sp, class_pixel_weights, draw_noise, frozen_copy, mse, predict_x0,
                           timestep_weights, training_target)
@@ -54,15 +55,15 @@ class SpadeKind(ModelKind):
 
     def noisy_batch(self, model, images, labels, g, accelerator):
         """Map dropout, noise, timesteps, one forward pass: what every SPADE-U-Net loss starts from."""
-        sched, b = self.noise_scheduler, images.shape[0]
+        sched, b, g = self.noise_scheduler, images.shape[0], as_draws(g)
         onehot = to_onehot(labels, self.table.num_classes)
         cond = onehot
         if self.options.drop_rate > 0:  # classifier-free guidance: the whole map zeroed
-            keep = (torch.rand(b, generator=g) >= self.options.drop_rate).float().to(images.device)
+            keep = (g.rand((b,)) >= self.options.drop_rate).float().to(images.device)
             cond = onehot * keep.view(-1, 1, 1, 1)
         d = self.ctx.diffusion
         noise = draw_noise(tuple(images.shape), g, d.offset_noise).to(images.device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(images.device)
+        t = g.randint(sched.config.num_train_timesteps, (b,)).to(images.device)
         x_t = sched.add_noise(images, noise, t)
         target = training_target(sched, images, noise, t)
         with accelerator.autocast():
@@ -125,7 +126,7 @@ class CASDMKind(SpadeKind):
         loss = terms["ca_mse"]
         if o.loss == "ca_mse+ca_sp" and self.frozen is not None:
             x0_hat = predict_x0(self.noise_scheduler, r["x_t"], eps, r["t"])
-            sp_draws = torch.Generator().manual_seed(g.initial_seed() + CA_SP_NOISE)  # t', e': a stream of its own
+            sp_draws = as_draws(g).spawn(CA_SP_NOISE)  # t', e': a stream of its own
             with accelerator.autocast():
                 terms["ca_sp"] = ca_sp(self.frozen, images, x0_hat, r["cond"], weights, self.noise_scheduler,
                                        sp_draws, levels=o.sp_levels)

@@ -16,6 +16,7 @@ from pydantic import Field
 from benchmark.config import MapPreset
 from benchmark.engine.kind import KindOptions, ModelKind
 from benchmark.engine.registry import register
+from casdm.draws import as_draws
 from casdm.labels import IGNORE_INDEX
 from casdm.losses import class_pixel_weights
 from casdm.mapgen import MapGenerator, MapGenPipeline, PromptConditioner, encode_maps, map_scheduler, posterior_logits
@@ -88,13 +89,13 @@ class MapGenKind(ModelKind):
         return model
 
     def loss(self, model, images, labels, g, accelerator):
-        sched, b = self.noise_scheduler, labels.shape[0]
+        sched, b, g = self.noise_scheduler, labels.shape[0], as_draws(g)
         prompts = [describe_map(m, self.vocab) for m in labels.cpu().numpy()]
-        drop = (torch.rand(b, generator=g) < self.options.drop_rate).tolist()
+        drop = (g.rand((b,)) < self.options.drop_rate).tolist()
         cond = self.conditioner([() if d else p for p, d in zip(prompts, drop)], labels.device)
         x0 = encode_maps(labels, self.table.num_classes)
-        noise = torch.randn(x0.shape, generator=g).to(labels.device)
-        t = torch.randint(0, sched.config.num_train_timesteps, (b,), generator=g).to(labels.device)
+        noise = g.randn(tuple(x0.shape)).to(labels.device)
+        t = g.randint(sched.config.num_train_timesteps, (b,)).to(labels.device)
         xt = sched.add_noise(x0, noise, t)
         with accelerator.autocast():
             logits = model(xt, t, **cond)
