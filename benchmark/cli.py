@@ -27,5 +27,20 @@ app.add_typer(study_app, name="study")
 app.add_typer(maps_app, name="maps")
 app.add_typer(report_app, name="report")
 
-if __name__ == "__main__":
+
+
+def main() -> None:
+    """The ``casdm`` entry point. SIGTERM (what ``kill``, DVC's and CI's time-outs send) is raised as
+    KeyboardInterrupt, like Ctrl-C, so a stage stopped that way still removes its temp folder and
+    marks its MLflow run KILLED; only ``kill -9`` skips that, and the next start cleans up after it."""
+    import signal
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _interrupt)
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -5,19 +5,38 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import shutil
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable
 
 
+def failpoint(name: str) -> None:
+    """Fault-test hook: with ``CASDM_KILL_AT=<name>`` the process kills itself here with SIGKILL, as
+    ``kill -9`` would, at a point a timer could not hit reliably (tests/test_pipeline.py)."""
+    if os.environ.get("CASDM_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def write_text(path: Path, text: str) -> None:
-    """Write ``text`` through ``.<name>.tmp`` beside ``path``, then rename it into place."""
+    """Write ``text`` through ``.<name>.tmp`` beside ``path``, then rename it into place; a failed
+    write (a full disk) removes the temp file and leaves ``path`` as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        exc.filename = exc.filename or str(path)  # a failed write() names no file: name the output
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    failpoint(f"publish:{path.name}")
     tmp.replace(path)
 
 
@@ -39,20 +58,38 @@ def atomic_dir(out: Path):
     """Yield a fresh temp folder beside ``out``; when the block succeeds it replaces ``out``, when it
     fails it is removed, so a stage never leaves a half-written output that looks finished. A process
     killed outright (``kill -9``) cannot remove its temp folder: the next writer of ``out`` removes
-    every stale ``.<out>.tmp-*`` first (one writer per output: DVC runs a stage once at a time)."""
+    every stale ``.<out>.tmp-*`` first (one writer per output: DVC runs a stage once at a time).
+
+    Publishing is two renames (``out`` aside, the temp folder in), so a failure there leaves the old
+    ``out`` in place rather than half deleted. An ``OSError`` (a full disk, a read-only folder) is
+    raised naming ``out`` when the system call named no file."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.tmp-*"):
+    for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        exc.filename = exc.filename or str(out)
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    failpoint(f"publish:{out.name}")
+    old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+    try:
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+    except OSError as exc:
+        if old.exists() and not out.exists():
+            old.rename(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        exc.filename = exc.filename or str(out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def copy_project(src: Path, dst: Path) -> Path:

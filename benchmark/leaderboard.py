@@ -190,7 +190,7 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report:
     import mlflow
 
     from benchmark.engine.trainer import resolved_config
-    from benchmark.tracking import connect, flatten, git_commit, hash_json
+    from benchmark.tracking import connect, flatten, git_commit, hash_json, owner_tags
 
     exp = connect(params.tracking)
     numeric = lambda r: {k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and v is not None}
@@ -207,7 +207,7 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report:
                                                    for k, v in numeric(row).items()])
             linked[name] = runs[0].info.run_id
     with mlflow.start_run(run_name="leaderboard") as run:
-        mlflow.set_tags({"kind": "leaderboard", "git_commit": git_commit(), "primary": params.leaderboard.primary,
+        mlflow.set_tags({**owner_tags(), "kind": "leaderboard", "git_commit": git_commit(), "primary": params.leaderboard.primary,
                          "params_hash": hash_json(params.model_dump(mode="json"))})
         mlflow.log_params({"primary": params.leaderboard.primary, "sort": params.leaderboard.sort,
                            **{f"run/{k}": v for k, v in linked.items()}})

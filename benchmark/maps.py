@@ -182,11 +182,11 @@ def _log_mlflow(params: Params, result: dict, maps, images, prompts, table) -> N
     """A ``maps`` run: the metrics of generator and baseline, and a grid (map row over image row)."""
     import mlflow
 
-    from benchmark.tracking import connect, flatten, git_commit, hash_json
+    from benchmark.tracking import connect, flatten, git_commit, hash_json, owner_tags
 
     connect(params.tracking)
     with mlflow.start_run(run_name="maps"):
-        mlflow.set_tags({"kind": "maps", "model": MAPGEN, "image_model": result["image_model"],
+        mlflow.set_tags({**owner_tags(), "kind": "maps", "model": MAPGEN, "image_model": result["image_model"],
                          "text_encoder": result["text_encoder"], "git_commit": git_commit(),
                          "params_hash": hash_json(params.maps.model_dump(mode="json"))})
         mlflow.log_params({f"maps.{k}": str(v)[:500] for k, v in flatten(params.maps.model_dump(mode="json")).items()

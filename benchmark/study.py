@@ -149,6 +149,7 @@ def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Pat
 
     from benchmark.engine.registry import make_kind
     from benchmark.engine.trainer import RunPaths, train
+    from benchmark.tracking import owner_tags
 
     s = params.study
     single = len(s.objectives) == 1
@@ -161,7 +162,7 @@ def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Pat
         p = trial_params(params, values, boosted)
         folder = STUDIES / s.name / f"trial-{trial.number:04d}"
         trial.set_user_attr("artifacts", str(folder.resolve()))
-        tags = {"mlflow.parentRunId": parent_id, "kind": "trial", "study": s.name, "trial": str(trial.number),
+        tags = {**owner_tags(), "mlflow.parentRunId": parent_id, "kind": "trial", "study": s.name, "trial": str(trial.number),
                 "artifacts": str(folder.resolve())}
         with mlflow.start_run(run_name=f"{s.name} trial {trial.number}", tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)

@@ -43,13 +43,75 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI opens on runs, not traces
+
+
+def tracking_uri(tracking) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI", tracking.uri)
+
+
+def check_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail at once, naming the server, when an ``http(s)://`` tracking server does not answer: MLflow's
+    own client retries with back-off for minutes before it gives up."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:
+        requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
+    except requests.RequestException as exc:
+        raise RuntimeError(f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}); start it "
+                           "(README: a shared tracking server) or unset MLFLOW_TRACKING_URI to log to "
+                           f"params.yaml's tracking.uri") from None
+
+
 def connect(tracking):
     """Point MLflow at the tracking store (``MLFLOW_TRACKING_URI``, else ``tracking.uri``) and the
     suite's experiment; returns the experiment. Every stage that logs calls this, and only this."""
     import mlflow
 
-    mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", tracking.uri))
-    return mlflow.set_experiment(tracking.experiment)
+    uri = tracking_uri(tracking)
+    check_server(uri)
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment(tracking.experiment)
+    if EXPERIMENT_KIND[0] not in experiment.tags:
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+    mark_killed_runs(experiment.experiment_id)
+    return experiment
+
+
+def owner_tags() -> dict:
+    """Which process holds a run RUNNING: ``mark_killed_runs`` ends it once that process is gone."""
+    import socket
+
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def mark_killed_runs(experiment_id: str) -> list[str]:
+    """Runs of this experiment left RUNNING by a process of this host that no longer exists (``kill -9``,
+    a lost machine) are marked KILLED: MLflow itself never ends them. Returns their ids."""
+    import socket
+
+    import mlflow
+
+    client, host, ended = mlflow.MlflowClient(), socket.gethostname(), []
+    for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
+        tags = run.data.tags
+        pid = tags.get("pid", "")
+        if tags.get("host") == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended
 
 
 def start_run(tracking, run_name: str, tags: dict, params: dict, run_id: str | None = None):
@@ -58,6 +120,7 @@ def start_run(tracking, run_name: str, tags: dict, params: dict, run_id: str | N
 
     connect(tracking)
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
+    mlflow.set_tags(owner_tags())  # who holds it RUNNING now (a resumed run too)
     if run_id is None:
         mlflow.set_tags({**tags, "git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")})
         flat = flatten(params)

@@ -1,17 +1,13 @@
-"""The shared trainer: exact resume after a kill, NaN guard, MLflow records, the DVC pipeline."""
+"""The shared trainer: exact resume after a kill, a corrupt checkpoint skipped, NaN guard, MLflow records."""
 from __future__ import annotations
 
 import json
-import math
-import re
 import signal
 import subprocess
 import time
 
-from pathlib import Path
 
 import mlflow
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -19,7 +15,6 @@ from safetensors.torch import load_file
 from benchmark.kinds.casdm import CASDMKind
 from benchmark.engine.trainer import NonFiniteLoss, RunPaths, train
 from tests.conftest import cli_env, tiny_params
-from tests.report_checks import check_compare, check_report
 
 
 def paths(tmp_path, prepared, name="casdm") -> RunPaths:
@@ -143,124 +138,6 @@ def test_killed_run_resumes_to_identical_weights(repo_copy):
             assert torch.equal(reference[kind][k], resumed[kind][k]), (kind, k)
 
 
-def _git(repo, *args):
-    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, check=True,
-                   capture_output=True)
-
-
-@pytest.mark.slow
-def test_dvc_repro_runs_the_whole_benchmark_end_to_end(repo_copy, monkeypatch):
-    env = cli_env()
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo_copy / 'mlflow.db'}"
-    dvc = lambda *a: subprocess.run(["dvc", *a], cwd=repo_copy, env=env, capture_output=True, text=True)
-    subprocess.run(["casdm", "params", "profile", "tiny"], cwd=repo_copy, env=env, check=True)
-    first = dvc("repro")
-    assert first.returncode == 0, first.stdout + first.stderr
-    from benchmark.config import load_params
-
-    models = list(load_params(repo_copy / "params.yaml").models)
-    assert {"casdm", "casdm-mse", "casdm-camse", "sdm", "controlnet"} <= set(models)
-    for name in models:
-        manifest = json.loads((repo_copy / "samples" / name / "manifest.json").read_text())
-        splits = [r["split"] for r in manifest["images"]]
-        assert splits.count("test") == 24 and splits.count("train") == 8 and manifest["model"] == name
-        for r in manifest["images"]:
-            assert (repo_copy / "samples" / name / r["image"]).exists() and (repo_copy / r["map"]).exists()
-        assert json.loads((repo_copy / "metrics" / "train" / f"{name}.json").read_text())["steps"] == 4
-    # the map generator's chain: prompts of training maps -> maps -> casdm images -> a downstream row
-    generated = json.loads((repo_copy / "samples" / "maps" / "manifest.json").read_text())["images"]
-    assert len(generated) == 8 and all(r["prompt"] for r in generated)
-    from PIL import Image
-
-    for r in generated:
-        ids = np.unique(np.asarray(Image.open(repo_copy / "samples" / "maps" / r["map"])))
-        assert ids.max() < 13 and (repo_copy / "samples" / "maps" / r["image"]).exists()
-    board = json.loads((repo_copy / "metrics" / "leaderboard.json").read_text())
-    assert set(board) == {"real", "real+control", *models, "casdm+maps"}
-    ex = "efficientnet_lite0:blocks.0"
-    maps_cols = {f"maps_{b}{k}" for b in ("", "baseline_") for k in ("adherence", "rare_presence", "cooccurrence_l1",
-                                                                     "area_w1", "diversity")}
-    columns = {"role", f"fid:{ex}", f"kid:{ex}_low", f"precision:{ex}", f"coverage:{ex}", "semantic_miou_high",
-               "delta_miou_verdict", "vs_control_rare_miou_low", "map_conditioned_steps", "images_seen",
-               "downstream_segmenter"} | {f"downstream_{k}{s}" for s in ("", "_std")
-                                          for k in ("miou", "mdice", "rare_miou", "rare_mdice")} | maps_cols
-    for name, row in board.items():
-        assert columns <= set(row), (name, columns - set(row))
-        assert "EfficientNet-Lite0 encoder" in row["downstream_segmenter"]  # the segmenter is named as it is
-        numbers = [row["downstream_miou"], row["downstream_miou_std"]]
-        if name not in ("real", "real+control"):
-            numbers += [row["delta_miou"], row["delta_miou_low"], row["vs_control_miou"]]
-            assert row["delta_miou_verdict"] in ("better", "worse", "indistinguishable")
-        if name == "casdm+maps":
-            numbers += [row["maps_adherence"], row["maps_baseline_adherence"], row["maps_area_w1"],
-                        row["semantic_miou"]]
-        else:
-            assert row["maps_adherence"] is None, name
-        if name not in ("real+control", "casdm+maps"):  # the real row has the reference FID (the floor)
-            numbers += [row[f"fid:{ex}"], row[f"fid:{ex}_low"], row[f"kid:{ex}"], row[f"precision:{ex}"],
-                        row["semantic_miou"], row["semantic_miou_low"]]
-        if name in models:
-            assert row["images_seen"] == 4 * 4 and row["map_conditioned_steps"] == (2 if name == "controlnet" else 4)
-        assert all(isinstance(v, float) and math.isfinite(v) for v in numbers), (name, row)
-    assert board["real"]["delta_miou"] is None and board["real+control"][f"fid:{ex}"] is None
-    found = json.loads((repo_copy / "metrics" / "comparisons.json").read_text())
-    kinds = {c["kind"] for c in found}
-    assert {"vs real", "vs real+control", "method vs ablation", "method vs baseline", "ladder step"} <= kinds
-    ladder = {(c["a"], c["b"]) for c in found if c["kind"] == "ladder step"}
-    assert ladder == {("casdm-camse", "casdm-mse"), ("casdm", "casdm-camse")}
-    assert {c["metric"] for c in found if c["kind"] == "ladder step"} >= {"downstream_miou", "fid", "semantic_miou"}
-    assert "## Comparisons" in (repo_copy / "reports" / "leaderboard.md").read_text()
-    made = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, large, upper left; Grasper, small",
-                           "--num", "2", "--out", "gen"], cwd=repo_copy, env=env, capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr
-    assert sorted(p.name for p in (repo_copy / "gen").glob("*.png")) == [
-        "image-000.png", "image-001.png", "map-000-colour.png", "map-000.png", "map-001-colour.png", "map-001.png"]
-    bad = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, hughe"], cwd=repo_copy, env=env,
-                         capture_output=True, text=True)
-    assert bad.returncode == 1 and "unknown word 'hughe'" in bad.stderr and "did you mean" in bad.stderr
-    shown = subprocess.run(["casdm", "leaderboard"], cwd=repo_copy, env=env, capture_output=True, text=True)
-    assert shown.returncode == 0, shown.stderr
-    assert all(name in shown.stdout for name in board) and "efficientnet_lite0:blocks.0" in shown.stdout
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
-    trained = [r for r in runs if r.data.tags.get("kind") not in ("leaderboard", "maps")]
-    roles = {r.data.tags["model"]: r.data.tags["role"] for r in trained}
-    assert roles == {"casdm": "method", "casdm-mse": "ablation", "casdm-camse": "ablation", "sdm": "baseline",
-                     "controlnet": "baseline", "mapgen": "generator"}
-    assert all(r.info.status == "FINISHED" for r in runs)
-    (maps_run,) = [r for r in runs if r.data.tags.get("kind") == "maps"]
-    assert maps_run.data.metrics["generator/adherence"] == board["casdm+maps"]["maps_adherence"]
-    # each model's training run carries its leaderboard numbers; one leaderboard run holds the table
-    assert all(r.data.metrics["eval/downstream_miou"] == board[r.data.tags["model"]]["downstream_miou"]
-               for r in trained if r.data.tags["model"] in models)
-    (leader,) = [r for r in runs if r.data.tags.get("kind") == "leaderboard"]
-    monkeypatch.chdir(repo_copy)  # the default artifact root (./mlruns) is relative to the project
-    table = json.loads(Path(client.download_artifacts(leader.info.run_id, "leaderboard.json")).read_text())
-    assert sorted(table["data"][i][table["columns"].index("model")] for i in range(len(table["data"]))) == sorted(board)
-    check_report(repo_copy, board, models, client, leader.info.run_id)
-
-    second = dvc("repro")
-    assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
-
-    # a sampler change re-samples that model only; a training knob of sdm re-runs only sdm's stages
-    _git(repo_copy, "add", "-A")
-    _git(repo_copy, "commit", "-qm", "tiny run")
-    from benchmark.config import update_params
-
-    update_params({"models": {"casdm": {"sampling": {"scheduler": "dpmsolver++"}}}}, repo_copy / "params.yaml")
-    third = dvc("repro")
-    assert third.returncode == 0, third.stderr
-    ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
-    assert ran == {"sample@casdm", "evaluate@casdm", "maps", "evaluate-maps", "leaderboard", "report"}  # maps: casdm draws them
-    _git(repo_copy, "add", "-A")
-    _git(repo_copy, "commit", "-qm", "dpm sampler")
-    exp = dvc("exp", "run", "-n", "no-maps", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
-    assert exp.returncode == 0, exp.stdout + exp.stderr
-    ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
-    assert ran == {"train@sdm", "sample@sdm", "evaluate@sdm", "leaderboard", "report"}, exp.stdout
-    check_compare(repo_copy, env, leader.info.run_id)
-
-
 def test_cli_unknown_model_is_named():
     from typer.testing import CliRunner
 
@@ -271,3 +148,28 @@ def test_cli_unknown_model_is_named():
     for cmd in ("train", "sample"):
         res = CliRunner().invoke(app, [cmd, "nope", *paths[cmd]])
         assert res.exit_code == 1 and "unknown model 'nope'" in res.output and "casdm-mse" in res.output
+
+
+def test_a_truncated_latest_checkpoint_is_skipped_for_the_one_before(tmp_path, prepared, mlflow_tmp):
+    import io
+    import shutil
+
+    from accelerate.state import AcceleratorState
+    from rich.console import Console
+
+    p = tiny_params(train={"mixed_precision": "no"})  # 4 steps, a checkpoint every 2
+    where = paths(tmp_path, prepared, "casdm-mse")
+    train(p, "casdm-mse", where)
+    reference = load_file(where.model / "unet" / "diffusion_pytorch_model.safetensors")
+    victim = where.checkpoints / "step-4" / "model.safetensors"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])  # a copy cut short by a full disk
+    shutil.rmtree(where.model)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    log = io.StringIO()
+    train(p, "casdm-mse", where, console=Console(file=log, width=400))
+    text = log.getvalue()
+    assert f"skipping checkpoint {victim.parent}" in text and f"{victim}:" in text and "truncated" in text, text
+    assert "resuming from step-2 (step 2/4)" in text, text
+    resumed = load_file(where.model / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)  # steps 3-4 trained again, alike
+    assert (where.checkpoints / "latest").read_text() == "step-4"  # and the bad checkpoint was replaced

@@ -5,6 +5,7 @@ the one place a stage's paths are written); values come from params.yaml.
 """
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 
@@ -35,6 +36,25 @@ def or_fail(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     except ERRORS as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(os_error(exc))
+
+
+def os_error(exc: OSError) -> str:
+    """A full disk, a read-only folder, a missing permission: the message names the file."""
+    where = exc.filename or "a file"
+    hint = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+            errno.EFBIG: "the file size limit is reached", errno.EROFS: "the file system is read-only",
+            errno.EACCES: "permission denied", errno.EPERM: "not permitted"}.get(exc.errno, exc.strerror or str(exc))
+    return (f"{where}: {hint} ({exc.strerror or exc}); nothing was published: the stage's outputs are as "
+            "before, re-run it when the cause is fixed")
+
+
+def need_tracking(params) -> None:
+    """A stage that logs to MLflow checks the tracking server first, before it writes anything."""
+    from benchmark.tracking import check_server, tracking_uri
+
+    or_fail(check_server, tracking_uri(params.tracking))
 
 
 def read_params(path: Path, model: str | None = None):

@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from benchmark.commands.common import PARAMS, console, err, fail, path_option, read_params
+from benchmark.commands.common import PARAMS, console, err, fail, or_fail, os_error, path_option, read_params
 
 data_app = typer.Typer(help="Datasets: generate, validate, prepare.", no_args_is_help=True)
 params_app = typer.Typer(help="params.yaml: check, apply a profile.", no_args_is_help=True)
@@ -45,7 +45,7 @@ def data_synth(params: Path = PARAMS, out: Path = path_option("folder the datase
     from benchmark.data.synthetic import generate
 
     cfg = read_params(params).data.synthetic
-    n = generate(cfg, out)
+    n = or_fail(generate, cfg, out)
     console.print(f"wrote {n} synthetic frames to {out}")
 
 
@@ -65,6 +65,8 @@ def data_prepare(params: Path = PARAMS, out: Path = path_option("the prepared da
             stats = prepare(cfg, out, metrics, progress=lambda: bar.advance(task))
     except DatasetError as exc:
         fail(str(exc))
+    except OSError as exc:
+        fail(os_error(exc))
     console.print(coverage_table(stats))
     for split, missing in stats["missing"].items():
         if missing:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, or_fail, path_option, read_params
+from benchmark.commands.common import PARAMS, console, err, fail, need_tracking, or_fail, path_option, read_params
 
 evaluate_app = typer.Typer(help="Evaluation stages: real features, real-only row, one model's row, the "
                            "generated-maps row.", no_args_is_help=True)
@@ -104,11 +104,10 @@ def leaderboard_build(params: Path = PARAMS, rows: Path = path_option("folder of
     from benchmark.leaderboard import load_rows, log_mlflow, write_outputs
 
     p = read_params(params)
-    try:
-        loaded = load_rows(rows, p, train_metrics)
-        table, found = write_outputs(p, loaded, metrics, plots, report, comparisons)
-    except ERRORS as exc:
-        fail(str(exc))
     if mlflow_log:
-        err.print(f"MLflow leaderboard run {log_mlflow(p, table, loaded, report, found)}")
+        need_tracking(p)
+    loaded = or_fail(load_rows, rows, p, train_metrics)
+    table, found = or_fail(write_outputs, p, loaded, metrics, plots, report, comparisons)
+    if mlflow_log:
+        err.print(f"MLflow leaderboard run {or_fail(log_mlflow, p, table, loaded, report, found)}")
     console.print(report.read_text(), markup=False, highlight=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, or_fail, path_option, read_params
+from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, need_tracking, or_fail, path_option, read_params
 
 maps_app = typer.Typer(help="Text-prompted segmentation-map generator: train, build (stages), generate, prompts.",
                        no_args_is_help=True)
@@ -37,7 +37,9 @@ def maps_build(params: Path = PARAMS, data: Path = path_option("the prepared dat
     """The DVC stage maps: maps for the prompt set, images by maps.generate.image_model, metrics."""
     from benchmark.maps import build_maps
 
-    r = or_fail(build_maps, read_params(params), data, generator, image_model, out, metrics, log=err.print)
+    p = read_params(params)
+    need_tracking(p)
+    r = or_fail(build_maps, p, data, generator, image_model, out, metrics, log=err.print)
     for who in ("generator", "baseline"):
         a, q = r[who]["adherence"], r[who]["realism"]
         console.print(f"{who:9s}: adherence {a['adherence']:.3f} (presence {a['presence']:.3f}, size {a['size']:.3f}, "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from benchmark.commands.common import PARAMS, console, err, or_fail, path_option, read_params
+from benchmark.commands.common import PARAMS, console, err, need_tracking, or_fail, path_option, read_params
 
 report_app = typer.Typer(help="Comparison reports: build the report stage's page; compare two states.",
                          no_args_is_help=True)
@@ -33,6 +33,8 @@ def report_build(params: Path = PARAMS,
     from benchmark.report.inputs import ReportPaths
 
     p = read_params(params)
+    if mlflow_log:
+        need_tracking(p)
     paths = ReportPaths(leaderboard=leaderboard, comparisons=comparisons, rows=rows, train_metrics=train_metrics,
                         sample_metrics=sample_metrics, train_plots=train_plots, samples=samples, models=models,
                         data=data, maps=maps, lock=lock, params=params)

@@ -1,0 +1,353 @@
+"""The tiny benchmark end to end, as a lab runs it: `dvc repro` with every MLflow record on a tracking
+server (PostgreSQL backend, served artifacts) read back over HTTP; the DVC remote round trip; every
+stage kind killed with SIGKILL part-way and re-run; a full disk, a read-only data root and a server
+that is down. One pipeline run (a module fixture) serves every test here, in file order."""
+from __future__ import annotations
+
+import json
+import math
+import re
+import resource
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import requests
+import yaml
+from PIL import Image
+
+from tests.conftest import cli_env
+from tests.mlflow_server import mlflow_server
+from tests.postgres import free_port
+from tests.report_checks import check_compare, check_report
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class TinyRun:
+    repo: Path
+    env: dict
+
+    def run(self, *args, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(args, cwd=kw.pop("cwd", self.repo), env=env or self.env, capture_output=True,
+                              text=True, **kw)
+
+    def dvc(self, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+        return self.run("dvc", *args, env=env)
+
+    def git(self, *args, cwd: Path | None = None) -> None:
+        out = self.run("git", "-c", "user.name=t", "-c", "user.email=t@t", *args, cwd=cwd or self.repo)
+        assert out.returncode == 0, out.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """The tiny profile's `dvc repro` in a fresh copy of the project, logging to an MLflow server."""
+    from benchmark.io import copy_project
+    from tests.conftest import REPO
+
+    root = tmp_path_factory.mktemp("pipeline")
+    repo = copy_project(REPO, root / "repo")
+    with mlflow_server(root) as uri:
+        env = cli_env()
+        env["MLFLOW_TRACKING_URI"] = uri
+        t = TinyRun(repo, env)
+        assert t.run("casdm", "params", "profile", "tiny").returncode == 0
+        first = t.dvc("repro")
+        assert first.returncode == 0, first.stdout + first.stderr
+        yield t
+
+
+def test_dvc_repro_runs_the_whole_benchmark_end_to_end(tiny):
+    repo, env = tiny.repo, tiny.env
+    from benchmark.config import load_params
+
+    models = list(load_params(repo / "params.yaml").models)
+    assert {"casdm", "casdm-mse", "casdm-camse", "sdm", "controlnet"} <= set(models)
+    for name in models:
+        manifest = json.loads((repo / "samples" / name / "manifest.json").read_text())
+        splits = [r["split"] for r in manifest["images"]]
+        assert splits.count("test") == 24 and splits.count("train") == 8 and manifest["model"] == name
+        for r in manifest["images"]:
+            assert (repo / "samples" / name / r["image"]).exists() and (repo / r["map"]).exists()
+        assert json.loads((repo / "metrics" / "train" / f"{name}.json").read_text())["steps"] == 4
+    # the map generator's chain: prompts of training maps -> maps -> casdm images -> a downstream row
+    generated = json.loads((repo / "samples" / "maps" / "manifest.json").read_text())["images"]
+    assert len(generated) == 8 and all(r["prompt"] for r in generated)
+
+    for r in generated:
+        ids = np.unique(np.asarray(Image.open(repo / "samples" / "maps" / r["map"])))
+        assert ids.max() < 13 and (repo / "samples" / "maps" / r["image"]).exists()
+    board = json.loads((repo / "metrics" / "leaderboard.json").read_text())
+    assert set(board) == {"real", "real+control", *models, "casdm+maps"}
+    ex = "efficientnet_lite0:blocks.0"
+    maps_cols = {f"maps_{b}{k}" for b in ("", "baseline_") for k in ("adherence", "rare_presence", "cooccurrence_l1",
+                                                                     "area_w1", "diversity")}
+    columns = {"role", f"fid:{ex}", f"kid:{ex}_low", f"precision:{ex}", f"coverage:{ex}", "semantic_miou_high",
+               "delta_miou_verdict", "vs_control_rare_miou_low", "map_conditioned_steps", "images_seen",
+               "downstream_segmenter"} | {f"downstream_{k}{s}" for s in ("", "_std")
+                                          for k in ("miou", "mdice", "rare_miou", "rare_mdice")} | maps_cols
+    for name, row in board.items():
+        assert columns <= set(row), (name, columns - set(row))
+        assert "EfficientNet-Lite0 encoder" in row["downstream_segmenter"]  # the segmenter is named as it is
+        numbers = [row["downstream_miou"], row["downstream_miou_std"]]
+        if name not in ("real", "real+control"):
+            numbers += [row["delta_miou"], row["delta_miou_low"], row["vs_control_miou"]]
+            assert row["delta_miou_verdict"] in ("better", "worse", "indistinguishable")
+        if name == "casdm+maps":
+            numbers += [row["maps_adherence"], row["maps_baseline_adherence"], row["maps_area_w1"],
+                        row["semantic_miou"]]
+        else:
+            assert row["maps_adherence"] is None, name
+        if name not in ("real+control", "casdm+maps"):  # the real row has the reference FID (the floor)
+            numbers += [row[f"fid:{ex}"], row[f"fid:{ex}_low"], row[f"kid:{ex}"], row[f"precision:{ex}"],
+                        row["semantic_miou"], row["semantic_miou_low"]]
+        if name in models:
+            assert row["images_seen"] == 4 * 4 and row["map_conditioned_steps"] == (2 if name == "controlnet" else 4)
+        assert all(isinstance(v, float) and math.isfinite(v) for v in numbers), (name, row)
+    assert board["real"]["delta_miou"] is None and board["real+control"][f"fid:{ex}"] is None
+    found = json.loads((repo / "metrics" / "comparisons.json").read_text())
+    kinds = {c["kind"] for c in found}
+    assert {"vs real", "vs real+control", "method vs ablation", "method vs baseline", "ladder step"} <= kinds
+    ladder = {(c["a"], c["b"]) for c in found if c["kind"] == "ladder step"}
+    assert ladder == {("casdm-camse", "casdm-mse"), ("casdm", "casdm-camse")}
+    assert {c["metric"] for c in found if c["kind"] == "ladder step"} >= {"downstream_miou", "fid", "semantic_miou"}
+    assert "## Comparisons" in (repo / "reports" / "leaderboard.md").read_text()
+    made = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, large, upper left; Grasper, small",
+                           "--num", "2", "--out", "gen"], cwd=repo, env=env, capture_output=True, text=True)
+    assert made.returncode == 0, made.stderr
+    assert sorted(p.name for p in (repo / "gen").glob("*.png")) == [
+        "image-000.png", "image-001.png", "map-000-colour.png", "map-000.png", "map-001-colour.png", "map-001.png"]
+    bad = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, hughe"], cwd=repo, env=env,
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "unknown word 'hughe'" in bad.stderr and "did you mean" in bad.stderr
+    shown = subprocess.run(["casdm", "leaderboard"], cwd=repo, env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr
+    assert all(name in shown.stdout for name in board) and "efficientnet_lite0:blocks.0" in shown.stdout
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
+    trained = [r for r in runs if r.data.tags.get("kind") not in ("leaderboard", "maps")]
+    roles = {r.data.tags["model"]: r.data.tags["role"] for r in trained}
+    assert roles == {"casdm": "method", "casdm-mse": "ablation", "casdm-camse": "ablation", "sdm": "baseline",
+                     "controlnet": "baseline", "mapgen": "generator"}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    (maps_run,) = [r for r in runs if r.data.tags.get("kind") == "maps"]
+    assert maps_run.data.metrics["generator/adherence"] == board["casdm+maps"]["maps_adherence"]
+    # each model's training run carries its leaderboard numbers; one leaderboard run holds the table
+    assert all(r.data.metrics["eval/downstream_miou"] == board[r.data.tags["model"]]["downstream_miou"]
+               for r in trained if r.data.tags["model"] in models)
+    (leader,) = [r for r in runs if r.data.tags.get("kind") == "leaderboard"]
+    table = json.loads(Path(client.download_artifacts(leader.info.run_id, "leaderboard.json")).read_text())
+    assert sorted(table["data"][i][table["columns"].index("model")] for i in range(len(table["data"]))) == sorted(board)
+    check_report(repo, board, models, client, leader.info.run_id)
+
+    # over HTTP: the experiment opens on its runs (a model-training experiment), the training runs'
+    # sample-grid images and the leaderboard table come back from the served artifact store
+    assert env["MLFLOW_TRACKING_URI"].startswith("http://")
+    experiment = client.get_experiment_by_name("casdm-bench")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    (casdm_run,) = [r for r in trained if r.data.tags["model"] == "casdm"]
+    images = [a.path for a in client.list_artifacts(casdm_run.info.run_id, "images")]
+    assert images, "no sample grid logged"
+    png = [p for p in images if p.endswith(".png")][0]
+    grid = Image.open(client.download_artifacts(casdm_run.info.run_id, png))
+    assert grid.size[0] > 32 and grid.size[1] > 32
+    second = tiny.dvc("repro")
+    assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
+
+
+def test_dvc_remote_round_trip(tiny, tmp_path):
+    """Push to a remote, clone, pull: the colleague's copy is up to date without running a stage."""
+    remote = tmp_path / "remote"
+    assert tiny.dvc("remote", "add", "-d", "lab", str(remote)).returncode == 0
+    tiny.git("add", "-A")
+    tiny.git("commit", "-qm", "tiny run")
+    pushed = tiny.dvc("push")
+    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+    clone = tmp_path / "clone"
+    tiny.git("clone", "-q", str(tiny.repo), str(clone), cwd=tmp_path)
+    assert not (clone / "models" / "casdm").exists()
+    pulled = tiny.run("dvc", "pull", cwd=clone)
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    status = tiny.run("dvc", "status", cwd=clone)
+    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
+    dry = tiny.run("dvc", "repro", "--dry", cwd=clone)
+    assert "Running stage" not in dry.stdout, dry.stdout
+    assert (clone / "models" / "casdm" / "model_index.json").exists()
+    assert (clone / "samples" / "casdm" / "manifest.json").read_text() == (
+        tiny.repo / "samples" / "casdm" / "manifest.json").read_text()
+    tiny.dvc("remote", "remove", "lab")
+    tiny.git("commit", "-qam", "no remote")
+
+
+TIMING = re.compile(r"(second|_s$|^s_per|per_s$|steps_per_s|^time)")
+
+
+def _untimed(value):
+    """A metrics JSON without its wall-clock values (they differ between any two runs)."""
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if not TIMING.search(k)}
+    if isinstance(value, list):
+        return [_untimed(v) for v in value]
+    return value
+
+
+def _outputs(repo: Path) -> dict:
+    """What a run produced: every cached output's hash from dvc.lock, and every metrics JSON untimed."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"]
+    out = {}
+    for stage in lock.values():
+        for o in stage.get("outs", []):
+            if o["path"].endswith(".json"):
+                out[o["path"]] = _untimed(json.loads((repo / o["path"]).read_text()))
+            elif not o["path"].startswith(("reports/", "plots/")):  # pages and plots carry wall times
+                out[o["path"]] = o["md5"]
+    return out
+
+
+def _same(a, b, path: str = "") -> list[str]:
+    """Where two outputs differ. Numbers may differ by float reduction order: KID's BLAS sums vary in the
+    7th digit between two uninterrupted runs, so 1e-6 relative is "the same" (a real difference, a
+    resumed run on other batches or noise, is orders of magnitude larger)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [d for k in a.keys() | b.keys() for d in (_same(a[k], b[k], f"{path}/{k}") if k in a and k in b
+                                                          else [f"{path}/{k}: only one side"])]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b)) for d in _same(x, y, f"{path}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float):
+        return [] if math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9) or (a != a and b != b) else [f"{path}: {a} != {b}"]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
+def _temps(repo: Path) -> list[str]:
+    return sorted(str(p.relative_to(repo)) for p in repo.rglob(".*tmp*")
+                  if ".git" not in p.parts and ".dvc" not in p.parts)
+
+
+# one stage of each kind, and where it dies: just before it publishes its output (the output is written
+# in full to a temp folder or file beside it), or for training at its first checkpoint
+FAULTS = [("prepare", "publish:prepared"), ("train@casdm-mse", "publish:step-2"),
+          ("sample@casdm-mse", "publish:casdm-mse"), ("evaluate@casdm-mse", "publish:casdm-mse.json"),
+          ("leaderboard", "publish:leaderboard.json"), ("report", "publish:assets")]
+
+
+def _forget(repo: Path, stage: str) -> None:
+    """Make ``stage`` one that never finished (a first run; new code or params do the same): its dvc.lock
+    entry and DVC's run-cache go. Otherwise DVC would restore the finished stage's outputs from its cache
+    instead of running it, and a killed re-run of an unchanged stage is not what a user meets."""
+    lock_file = repo / "dvc.lock"
+    lock = yaml.safe_load(lock_file.read_text())
+    del lock["stages"][stage]
+    lock_file.write_text(yaml.safe_dump(lock, sort_keys=False))
+    shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
+
+
+def test_each_stage_killed_part_way_then_rerun_gives_the_same_outputs(tiny):
+    reference = _outputs(tiny.repo)
+    client = mlflow.MlflowClient(tiny.env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("casdm-bench").experiment_id
+    for stage, point in FAULTS:
+        if stage.startswith("train@"):  # a first training run, not a resume of the finished one
+            shutil.rmtree(tiny.repo / "runs" / stage.split("@")[1])
+        _forget(tiny.repo, stage)
+        killed = tiny.dvc("repro", "-s", stage, env={**tiny.env, "CASDM_KILL_AT": point})
+        assert killed.returncode != 0 and ("-9" in killed.stderr + killed.stdout or "137" in killed.stderr + killed.stdout
+                                           or "SIGKILL" in killed.stderr + killed.stdout), (stage, killed.stderr)
+        assert _temps(tiny.repo), f"{stage}: the kill left no temp behind: the fault was not part-way"
+        if stage.startswith("train@"):  # killed before its first checkpoint: its MLflow run is left RUNNING
+            running = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+            assert [r.data.tags["model"] for r in running] == ["casdm-mse"]
+            orphan = running[0].info.run_id
+        again = tiny.dvc("repro")
+        assert again.returncode == 0, (stage, again.stdout + again.stderr)
+        assert _temps(tiny.repo) == [], stage
+        assert _same(_outputs(tiny.repo), reference) == [], stage
+        assert "Data and pipelines are up to date" in tiny.dvc("status").stdout
+    # the killed training run was marked KILLED by the next stage that connected; nothing is RUNNING
+    assert client.get_run(orphan).info.status == "KILLED"
+    assert client.search_runs([experiment], "attributes.status = 'RUNNING'") == []
+
+
+def test_a_full_disk_fails_naming_the_file_and_publishes_nothing(tiny):
+    """RLIMIT_FSIZE stands in for a full disk: the first write past 1 KiB fails (EFBIG)."""
+    cmd = ["casdm", "sample", "casdm-mse", "--data", "data/prepared", "--model", "models/casdm-mse",
+           "--out", "samples/full", "--metrics", "metrics/full.json"]
+    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+    out = tiny.run(*cmd, preexec_fn=limit)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "the file size limit is reached" in out.stderr and "samples/full" in out.stderr, out.stderr
+    assert not (tiny.repo / "samples" / "full").exists() and not (tiny.repo / "metrics" / "full.json").exists()
+    assert _temps(tiny.repo) == []
+
+
+def test_a_read_only_data_root_is_read_and_never_written(tiny, tmp_path):
+    """The data root's folder mounted read-only (a private mount namespace): preparing from it works;
+    writing the synthetic set into it fails naming the file system as read-only, and changes nothing."""
+    share = tmp_path / "share"
+    root = share / "cholec"
+    shutil.copytree(tiny.repo / "data" / "raw" / "synthetic", root)
+    before = sorted(str(p.relative_to(share)) for p in share.rglob("*"))
+    ro = ["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(share)]
+    params = tiny.repo / "params.yaml"
+    original = params.read_text()
+    params.write_text(original.replace("root: data/raw/synthetic", f"root: {root}"))
+    try:
+        prepared = tiny.run(*ro, "casdm", "data", "prepare", "--out", str(tmp_path / "prepared"), "--metrics",
+                            str(tmp_path / "data.json"))
+        written = tiny.run(*ro, "casdm", "data", "synth", "--out", str(root))
+    finally:
+        params.write_text(original)
+    assert prepared.returncode == 0, prepared.stderr
+    assert (tmp_path / "prepared" / "frames.csv").exists()
+    assert written.returncode == 1 and "the file system is read-only" in written.stderr, written.stderr
+    assert str(share) in written.stderr
+    assert sorted(str(p.relative_to(share)) for p in share.rglob("*")) == before
+
+
+def test_a_tracking_server_that_is_down_fails_at_once_naming_it(tiny):
+    down = {**tiny.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+    board = (tiny.repo / "metrics" / "leaderboard.json").read_bytes()
+    out = tiny.run("casdm", "leaderboard", "build", "--rows", "metrics/evaluate", "--train-metrics", "metrics/train",
+                   "--metrics", "metrics/leaderboard.json", "--comparisons", "metrics/comparisons.json", "--plots",
+                   "plots/leaderboard", "--report", "reports/leaderboard.md", env=down, timeout=60)
+    assert out.returncode == 1 and down["MLFLOW_TRACKING_URI"] in out.stderr and "not reachable" in out.stderr
+    assert (tiny.repo / "metrics" / "leaderboard.json").read_bytes() == board
+    trained = tiny.run("casdm", "train", "casdm", "--data", "data/prepared", "--checkpoints", "runs/down",
+                       "--out", "models/down", "--metrics", "metrics/down.json", "--plot", "plots/down.csv",
+                       env=down, timeout=60)
+    assert trained.returncode == 1 and "not reachable" in trained.stderr, trained.stderr
+    assert not (tiny.repo / "models" / "down").exists() and not (tiny.repo / "runs" / "down").exists()
+    assert requests.get(tiny.env["MLFLOW_TRACKING_URI"] + "/health", timeout=5).ok  # the real one is still up
+
+
+def test_params_changes_rerun_only_what_they_touch(tiny):
+    repo, env = tiny.repo, tiny.env
+    dvc, _git = tiny.dvc, lambda repo, *a: tiny.git(*a)
+    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (leader,) = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id],
+                                   "tags.kind = 'leaderboard'", order_by=["attributes.start_time DESC"],
+                                   max_results=1)
+    # a sampler change re-samples that model only; a training knob of sdm re-runs only sdm's stages
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "tiny run")
+    from benchmark.config import update_params
+
+    update_params({"models": {"casdm": {"sampling": {"scheduler": "dpmsolver++"}}}}, repo / "params.yaml")
+    third = dvc("repro")
+    assert third.returncode == 0, third.stderr
+    ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
+    assert ran == {"sample@casdm", "evaluate@casdm", "maps", "evaluate-maps", "leaderboard", "report"}  # maps: casdm draws them
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "dpm sampler")
+    exp = dvc("exp", "run", "-n", "no-maps", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
+    assert exp.returncode == 0, exp.stdout + exp.stderr
+    ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
+    assert ran == {"train@sdm", "sample@sdm", "evaluate@sdm", "leaderboard", "report"}, exp.stdout
+    check_compare(repo, env, leader.info.run_id)
+
+
