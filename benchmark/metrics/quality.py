@@ -167,6 +167,20 @@ def colour_cast(generated_files: list[Path], real_files: list[Path]) -> dict:
             "colour_shift": float(np.abs(g - r).max() / 255.0)}
 
 
+def kid(generated: np.ndarray, real: np.ndarray, num_subsets: int = 100) -> float:
+    """clean-fid's KID, made reproducible: it draws its subsets from NumPy's global RNG, unseeded, so the
+    same features gave another KID on every run (in the 7th digit below 1,000 images, where each subset
+    is a permutation of the whole set; a different estimate above). Seeded here, the global state restored."""
+    from cleanfid import fid
+
+    state = np.random.get_state()
+    np.random.seed(0)
+    try:
+        return float(fid.kernel_distance(generated, real, num_subsets=num_subsets))
+    finally:
+        np.random.set_state(state)
+
+
 def fid_kid(generated: np.ndarray, real: np.ndarray, extractor: Extractor) -> dict:
     """FID and KID between two feature sets; too few images for the feature size is an error."""
     from cleanfid import fid
@@ -178,7 +192,7 @@ def fid_kid(generated: np.ndarray, real: np.ndarray, extractor: Extractor) -> di
                          "would be singular): generate more images or use an extractor with fewer dimensions")
     mu1, mu2 = generated.mean(0), real.mean(0)
     s1, s2 = np.cov(generated, rowvar=False), np.cov(real, rowvar=False)
-    return {"fid": float(fid.frechet_distance(mu1, s1, mu2, s2)), "kid": float(fid.kernel_distance(generated, real)),
+    return {"fid": float(fid.frechet_distance(mu1, s1, mu2, s2)), "kid": kid(generated, real),
             "extractor": extractor.name, "images_generated": len(generated), "images_real": len(real)}
 
 
@@ -211,5 +225,5 @@ def bootstrap_fid_kid(generated: np.ndarray, real: np.ndarray, indices: np.ndarr
                                                      np.cov(r, rowvar=False))))
         # clean-fid averages KID over random subsets of min(n, 1000) images: below 1000 every subset is the
         # whole (permuted) set and KID is permutation-invariant, so one subset gives the same value
-        out["kid"].append(float(fid.kernel_distance(g, r, num_subsets=1 if len(idx) <= 1000 else 100)))
+        out["kid"].append(kid(g, r, num_subsets=1 if len(idx) <= 1000 else 100))
     return out
