@@ -75,7 +75,12 @@ def connect(tracking):
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(tracking.experiment)
     if EXPERIMENT_KIND[0] not in experiment.tags:
-        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+        client = mlflow.MlflowClient()
+        try:
+            client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+        except Exception:  # noqa: BLE001 - study workers starting together race to insert the same tag
+            if EXPERIMENT_KIND[0] not in client.get_experiment(experiment.experiment_id).tags:
+                raise
     mark_killed_runs(experiment.experiment_id)
     return experiment
 
