@@ -21,6 +21,12 @@ def failpoint(name: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _name(exc: BaseException, path: Path) -> None:
+    """A failed write() names no file: an OSError without one is given the output it was writing."""
+    if isinstance(exc, OSError) and not exc.filename:
+        exc.filename = str(path)
+
+
 def write_text(path: Path, text: str) -> None:
     """Write ``text`` through ``.<name>.tmp`` beside ``path``, then rename it into place; a failed
     write (a full disk) removes the temp file and leaves ``path`` as it was."""
@@ -29,12 +35,9 @@ def write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(text)
-    except OSError as exc:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        exc.filename = exc.filename or str(path)  # a failed write() names no file: name the output
-        raise
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        _name(exc, path)
         raise
     failpoint(f"publish:{path.name}")
     tmp.replace(path)
@@ -70,12 +73,9 @@ def atomic_dir(out: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-    except OSError as exc:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        exc.filename = exc.filename or str(out)
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _name(exc, out)
         raise
     failpoint(f"publish:{out.name}")
     old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
@@ -87,7 +87,7 @@ def atomic_dir(out: Path):
         if old.exists() and not out.exists():
             old.rename(out)
         shutil.rmtree(tmp, ignore_errors=True)
-        exc.filename = exc.filename or str(out)
+        _name(exc, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
 
