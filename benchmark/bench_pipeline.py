@@ -2,7 +2,9 @@
 
 Run from the repo root with the venv active: ``python -m benchmark.bench_pipeline [tiny] [--keep DIR]``.
 It works on a scratch copy of the project (the working tree's outputs and dvc.lock are left alone;
-``--keep DIR`` keeps the copy, e.g. to read its leaderboard). Budgets (issue 5): default profile
+``--keep DIR`` keeps the copy, e.g. to read its leaderboard). ``--in-place`` times ``dvc repro --force``
+in the working tree itself, training checkpoints removed first: every stage runs from scratch and its
+outputs and dvc.lock become the committed default run (with the git commit it records). Budgets (issue 5): default profile
 <= 30 min, tiny <= 5 min on 2 CPU cores. Writes ``benchmark/results/pipeline_<profile>.json``.
 """
 from __future__ import annotations
@@ -52,12 +54,12 @@ def timed_repro(dst: Path, log, *targets: str) -> dict[str, float]:
     return stages
 
 
-def run(dst: Path, profile: str | None) -> dict:
+def run(dst: Path, profile: str | None, force: bool = False) -> dict:
     if profile:
         subprocess.run(["casdm", "params", "profile", profile], cwd=dst, env=env_for(dst), check=True)
     t0 = time.perf_counter()
     with (dst / "repro.log").open("w") as log:
-        stages = timed_repro(dst, log)
+        stages = timed_repro(dst, log, *(["--force"] if force else []))
     total = time.perf_counter() - t0
     name = profile or "default"
     return {"profile": name, "total_s": round(total, 1), "budget_s": BUDGET_S.get(name),
@@ -68,8 +70,15 @@ def main() -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("profile", nargs="?")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it")
+    ap.add_argument("--in-place", action="store_true", help="dvc repro --force in the working tree itself")
     a = ap.parse_args()
-    if a.keep:
+    if a.in_place:
+        import shutil
+
+        for ckpt in (REPO / "runs").glob("*/checkpoints"):  # a from-scratch run must not resume
+            shutil.rmtree(ckpt)
+        result = run(REPO, a.profile, force=True)
+    elif a.keep:
         result = run(copy_project(REPO, a.keep), a.profile)
     else:
         with tempfile.TemporaryDirectory() as tmp:

@@ -157,6 +157,13 @@ class SampleConfig(Section):
         description="which training maps: those holding rare classes first, or a random draw")
     seed: int
     use_ema: bool
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = Field(
+        description="autocast while sampling: no | bf16 | fp16 | auto (bf16 on a GPU that has it, else no)")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def yaml_no(cls, v):
+        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
 
 
 EXTRACTOR_HELP = "auto | inception | efficientnet_lite0 | efficientnet_lite0:blocks.N (N = 0..6)"
@@ -367,6 +374,10 @@ class MapsConfig(Section):
                                 "so the prompt reaches every block, not only cross-attention")
     posterior_skip: bool = Field(description="the generator's logits are a residual on the class log-odds the "
                                  "noisy map itself carries")
+    prompt_layout: bool = Field(description="the prompt also drawn as K input channels, a soft disc per clause "
+                                "at its location and size (casdm.prompts.render_layout)")
+    layout_gain: float = Field(ge=0, description="the drawn prompt also added to the generator's class logits, "
+                               "times this: the prompt's own log-odds (0 = off; needs prompt_layout)")
     train: dict[str, Any] = Field(description="overrides of the train: section")
     sampling: SamplingRecipe
     generate: MapGenerateConfig

@@ -35,7 +35,8 @@ def generator_params(params: Params) -> Params:
     entry = ModelEntry(kind=MAPGEN, role="generator", sampling=m.sampling, training={
         "loss": "map_ce", "drop_rate": m.drop_rate, "text_encoder": m.text_encoder, "min_region": m.min_region,
         "class_aware": m.class_aware, "rare_oversample": m.rare_oversample,
-        "pooled_prompt": m.pooled_prompt, "posterior_skip": m.posterior_skip, **m.presets[m.preset].model_dump()})
+        "pooled_prompt": m.pooled_prompt, "posterior_skip": m.posterior_skip,
+        "prompt_layout": m.prompt_layout, "layout_gain": m.layout_gain, **m.presets[m.preset].model_dump()})
     return params.model_copy(update={"models": {MAPGEN: entry}, "train": params.train.model_copy(update=m.train)})
 
 
@@ -85,13 +86,18 @@ def generate(pipe, prompts: list[Prompt], seeds: list[int], batch_size: int, ste
     return out
 
 
-def draw_images(pipe, maps: list[np.ndarray], seeds: list[int], batch_size: int, recipe) -> list[np.ndarray]:
+def draw_images(pipe, maps: list[np.ndarray], seeds: list[int], batch_size: int, recipe,
+                precision: str = "no") -> list[np.ndarray]:
+    """Images of ``maps`` by an image pipeline, under ``precision`` as the sample stage runs it."""
+    from benchmark.engine.sample import autocast
+
     out = []
     for s in range(0, len(maps), batch_size):
         labels = torch.from_numpy(np.stack(maps[s: s + batch_size]).astype(np.int64)).to(pipe.device)
         gens = [torch.Generator(device=pipe.device).manual_seed(x) for x in seeds[s: s + batch_size]]
-        images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
-                      output_type="pt").images
+        with autocast(precision, pipe.device):
+            images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
+                          output_type="pt").images
         out += list(to_uint8(images))
     return out
 
@@ -146,7 +152,7 @@ def build_maps(params: Params, data_dir: Path, generator_dir: Path, image_model_
     image_pipe = make_kind(params, g.image_model, table).load_pipeline(image_model_dir, params.sample.use_ema)
     t0 = time.perf_counter()
     images = draw_images(image_pipe, maps, [s + MAP_IMAGES for s in seeds], g.batch_size,
-                         params.models[g.image_model].sampling)
+                         params.models[g.image_model].sampling, params.sample.mixed_precision)
     result["s_per_image"] = (time.perf_counter() - t0) / len(images)
     log(f"maps: {len(images)} images by {g.image_model} ({result['s_per_image']:.2f} s/image)")
     records = []

@@ -23,6 +23,19 @@ the class are 2 sqrt(a) / (1 - a) times the channel (``posterior_logits``). The 
 its steps on layout and the prompt, not on learning to copy its input: without it, 300 CPU steps left
 a rare class at 0 predicted pixels even at t = 50, where the input shows it almost noise-free.
 
+With ``prompt_layout`` the prompt is also drawn as K extra input channels (``render_layout``: one soft
+disc per clause, in its class's channel, at its location's cell, as large as its size word asks),
+concatenated to the noisy map, as layout-to-image models feed boxes (GLIGEN, LayoutDiffusion). Why:
+with the tokens alone, 300 CPU steps never drew a requested rare class, whatever the guidance, the
+pooled prompt, the posterior skip or class-aware CE (benchmark/results/maps_levers_*.json); a
+pixel-aligned hint is read by the first convolution. The clause tokens still go to cross-attention.
+With ``layout_gain`` g the drawn prompt is also added to the output, g x disc, as the class log-odds
+the prompt gives (the posterior skip's idea, for the prompt instead of the noisy map): the network
+learns the residual, real shapes instead of discs. Why: with the layout as input only, 300 steps
+still predicted no rare pixel even at t = 10, where the input shows the class (a per-class output
+learned from ~1 % of the pixels moves too little at lr 5e-4 in 300 steps); the gain is the
+class-conditional sampling strength, and it does not depend on training long enough.
+
 The size thresholds of the prompt vocabulary are fitted on the training maps and saved in the model's
 config, so a saved generator reads and checks prompts exactly as it was trained on them. (The
 benchmark trains it as model kind ``mapgen``: ``benchmark/kinds/mapgen.py``.)
@@ -41,7 +54,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from casdm.pipeline import to_onehot
-from casdm.prompts import LOCATIONS, QUANTITIES, SIZES, Prompt, Vocabulary, field_ids, parse_prompt
+from casdm.prompts import LOCATIONS, QUANTITIES, SIZES, Prompt, Vocabulary, field_ids, parse_prompt, render_layout
 from casdm.schedulers import make_scheduler
 from casdm.text import encode_phrases
 
@@ -88,19 +101,21 @@ class MapGenerator(ModelMixin, ConfigMixin):
     def __init__(self, num_classes: int, sample_size: int, text_encoder: str, text_dim: int, block_out_channels: tuple,
                  attention_levels: tuple, layers_per_block: int, cross_attention_dim: int, attention_head_dim: int,
                  norm_num_groups: int, vocabulary: dict | None = None, pooled_prompt: bool = False,
-                 posterior_skip: bool = False):
+                 posterior_skip: bool = False, prompt_layout: bool = False, layout_gain: float = 0.0):
         """Widths come from a preset (the benchmark's ``maps.presets``); ``vocabulary`` from
         ``Vocabulary.to_dict()`` of the training maps. ``pooled_prompt`` and ``posterior_skip`` are False
         here only so that generators saved before they existed load as they were trained; the benchmark
-        sets them from ``maps:``. With ``posterior_skip`` the caller adds ``posterior_logits`` to the
+        sets them from ``maps:`` (``prompt_layout`` likewise). With ``posterior_skip`` the caller adds ``posterior_logits`` to the
         output (``MapGenPipeline`` does; so must a training loss)."""
         super().__init__()
+        if layout_gain and not prompt_layout:
+            raise ValueError("layout_gain needs prompt_layout: the gain scales the drawn prompt")
         learned = text_encoder == "learned"
         self.fields = FieldEmbedding(num_classes, cross_attention_dim) if learned else None
         down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attention_levels)
         up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attention_levels))
         self.unet = UNet2DConditionModel(
-            sample_size=sample_size, in_channels=num_classes, out_channels=num_classes,
+            sample_size=sample_size, in_channels=num_classes * (2 if prompt_layout else 1), out_channels=num_classes,
             block_out_channels=tuple(block_out_channels), down_block_types=down, up_block_types=up,
             layers_per_block=layers_per_block, cross_attention_dim=cross_attention_dim,
             attention_head_dim=attention_head_dim, norm_num_groups=norm_num_groups,
@@ -114,21 +129,30 @@ class MapGenerator(ModelMixin, ConfigMixin):
             raise ValueError("this map generator has no prompt vocabulary in its config (not trained by casdm)")
         return Vocabulary.from_dict(self.config.vocabulary)
 
-    def forward(self, sample, timestep, fields, text=None, mask=None) -> torch.Tensor:
+    def forward(self, sample, timestep, fields, text=None, mask=None, layout=None) -> torch.Tensor:
+        if self.config.prompt_layout:
+            if layout is None:
+                raise ValueError("this generator was trained with prompt_layout: pass the prompts' layout")
+            sample = torch.cat([sample, layout.to(sample.dtype)], 1)
         hidden = self.fields(fields) if self.fields is not None else text.to(sample.dtype)
         pooled = None
         if self.config.pooled_prompt:  # the bag of clauses: each clause counts the same, however many there are
             pooled = (hidden * mask.unsqueeze(-1).to(hidden.dtype)).sum(1) if mask is not None else hidden.sum(1)
-        return self.unet(sample, timestep, encoder_hidden_states=hidden, encoder_attention_mask=mask,
-                         class_labels=pooled).sample
+        logits = self.unet(sample, timestep, encoder_hidden_states=hidden, encoder_attention_mask=mask,
+                           class_labels=pooled).sample
+        if self.config.layout_gain:  # the drawn prompt as class log-odds: the network learns the residual
+            logits = logits + self.config.layout_gain * layout.to(logits.dtype)
+        return logits
 
 
 class PromptConditioner:
     """Prompts -> padded token batch: ``fields`` [B, L, 4], ``text`` [B, L, D] (None for ``learned``),
-    ``mask`` [B, L]. Clause embeddings are cached: the vocabulary of clauses is small and repeats."""
+    ``mask`` [B, L], and with ``layout_size`` the prompts drawn, ``layout`` [B, K, S, S] (``render_layout``;
+    all zero for the empty prompt). Clause embeddings are cached: the clauses are few and repeat."""
 
-    def __init__(self, text_encoder: str, vocab: Vocabulary, text_dim: int):
+    def __init__(self, text_encoder: str, vocab: Vocabulary, text_dim: int, layout_size: int | None = None):
         self.text_encoder, self.vocab, self.text_dim = text_encoder, vocab, text_dim
+        self.layout_size = layout_size
         self.cache: dict[str, torch.Tensor] = {}
 
     def embed(self, clauses: list[str]) -> torch.Tensor:
@@ -150,7 +174,11 @@ class PromptConditioner:
             mask[i, : len(p)] = 1
             if text is not None:
                 text[i, : len(p)] = self.embed([c.text() for c in p])
-        return {"fields": fields.to(device), "text": None if text is None else text.to(device), "mask": mask.to(device)}
+        out = {"fields": fields.to(device), "text": None if text is None else text.to(device), "mask": mask.to(device)}
+        if self.layout_size:
+            out["layout"] = torch.from_numpy(np.stack([render_layout(p, self.vocab, self.layout_size)
+                                                       for p in prompts])).to(device)
+        return out
 
 
 @dataclass
@@ -171,7 +199,8 @@ class MapGenPipeline(DiffusionPipeline):
     def conditioner(self) -> PromptConditioner:
         if self._conditioner is None:
             c = self.mapgen.config
-            self._conditioner = PromptConditioner(c.text_encoder, self.mapgen.vocab, c.text_dim)
+            self._conditioner = PromptConditioner(c.text_encoder, self.mapgen.vocab, c.text_dim,
+                                                  c.sample_size if c.get("prompt_layout") else None)
         return self._conditioner
 
     @torch.no_grad()

@@ -82,7 +82,8 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
     if images:
         name = p.maps.generate.image_model
         image_pipe = make_kind(p, name, table).load_pipeline(models / name, p.sample.use_ema)
-        pictures = draw_images(image_pipe, maps, seeds, p.sample.batch_size, p.models[name].sampling)
+        pictures = draw_images(image_pipe, maps, seeds, p.sample.batch_size, p.models[name].sampling,
+                               p.sample.mixed_precision)
     with atomic_dir(out) as tmp:
         for i, m in enumerate(maps):
             Image.fromarray(m).save(tmp / f"map-{i:03d}.png")

@@ -36,6 +36,16 @@ def pick_train_maps(data: PreparedDataset, cfg: SampleConfig) -> list[int]:
     return sorted(order[:n])
 
 
+def autocast(setting: str, device: torch.device):
+    """The sampling precision (``sample.mixed_precision``): the networks run under autocast, the
+    scheduler's arithmetic stays in float32 (bf16 outputs meet float32 samples and promote)."""
+    if setting == "auto":
+        setting = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    if setting == "no":
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if setting == "bf16" else torch.float16)
+
+
 def _draw(pipe, recipe, sc, jobs: dict, data_dir: Path, folder: Path, rank: int, world: int) -> list:
     """This process's images: batch k of each split when k % world == rank. Batches are cut exactly
     as one process cuts them and every image's seed is its index's, so the images do not depend on
@@ -51,8 +61,9 @@ def _draw(pipe, recipe, sc, jobs: dict, data_dir: Path, folder: Path, rank: int,
             # seeds differ between splits and images, and do not depend on the batch size
             seeds = [derive_seed(sc.seed, s + j, stream) for j in range(len(items))]
             gens = [torch.Generator(device=pipe.device).manual_seed(seed) for seed in seeds]
-            images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
-                          output_type="pt").images
+            with autocast(sc.mixed_precision, pipe.device):
+                images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
+                              output_type="pt").images
             for j, (it, img, seed) in enumerate(zip(items, to_uint8(images), seeds)):
                 Image.fromarray(img).save(folder / split / f"{it['id']}.png")
                 out.append(((split != "test", s + j), ImageRecord(
@@ -96,10 +107,12 @@ def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path
         seconds = time.perf_counter() - t0
         Manifest(model=name, images=records, made_with={
             "scheduler": recipe.scheduler, "num_inference_steps": recipe.num_inference_steps,
-            "guidance_scale": recipe.guidance_scale, "use_ema": sc.use_ema}).write(tmp)
+            "guidance_scale": recipe.guidance_scale, "use_ema": sc.use_ema,
+            "mixed_precision": sc.mixed_precision}).write(tmp)
     counts = {split: sum(r.split == split for r in records) for split in jobs}
     result = {"images": len(records), "test_images": counts["test"], "train_images": counts["train"],
               "s_per_image": seconds / max(len(records), 1), "scheduler": recipe.scheduler,
-              "num_inference_steps": recipe.num_inference_steps, "processes": world}
+              "num_inference_steps": recipe.num_inference_steps, "processes": world,
+              "mixed_precision": sc.mixed_precision}
     write_json(Path(metrics), result)
     return result

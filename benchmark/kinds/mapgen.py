@@ -36,6 +36,8 @@ class MapGenOptions(KindOptions, MapPreset):
     rare_oversample: float = Field(ge=1, description="maps holding a rare class drawn this many times as often")
     pooled_prompt: bool = Field(description="summed clause tokens added to the timestep embedding too")
     posterior_skip: bool = Field(description="the output is a residual on the noisy map's own class log-odds")
+    prompt_layout: bool = Field(description="the prompt also drawn as K input channels (a disc per clause)")
+    layout_gain: float = Field(ge=0, description="the drawn prompt added to the logits, times this (0 = off)")
 
 
 @register("mapgen")
@@ -84,8 +86,10 @@ class MapGenKind(ModelKind):
                              layers_per_block=o.layers_per_block, cross_attention_dim=o.cross_attention_dim,
                              attention_head_dim=o.attention_head_dim, norm_num_groups=o.norm_num_groups,
                              vocabulary=self.vocab.to_dict(), pooled_prompt=o.pooled_prompt,
-                             posterior_skip=o.posterior_skip)
-        self.conditioner = PromptConditioner(o.text_encoder, self.vocab, model.config.text_dim)
+                             posterior_skip=o.posterior_skip, prompt_layout=o.prompt_layout,
+                             layout_gain=o.layout_gain)
+        self.conditioner = PromptConditioner(o.text_encoder, self.vocab, model.config.text_dim,
+                                             self.ctx.resolution if o.prompt_layout else None)
         return model
 
     def loss(self, model, images, labels, g, accelerator):
