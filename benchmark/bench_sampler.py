@@ -4,6 +4,10 @@ real test images, the judge's semantic mIoU, the colour shift), with seconds per
 a sampler is a ``models.<name>.sampling`` change.
 
     python -m benchmark.bench_sampler --model casdm-mse --root /tmp/screen --samplers ddpm:15 ddim:15 dpmsolver++:15
+    python -m benchmark.bench_sampler --model controlnet --samplers ddpm:15 --training conditioning_scale=2 --tag cn_scale2
+
+``--training KEY=VALUE`` changes an option of the model's ``training:`` block that only acts at sampling
+(ControlNet's ``conditioning_scale``) for this screen; the trained weights are the same.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "data/prepared, models/, features/real, segmenters/judge)")
     ap.add_argument("--samplers", nargs="+", default=["ddpm:15", "ddim:15", "dpmsolver++:15"], metavar="NAME:STEPS")
     ap.add_argument("--tag", default=None)
+    ap.add_argument("--training", action="append", default=[], metavar="KEY=VALUE",
+                    help="a sampling-time option of the model's training block, e.g. conditioning_scale=2")
     a = ap.parse_args(argv)
     from benchmark.config import load_params
     from benchmark.downstream import GeneratedDataset, evaluate_segmenter
@@ -39,12 +45,16 @@ def main(argv: list[str] | None = None) -> dict:
     test = PreparedDataset(data, "test")
     ex = extractor(base)
     judge = load_judge(root / "segmenters" / "judge")
-    result = {"model": a.model, "root": str(root), "samplers": {}}
+    import yaml
+
+    training = {k: yaml.safe_load(v) for k, _, v in (t.partition("=") for t in a.training)}
+    result = {"model": a.model, "root": str(root), "training": training, "samplers": {}}
     for spec in a.samplers:
         name, _, steps = spec.partition(":")
         recipe = base.models[a.model].sampling.model_copy(update={"scheduler": name, "num_inference_steps": int(steps)})
         models = dict(base.models)
-        models[a.model] = models[a.model].model_copy(update={"sampling": recipe})
+        models[a.model] = models[a.model].model_copy(update={"sampling": recipe, "training": {
+            **models[a.model].training, **training}})
         p = base.model_copy(update={"models": models, "sample": base.sample.model_copy(update={"train_maps": 0})})
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
