@@ -10,11 +10,19 @@ import subprocess
 from pathlib import Path
 
 
+# What a running pipeline itself rewrites (dvc.lock, metrics, plots, the report): a change there is the
+# run's own output, not a change to what produced it, so it does not make the commit "dirty".
+PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots", "reports")
+
+
 def git_commit() -> str:
+    """HEAD, with ``-dirty`` when a tracked file other than the pipeline's own outputs differs from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5).stdout.strip()
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5)
+        excluded = [f":(top,exclude){p}" for p in PIPELINE_OUTPUTS] if top.returncode == 0 else []
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -45,3 +45,25 @@ def test_atomic_dir_removes_a_killed_writers_temp_folder_and_keeps_others(tmp_pa
         raise RuntimeError("killed")
     assert sorted(p.name for p in out.iterdir()) == ["a.txt"]
     assert sorted(p.name for p in out.parent.iterdir()) == [".sdm.tmp-alive", "casdm"]
+
+
+def test_a_run_s_own_outputs_do_not_make_the_commit_dirty_but_code_does(tmp_path, monkeypatch):
+    """The provenance tag: dvc.lock and metrics rewritten by the pipeline leave it clean; a code edit marks it."""
+    import subprocess
+
+    from benchmark.tracking import git_commit
+
+    run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+    run("init", "-q")
+    (tmp_path / "metrics").mkdir()
+    for f in ("dvc.lock", "metrics/m.json", "code.py"):
+        (tmp_path / f).write_text("0")
+    run("add", "-A")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    monkeypatch.chdir(tmp_path / "metrics")  # from a subfolder too
+    assert not git_commit().endswith("-dirty")
+    (tmp_path / "dvc.lock").write_text("1")
+    (tmp_path / "metrics" / "m.json").write_text("1")
+    assert not git_commit().endswith("-dirty")
+    (tmp_path / "code.py").write_text("1")
+    assert git_commit().endswith("-dirty")
