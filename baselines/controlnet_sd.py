@@ -77,7 +77,8 @@ class MapToImage:
                            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                            generator=generator, height=labels.shape[1], width=labels.shape[2],
                            controlnet_conditioning_scale=self.scale, output_type="pt").images
-        return type("Out", (), {"images": images})()
+        # the VAE decodes in bf16 under sample.mixed_precision: images leave as float32, like every kind's
+        return type("Out", (), {"images": images.float()})()
 
     def save_pretrained(self, folder: Path) -> None:
         self.pipe.controlnet.save_pretrained(Path(folder) / "controlnet")
