@@ -87,7 +87,7 @@ def generate(pipe, prompts: list[Prompt], seeds: list[int], batch_size: int, ste
 
 
 def draw_images(pipe, maps: list[np.ndarray], seeds: list[int], batch_size: int, recipe,
-                precision: str = "no") -> list[np.ndarray]:
+                precision: str) -> list[np.ndarray]:
     """Images of ``maps`` by an image pipeline, under ``precision`` as the sample stage runs it."""
     from benchmark.engine.sample import autocast
 

@@ -200,7 +200,7 @@ class MapGenPipeline(DiffusionPipeline):
         if self._conditioner is None:
             c = self.mapgen.config
             self._conditioner = PromptConditioner(c.text_encoder, self.mapgen.vocab, c.text_dim,
-                                                  c.sample_size if c.get("prompt_layout") else None)
+                                                  c.sample_size if c.prompt_layout else None)
         return self._conditioner
 
     @torch.no_grad()

@@ -226,7 +226,6 @@ def render_layout(prompt: Prompt, vocab: Vocabulary, size: int) -> np.ndarray:
         dist = np.sqrt((yy - row) ** 2 + (xx - col) ** 2)
         discs.append((radius, vocab.class_id(c.name), np.clip((radius + edge - dist) / (2 * edge), 0, 1)))
     for radius, cid, disc in sorted(discs, key=lambda d: -d[0]):  # largest first, the smallest on top
-        out[cid] = 0
         owner[disc > 0] = cid
     for radius, cid, disc in discs:
         out[cid] = np.where(owner == cid, disc, 0)

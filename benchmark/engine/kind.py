@@ -23,6 +23,13 @@ def device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def mixed_precision(setting: str) -> str:
+    """A ``mixed_precision`` setting (train or sample) with ``auto`` resolved: bf16 on a GPU that has it, else no."""
+    if setting != "auto":
+        return setting
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
 class KindOptions(BaseModel):
     """A kind's ``training:`` block. Subclass it with the kind's own fields; like params.yaml's
     sections it has no defaults (params.yaml holds every value) and refuses unknown keys."""

@@ -17,6 +17,7 @@ from PIL import Image
 
 from benchmark.config import Params, SampleConfig
 from benchmark.engine.data import PreparedDataset
+from benchmark.engine.kind import mixed_precision
 from benchmark.engine.registry import make_kind
 from benchmark.io import atomic_dir, write_json
 from benchmark.manifest import ImageRecord, Manifest
@@ -39,8 +40,7 @@ def pick_train_maps(data: PreparedDataset, cfg: SampleConfig) -> list[int]:
 def autocast(setting: str, device: torch.device):
     """The sampling precision (``sample.mixed_precision``): the networks run under autocast, the
     scheduler's arithmetic stays in float32 (bf16 outputs meet float32 samples and promote)."""
-    if setting == "auto":
-        setting = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    setting = mixed_precision(setting)
     if setting == "no":
         return torch.autocast(device.type, enabled=False)
     return torch.autocast(device.type, dtype=torch.bfloat16 if setting == "bf16" else torch.float16)

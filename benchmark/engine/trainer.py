@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 
 from benchmark.config import Params
 from benchmark.engine.data import PreparedDataset, StepBatchSampler, augment
+from benchmark.engine.kind import mixed_precision
 from benchmark.engine.registry import make_kind, model_options
 from benchmark.io import atomic_dir, write_csv, write_json, write_text
 from benchmark.seeds import RANK, derive_seed
@@ -48,12 +49,6 @@ def resolved_config(params: Params, name: str) -> dict:
             "preset": params.presets[params.train.preset].model_dump(),
             "train": params.train.model_dump(), "diffusion": params.diffusion.model_dump(),
             "resolution": params.data.resolution}
-
-
-def _mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
 def _latest(ckpt_dir: Path) -> Path | None:
@@ -153,7 +148,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     table = data.table
     kind = make_kind(params, name, table)  # a bad kind, loss or class name fails here, before anything starts
     kind.prepare(data)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision), kwargs_handlers=[
+    accelerator = Accelerator(mixed_precision=mixed_precision(tc.mixed_precision), kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=kind.find_unused_parameters)])
     device = accelerator.device
     rank, world = accelerator.process_index, accelerator.num_processes
