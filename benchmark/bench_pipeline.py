@@ -62,8 +62,9 @@ def run(dst: Path, profile: str | None, force: bool = False) -> dict:
         stages = timed_repro(dst, log, *(["--force"] if force else []))
     total = time.perf_counter() - t0
     name = profile or "default"
-    return {"profile": name, "total_s": round(total, 1), "budget_s": BUDGET_S.get(name),
-            "within_budget": total <= BUDGET_S.get(name, float("inf")), "cpu_count": os.cpu_count(), "stages": stages}
+    budget = BUDGET_S.get(name)  # a profile without a budget (cpu-long, paper) is timed, not judged
+    return {"profile": name, "total_s": round(total, 1), "budget_s": budget,
+            "within_budget": None if budget is None else total <= budget, "cpu_count": os.cpu_count(), "stages": stages}
 
 
 def main() -> dict:
