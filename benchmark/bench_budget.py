@@ -28,6 +28,7 @@ import yaml
 
 from benchmark.bench_pipeline import env_for, timed_repro
 from benchmark.io import copy_project, write_json
+from benchmark.tracking import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmark" / "results"
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     tag = a.tag or a.model
     override = parse_set(a.sets)
-    result = {"model": a.model, "tag": tag, "profile": a.profile, "set": override, "cpu_count": os.cpu_count(),
+    result = {"model": a.model, "tag": tag, "commit": git_commit(REPO), "profile": a.profile, "set": override,
+              "cpu_count": os.cpu_count(),
               "points": []}
     tmp = None
     if a.keep:

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmark.io import copy_project, write_json
+from benchmark.tracking import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = {"default": 30 * 60, "tiny": 5 * 60}
@@ -63,7 +64,7 @@ def run(dst: Path, profile: str | None, force: bool = False) -> dict:
     total = time.perf_counter() - t0
     name = profile or "default"
     budget = BUDGET_S.get(name)  # a profile without a budget (cpu-long, paper) is timed, not judged
-    return {"profile": name, "total_s": round(total, 1), "budget_s": budget,
+    return {"profile": name, "commit": git_commit(REPO), "total_s": round(total, 1), "budget_s": budget,
             "within_budget": None if budget is None else total <= budget, "cpu_count": os.cpu_count(), "stages": stages}
 
 

@@ -15,14 +15,14 @@ from pathlib import Path
 PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots", "reports")
 
 
-def git_commit() -> str:
-    """HEAD, with ``-dirty`` when a tracked file other than the pipeline's own outputs differs from it."""
+def git_commit(cwd: Path | None = None) -> str:
+    """HEAD of the repository at ``cwd`` (default: the working directory), with ``-dirty`` when a tracked
+    file other than the pipeline's own outputs differs from it."""
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True, text=True, timeout=5)
+        git = lambda *a: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True, timeout=5)
+        out, top = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel")
         excluded = [f":(top,exclude){p}" for p in PIPELINE_OUTPUTS] if top.returncode == 0 else []
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"

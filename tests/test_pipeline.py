@@ -20,7 +20,7 @@ import requests
 import yaml
 from PIL import Image
 
-from tests.conftest import cli_env
+from tests.conftest import REPO, cli_env
 from tests.mlflow_server import mlflow_server
 from tests.postgres import free_port
 from tests.report_checks import check_compare, check_report
@@ -136,6 +136,11 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(tiny):
     assert roles == {"casdm": "method", "casdm-mse": "ablation", "casdm-camse": "ablation", "sdm": "baseline",
                      "controlnet": "baseline", "mapgen": "generator"}
     assert all(r.info.status == "FINISHED" for r in runs)
+    # provenance in a copy: every run records the copy's one commit, whose message names the source's
+    git = lambda cwd, *a: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True).stdout.strip()
+    copy_head, subject = git(repo, "log", "-1", "--format=%H %s").split(" ", 1)
+    assert subject.startswith(f"copy of {git(REPO, 'rev-parse', 'HEAD')}"), subject
+    assert {r.data.tags["git_commit"].removesuffix("-dirty") for r in runs} == {copy_head}
     (maps_run,) = [r for r in runs if r.data.tags.get("kind") == "maps"]
     assert maps_run.data.metrics["generator/adherence"] == board["casdm+maps"]["maps_adherence"]
     # each model's training run carries its leaderboard numbers; one leaderboard run holds the table
