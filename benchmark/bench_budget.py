@@ -34,13 +34,13 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmark" / "results"
 
 
-def parse_set(items: list[str]) -> dict:
-    """``a.b=1`` pairs -> a nested override; the value is read as YAML (numbers, null, lists)."""
+def parse_set(items: list[str], flag: str = "--set") -> dict:
+    """``a.b=1`` pairs (given with ``flag``) -> a nested override; the value is read as YAML (numbers, null, lists)."""
     out: dict = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise SystemExit(f"--set {item!r}: expected KEY=VALUE with a dotted KEY, e.g. diffusion.snr_gamma=5")
+            raise SystemExit(f"{flag} {item!r}: expected KEY=VALUE with a dotted KEY, e.g. diffusion.snr_gamma=5")
         node = out
         *parents, leaf = key.split(".")
         for p in parents:
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     tag = a.tag or a.model
     override = parse_set(a.sets)
     result = {"model": a.model, "tag": tag, "commit": git_commit(REPO), "profile": a.profile, "set": override,
-              "cpu_count": os.cpu_count(),
-              "points": []}
+              "cpu_count": os.cpu_count(), "points": []}
     tmp = None
     if a.keep:
         dst = copy_project(REPO, a.keep)

@@ -56,6 +56,7 @@ def timed_repro(dst: Path, log, *targets: str) -> dict[str, float]:
 
 
 def run(dst: Path, profile: str | None, force: bool = False) -> dict:
+    commit = git_commit(REPO)  # what produced the run: HEAD as it starts, not as it ends an hour later
     if profile:
         subprocess.run(["casdm", "params", "profile", profile], cwd=dst, env=env_for(dst), check=True)
     t0 = time.perf_counter()
@@ -64,7 +65,7 @@ def run(dst: Path, profile: str | None, force: bool = False) -> dict:
     total = time.perf_counter() - t0
     name = profile or "default"
     budget = BUDGET_S.get(name)  # a profile without a budget (cpu-long, paper) is timed, not judged
-    return {"profile": name, "commit": git_commit(REPO), "total_s": round(total, 1), "budget_s": budget,
+    return {"profile": name, "commit": commit, "total_s": round(total, 1), "budget_s": budget,
             "within_budget": None if budget is None else total <= budget, "cpu_count": os.cpu_count(), "stages": stages}
 
 

@@ -31,6 +31,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--training", action="append", default=[], metavar="KEY=VALUE",
                     help="a sampling-time option of the model's training block, e.g. conditioning_scale=2")
     a = ap.parse_args(argv)
+    from benchmark.bench_budget import parse_set
+
+    training = parse_set(a.training, "--training")  # a malformed KEY=VALUE fails before anything loads
     from benchmark.config import load_params
     from benchmark.downstream import GeneratedDataset, evaluate_segmenter
     from benchmark.engine.data import PreparedDataset
@@ -45,9 +48,6 @@ def main(argv: list[str] | None = None) -> dict:
     test = PreparedDataset(data, "test")
     ex = extractor(base)
     judge = load_judge(root / "segmenters" / "judge")
-    import yaml
-
-    training = {k: yaml.safe_load(v) for k, _, v in (t.partition("=") for t in a.training)}
     result = {"model": a.model, "root": str(root), "training": training, "samplers": {}}
     for spec in a.samplers:
         name, _, steps = spec.partition(":")

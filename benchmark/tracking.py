@@ -20,10 +20,12 @@ def git_commit(cwd: Path | None = None) -> str:
     file other than the pipeline's own outputs differs from it."""
     try:
         git = lambda *a: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True, timeout=5)
-        out, top = git("rev-parse", "HEAD"), git("rev-parse", "--show-toplevel")
-        excluded = [f":(top,exclude){p}" for p in PIPELINE_OUTPUTS] if top.returncode == 0 else []
+        out = git("rev-parse", "HEAD")
+        if out.returncode != 0:
+            return "unknown"
+        excluded = [f":(top,exclude){p}" for p in PIPELINE_OUTPUTS]
         dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+        return out.stdout.strip() + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
