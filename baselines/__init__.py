@@ -1,3 +1,3 @@
-"""Baselines beside CASDM. Every module here registers one model kind
-(``benchmark.engine.registry.register``) and is imported by the registry, so adding a baseline is one
-new file plus a params.yaml entry."""
+"""Baselines beside CASDM: their networks, losses and pipelines (SDM's hybrid loss, ControlNet's pixel
+and Stable Diffusion routes). They import ``casdm`` and diffusers, never the harness; each is adapted
+to the shared trainer by a short kind in ``benchmark/kinds/`` named in ``benchmark.kinds.registry``."""

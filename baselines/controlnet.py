@@ -1,4 +1,4 @@
-"""ControlNet (Zhang et al. 2023) on the shared harness: diffusers' ``ControlNetModel`` beside a
+"""ControlNet (Zhang et al. 2023), pixel space: diffusers' ``ControlNetModel`` beside a
 ``UNet2DConditionModel``; control image = the colour-coded map, text = the classes present.
 
 CPU / offline route (``options.pretrained: null``), in pixel space, the ControlNet recipe in one run:
@@ -9,38 +9,25 @@ where the class is present, zeros where it is absent.
 
 Paper-scale route (``options.pretrained: /path/to/stable-diffusion``) lives in
 ``controlnet_sd.py``: latent space through the checkpoint's VAE, CLIP prompts, ControlNet only.
+The models and the pipeline live here; the harness's adapters are ``benchmark/kinds/controlnet*.py``.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-from diffusers import ControlNetModel, DiffusionPipeline, ImagePipelineOutput, UNet2DConditionModel
+from diffusers import (
+    ControlNetModel,
+    DiffusionPipeline,
+    ImagePipelineOutput,
+    UNet2DConditionModel,
+)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
-from pydantic import Field
 from torch import nn
 
-from benchmark.engine.kind import KindOptions, ModelKind
-from benchmark.engine.registry import register
-from casdm.draws import as_draws
-from casdm.losses import draw_noise, mse, timestep_weights, training_target
-from casdm.schedulers import make_scheduler
-from casdm.text import encode_phrases
 from casdm.unet import groups_for
 
 COND_CHANNELS = (16,)  # pixel space: the control image already has the sample's size, no down-sampling
-
-
-class ControlNetOptions(KindOptions):
-    text_encoder: str = Field(description="minilm | learned | clip:<local path or hub id>")
-    base_fraction: float = Field(gt=0, lt=1, description="share of the steps that train the base U-Net")
-    pretrained: str | None = Field(description="local Stable Diffusion folder: the latent route")
-    conditioning_scale: float = Field(ge=0)
-    learned_dim: int = Field(ge=8, description="embedding size for text_encoder: learned")
-    drop_rate: float = Field(ge=0, le=1, description="class-list dropout (the map kept): a trained null for "
-                             "classifier-free guidance")
 
 
 def colour_map(labels: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
@@ -142,79 +129,3 @@ def base_unet(preset, resolution: int, cross_dim: int) -> UNet2DConditionModel:
                                 up_block_types=tuple(up), cross_attention_dim=cross_dim,
                                 attention_head_dim=max(1, channels[-1] // preset.head_channels),
                                 norm_num_groups=groups_for(channels[0]))
-
-
-@register("controlnet")
-class ControlNetKind(ModelKind):
-    losses = ("controlnet",)
-    Options = ControlNetOptions
-    find_unused_parameters = True  # each phase leaves one of the two networks out of the graph
-
-    def __init__(self, options, ctx):
-        super().__init__(options, ctx)
-        if self.options.pretrained is not None:
-            raise ValueError(f"params.yaml: models.{self.name}.training.pretrained: the latent route is "
-                             "kind 'controlnet-sd' (baselines/controlnet_sd.py); set kind: controlnet-sd")
-        self.noise_scheduler = make_scheduler("ddpm", ctx.diffusion)
-        self.switch = max(1, int(ctx.steps * self.options.base_fraction))
-
-    def build(self) -> ControlNetPair:
-        names = self.table.names
-        enc = self.options.text_encoder
-        dim = self.options.learned_dim if enc == "learned" else None
-        emb = None if enc == "learned" else encode_phrases(enc, [n.lower() for n in names])
-        prompt = ClassListPrompt(len(names), dim or emb.shape[1], tuple(map(tuple, self.table.palette()[: len(names)].tolist())))
-        if emb is not None:
-            prompt.embed.weight.data.copy_(emb)
-            prompt.requires_grad_(False)  # a pretrained encoder stays frozen
-        unet = base_unet(self.ctx.preset, self.ctx.resolution, prompt.config.dim)
-        controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=COND_CHANNELS)
-        return ControlNetPair(prompt, unet, controlnet)
-
-    def on_step(self, step: int, model) -> bool:
-        """Phase 2 from ``switch``: freeze the base, copy it into the ControlNet once, reset the EMA."""
-        model.use_control = step >= self.switch
-        if step < self.switch:
-            return False
-        model.unet.requires_grad_(False)
-        model.prompt.requires_grad_(False)
-        if step == self.switch:
-            fresh = ControlNetModel.from_unet(model.unet, conditioning_embedding_out_channels=COND_CHANNELS)
-            model.controlnet.load_state_dict(fresh.state_dict())
-            return True
-        return False
-
-    def conditioned_steps(self, steps: int) -> int:
-        """Only the ControlNet phase sees the map; the base phase sees the class list alone."""
-        return steps - self.switch
-
-    def loss(self, model, images, labels, g, accelerator):
-        sched, b, g = self.noise_scheduler, images.shape[0], as_draws(g)
-        drop = False
-        if self.options.drop_rate > 0:  # text dropout: the null of classifier-free guidance gets trained
-            drop = (g.rand((b,)) < self.options.drop_rate).to(images.device)
-        d = self.ctx.diffusion
-        noise = draw_noise(tuple(images.shape), g, d.offset_noise).to(images.device)
-        t = g.randint(sched.config.num_train_timesteps, (b,)).to(images.device)
-        with accelerator.autocast():
-            out = model(sched.add_noise(images, noise, t), t, labels, drop_text=drop)
-        name = "controlnet_mse" if accelerator.unwrap_model(model).use_control else "base_mse"
-        terms = {name: mse(out, training_target(sched, images, noise, t),
-                           sample_weights=timestep_weights(sched, t, d.snr_gamma))}
-        return terms[name], terms
-
-    def pipeline(self, model: ControlNetPair) -> ControlNetPixelPipeline:
-        pipe = ControlNetPixelPipeline(model.prompt, model.unet, model.controlnet,
-                                       make_scheduler(self.sampling.scheduler, self.ctx.diffusion))
-        pipe.conditioning_scale = self.options.conditioning_scale
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-
-    def export_raw(self, model: ControlNetPair, folder: Path) -> None:
-        for part in ("prompt", "unet", "controlnet"):
-            getattr(model, part).save_pretrained(folder / f"{part}_raw")
-
-    def load_model(self, folder: Path, suffix: str) -> ControlNetPair:
-        return ControlNetPair(ClassListPrompt.from_pretrained(folder / f"prompt{suffix}"),
-                              UNet2DConditionModel.from_pretrained(folder / f"unet{suffix}"),
-                              ControlNetModel.from_pretrained(folder / f"controlnet{suffix}"))

@@ -1,9 +1,10 @@
-"""SDM (Wang et al. 2022, "Semantic Image Synthesis via Diffusion Models") on the shared harness.
+"""SDM (Wang et al. 2022, "Semantic Image Synthesis via Diffusion Models"): its loss.
 
 Same SPADE U-Net as CASDM, but with a learned variance (6 output channels) trained by the hybrid
 loss of Improved DDPM: the simple noise MSE plus the variational-bound term, in which the predicted
 mean is stop-gradiented so the bound trains only the variance. Map dropout 0.2 and guidance 1.5 by
 default (params.yaml); sampled by diffusers' DDPM scheduler with ``variance_type="learned_range"``.
+The network is CASDM's ``SPADEUNet(learn_sigma=True)``; the harness's adapter is ``benchmark/kinds/sdm.py``.
 """
 from __future__ import annotations
 
@@ -11,8 +12,6 @@ import math
 
 import torch
 
-from benchmark.engine.registry import register
-from benchmark.kinds.casdm import SpadeKind
 from casdm.losses import mse, x0_from_output
 
 
@@ -76,17 +75,3 @@ def hybrid_loss(sched, out: torch.Tensor, target: torch.Tensor, x0: torch.Tensor
     x0_pred = x0_from_output(sched, x_t, pred.detach(), t)
     return {"mse": mse(pred, target, sample_weights=sample_weights),
             "vb": vb_term(sched, x0_pred, v, x0.float(), x_t.float(), t).mean() * sched.config.num_train_timesteps / 1000}
-
-
-@register("sdm")
-class SDMKind(SpadeKind):
-    """SPADE U-Net with learned variance, hybrid loss, map dropout and guidance."""
-
-    losses = ("hybrid",)
-    learned_variance = True
-
-    def loss(self, model, images, labels, g, accelerator):
-        r = self.noisy_batch(model, images, labels, g, accelerator)
-        terms = hybrid_loss(self.noise_scheduler, r["out"], r["target"], images, r["x_t"], r["t"],
-                            r["sample_weights"])
-        return terms["mse"] + terms["vb"], terms

@@ -19,9 +19,9 @@ import torch
 
 from benchmark.config import load_params
 from benchmark.engine.data import PreparedDataset, augment
-from benchmark.engine.registry import make_kind
 from benchmark.engine.trainer import RunPaths, train
 from benchmark.io import write_json
+from benchmark.kinds.registry import make_kind
 
 
 def grad_of(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:

@@ -59,7 +59,7 @@ def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: in
     from accelerate import Accelerator
 
     from benchmark.data.classes import CHOLECSEG8K
-    from benchmark.engine.registry import make_kind
+    from benchmark.kinds.registry import make_kind
 
     base = load_params(REPO / "params.yaml")
     res = resolution or base.data.resolution
@@ -116,7 +116,7 @@ def bench_models(batch: int, steps: int, dtype: torch.dtype = torch.float32) -> 
     from accelerate import Accelerator
 
     from benchmark.data.classes import CHOLECSEG8K
-    from benchmark.engine.registry import make_kind
+    from benchmark.kinds.registry import make_kind
 
     params = load_params(REPO / "params.yaml")
     bf16 = dtype == torch.bfloat16

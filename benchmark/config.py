@@ -4,7 +4,7 @@ Why pydantic with ``extra="forbid"``: a typo in params.yaml (``resolutoin: 64``)
 naming the key, instead of silently training with a default. Why no defaults here: params.yaml is
 the only place a value lives; a second set of defaults in code drifts from it unseen. Every field is
 required, and the model checks types, ranges and unknown keys. A model's ``training:`` block is
-validated by its kind's own options model (``benchmark/engine/kind.py``).
+validated by its kind's own options model (``benchmark/kinds/base.py``).
 """
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 PROFILES_DIR = Path(__file__).parent / "profiles"
 

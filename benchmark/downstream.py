@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from benchmark.data.classes import IGNORE_INDEX, ClassTable
-from benchmark.engine.kind import device
+from benchmark.devices import device
 from benchmark.engine.data import load_pair
 from benchmark.manifest import Manifest
 from benchmark.metrics.segmentation import SegmentationMeter, SegScores

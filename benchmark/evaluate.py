@@ -28,13 +28,26 @@ from torch.utils.data import Subset
 
 from benchmark.config import Params
 from benchmark.data.classes import ClassTable
-from benchmark.downstream import GeneratedDataset, build_segmenter, downstream, evaluate_segmenter, train_segmenter
+from benchmark.devices import device
+from benchmark.downstream import (
+    GeneratedDataset,
+    build_segmenter,
+    downstream,
+    evaluate_segmenter,
+    train_segmenter,
+)
 from benchmark.engine.data import PreparedDataset
-from benchmark.engine.kind import device
 from benchmark.engine.sample import pick_train_maps
 from benchmark.io import atomic_dir, write_csv, write_json
-from benchmark.metrics.quality import (Extractor, bootstrap_fid_kid, colour_cast, fid_kid, files_features,
-                                      make_extractor, prdc)
+from benchmark.metrics.quality import (
+    Extractor,
+    bootstrap_fid_kid,
+    colour_cast,
+    fid_kid,
+    files_features,
+    make_extractor,
+    prdc,
+)
 from benchmark.metrics.segmentation import SegScores, miou_from_confusion
 from benchmark.metrics.stats import bootstrap_indices, percentile
 from benchmark.tracking import dataset_hash

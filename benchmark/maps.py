@@ -17,14 +17,21 @@ from PIL import Image
 
 from benchmark.config import ModelEntry, Params
 from benchmark.engine.data import PreparedDataset
-from benchmark.engine.registry import make_kind
 from benchmark.engine.trainer import RunPaths, train
 from benchmark.io import atomic_dir, write_json
+from benchmark.kinds.registry import make_kind
 from benchmark.manifest import ImageRecord, Manifest
 from benchmark.metrics.maps import RetrievalBaseline, summary
 from benchmark.seeds import DIVERSITY_MAPS, MAP_IMAGES, derive_seed
 from casdm.pipeline import to_uint8
-from casdm.prompts import Prompt, PromptError, Vocabulary, describe_map, format_prompt, parse_prompt
+from casdm.prompts import (
+    Prompt,
+    PromptError,
+    Vocabulary,
+    describe_map,
+    format_prompt,
+    parse_prompt,
+)
 
 MAPGEN = "mapgen"
 

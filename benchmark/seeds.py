@@ -2,7 +2,8 @@
 one sampled image, one generated map) gets its own seed from (base seed, stream, index).
 
 Why streams: the images of test maps, of training maps, of generated maps and the extra draws for
-diversity must never share noise, and none of them may depend on the batch size.
+diversity must never share noise, and none of them may depend on the batch size. (A training step's
+CA-SP draws are the method's own stream: ``casdm.objective.CA_SP_NOISE``.)
 """
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ BASE = 1_000_003  # a prime: base seeds 0, 1, 2 ... start far apart
 TEST_IMAGES, TRAIN_IMAGES = 0, 500_000  # the sample stage's two splits
 DIVERSITY_MAPS, MAP_IMAGES = 700_000, 900_000  # the maps stage: repeat draws, images of generated maps
 RANK = 7_919_000_003  # per data-parallel rank, so rank 0 draws the single-process seeds
-CA_SP_NOISE = 1 << 40  # a training step's CA-SP draws (t', e'): never another step's training noise
 
 
 def derive_seed(seed: int, index: int, stream: int = 0) -> int:

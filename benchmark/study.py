@@ -21,7 +21,13 @@ import optuna
 from benchmark.config import Params
 from benchmark.io import write_text
 from benchmark.study_scoring import Scorer
-from benchmark.study_space import boosted_classes, configured_values, sample_values, trial_params, training_overrides
+from benchmark.study_space import (
+    boosted_classes,
+    configured_values,
+    sample_values,
+    training_overrides,
+    trial_params,
+)
 
 STUDIES = Path("runs/studies")
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping forever
@@ -147,8 +153,8 @@ def reports_at(step: int, trial: Params, s) -> bool:
 def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Path, log=print):
     import mlflow
 
-    from benchmark.engine.registry import make_kind
     from benchmark.engine.trainer import RunPaths, train
+    from benchmark.kinds.registry import make_kind
     from benchmark.tracking import owner_tags
 
     s = params.study

@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from benchmark.config import Params
+from benchmark.devices import device
 from benchmark.engine.data import PreparedDataset
-from benchmark.engine.kind import device
 from benchmark.evaluate import extractor, load_judge
 from benchmark.metrics.quality import fid_kid, files_features
 from benchmark.metrics.segmentation import SegmentationMeter, miou_from_confusion

@@ -6,7 +6,13 @@ import shutil
 import pytest
 import yaml
 
-from benchmark.config import PROFILES_DIR, ConfigError, apply_profile, load_params, parse_params
+from benchmark.config import (
+    PROFILES_DIR,
+    ConfigError,
+    apply_profile,
+    load_params,
+    parse_params,
+)
 from tests.conftest import REPO
 
 
@@ -95,7 +101,7 @@ def test_a_models_training_block_is_checked_by_its_kind(tmp_path):
     """Out of range, missing or unknown options name the key, in `casdm params check` too."""
     import subprocess
 
-    from benchmark.engine.registry import model_options
+    from benchmark.kinds.registry import model_options
     from tests.conftest import cli_env
 
     for value, message in ((-1, r"models\.casdm\.training\.lambda_sp: Input should be greater than or equal to 0"),

@@ -8,7 +8,7 @@ import torch
 from accelerate import Accelerator
 
 from benchmark.data.classes import CHOLECSEG8K
-from benchmark.engine.registry import make_kind
+from benchmark.kinds.registry import make_kind
 from casdm.text import TextEncoderError, encode_phrases
 from tests.conftest import tiny_params
 

@@ -9,7 +9,7 @@ import torch
 from accelerate import Accelerator
 
 from benchmark.data.classes import CHOLECSEG8K
-from benchmark.engine.registry import make_kind
+from benchmark.kinds.registry import make_kind
 from tests.conftest import tiny_params
 
 
@@ -72,8 +72,9 @@ def test_only_the_controlnet_trains_and_the_pipeline_samples_maps(tiny_sd, tmp_p
 
 def test_the_checkpoints_schedule_and_prediction_type_are_honoured(tiny_sd, monkeypatch):
     """Training noise, target and every sampler follow the checkpoint's scheduler/, not params.yaml."""
-    import baselines.controlnet_sd as sd
     from diffusers import DDIMScheduler
+
+    import casdm.objective as sd  # where every kind's training target is computed
 
     ref = DDIMScheduler.from_pretrained(tiny_sd / "scheduler")
     kind = make_kind(sd_params(tiny_sd), "controlnet", CHOLECSEG8K)

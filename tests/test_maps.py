@@ -8,8 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from casdm.prompts import (ClassPrompt, PromptError, Vocabulary, describe_map, fit_vocabulary, format_prompt,
-                           parse_prompt)
+from casdm.prompts import (
+    ClassPrompt,
+    PromptError,
+    Vocabulary,
+    describe_map,
+    fit_vocabulary,
+    format_prompt,
+    parse_prompt,
+)
 from tests.conftest import tiny_params
 
 NAMES = ("Black Background", "Abdominal Wall", "Liver", "Gastrointestinal Tract", "Fat", "Grasper",
@@ -135,8 +142,8 @@ def test_adherence_realism_and_diversity_measure_what_they_say():
 @pytest.fixture(scope="module")
 def trained(prepared, tmp_path_factory):
     """A tiny generator trained 3 steps with the offline sentence encoder, through the shared trainer."""
-    from benchmark.maps import MAPGEN, generator_params
     from benchmark.engine.trainer import RunPaths, train
+    from benchmark.maps import MAPGEN, generator_params
 
     root = tmp_path_factory.mktemp("mapgen")
     p = tiny_params(maps={"train": {"steps": 3}})
@@ -147,8 +154,8 @@ def trained(prepared, tmp_path_factory):
 
 
 def test_generator_trains_and_generates_valid_class_ids_from_text(trained, prepared):
-    from benchmark.maps import load_generator
     from benchmark.engine.data import PreparedDataset
+    from benchmark.maps import load_generator
 
     p, folder, metrics = trained
     assert metrics["steps"] == 3 and np.isfinite(metrics["final_loss"])
@@ -190,9 +197,9 @@ class NoAutocast:
 def generator_loss(prepared, **maps_overrides):
     """A fresh generator built by the mapgen kind from the tiny params + ``maps_overrides``, and its
     training loss on four prepared maps, already back-propagated: (model, loss)."""
-    from benchmark.maps import MAPGEN, generator_params
     from benchmark.engine.data import PreparedDataset
-    from benchmark.engine.registry import make_kind
+    from benchmark.kinds.registry import make_kind
+    from benchmark.maps import MAPGEN, generator_params
 
     data = PreparedDataset(prepared, "train")
     kind = make_kind(generator_params(tiny_params(maps=maps_overrides)), MAPGEN, data.table)

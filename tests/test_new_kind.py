@@ -1,28 +1,37 @@
-"""Adding a model kind is one file in baselines/ plus its params.yaml entry: a kind with a loss name the
-suite has never seen trains and samples through `dvc repro`, no other file edited."""
+"""Adding a model kind from outside the project is one module plus an entry point (group
+``casdm_bench.kinds``) and its params.yaml entry: a kind with a loss name the suite has never seen
+trains and samples through `dvc repro`, no file of the project edited."""
 from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
 from tests.conftest import cli_env
 
 KIND = '''"""An L1 denoiser on the SPADE U-Net: a loss name nothing else in the suite knows."""
-from benchmark.engine.registry import register
-from benchmark.kinds.casdm import SpadeKind
+from benchmark.kinds.spade import SpadeKind
 
 
-@register("spade-l1")
 class SpadeL1Kind(SpadeKind):
     losses = ("l1",)
 
     def loss(self, model, images, labels, g, accelerator):
-        r = self.noisy_batch(model, images, labels, g, accelerator)
-        terms = {"l1": (r["out"].float() - r["target"].float()).abs().mean()}
+        r = self.forward(model, images, labels, g, accelerator)
+        terms = {"l1": (r.out.float() - r.noised.target.float()).abs().mean()}
         return terms["l1"], terms
 '''
+
+
+def declare_kind(root: Path, name: str, module: str, cls: str, source: str) -> None:
+    """``module`` written under ``root`` with an installed distribution's metadata declaring it."""
+    (root / f"{module}.py").write_text(source)
+    dist = root / f"{module}-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {module}\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[casdm_bench.kinds]\n{name} = {module}:{cls}\n")
 
 
 @pytest.mark.slow
@@ -32,7 +41,7 @@ def test_a_kind_with_a_new_loss_trains_through_dvc_repro(repo_copy):
     env["PYTHONPATH"] = str(repo_copy)  # the copy's packages, not the installed checkout's
     run = lambda *a: subprocess.run(a, cwd=repo_copy, env=env, capture_output=True, text=True)
     assert run("casdm", "params", "profile", "tiny").returncode == 0
-    (repo_copy / "baselines" / "spade_l1.py").write_text(KIND)
+    declare_kind(repo_copy, "spade-l1", "spade_l1", "SpadeL1Kind", KIND)
     from benchmark.config import update_params
 
     update_params({"models": {"l1": {"kind": "spade-l1", "role": "baseline", "training": {"loss": "l1", "drop_rate": 0.0},

@@ -9,7 +9,6 @@
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 from accelerate import Accelerator
@@ -17,7 +16,7 @@ from torch import nn
 
 from benchmark.config import ConfigError
 from benchmark.data.classes import CHOLECSEG8K
-from benchmark.engine.registry import make_kind
+from benchmark.kinds.registry import make_kind
 from benchmark.seeds import derive_seed
 from casdm.losses import ca_sp, class_pixel_weights, frozen_copy, predict_x0
 from casdm.pipeline import to_onehot
@@ -90,7 +89,7 @@ def test_zero_snr_with_epsilon_prediction_is_refused_naming_the_key():
 
 
 def test_ca_sp_fresh_noise_is_not_the_next_steps_training_noise(monkeypatch):
-    import benchmark.kinds.casdm as casdm_kind
+    import casdm.objective as casdm_objective
 
     kind = make_kind(tiny_params(train={"batch_size": 8}), "casdm", CHOLECSEG8K)
     model = kind.build()
@@ -102,7 +101,7 @@ def test_ca_sp_fresh_noise_is_not_the_next_steps_training_noise(monkeypatch):
         seen["state"] = gen.generator.get_state()
         return ca_sp(*args, **kwargs)
 
-    monkeypatch.setattr(casdm_kind, "ca_sp", spy)
+    monkeypatch.setattr(casdm_objective, "ca_sp", spy)
     images, labels = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(0, 13, (8, 32, 32))
     step = 7
     kind.loss(model, images, labels, torch.Generator().manual_seed(derive_seed(0, step)), Accelerator(cpu=True))

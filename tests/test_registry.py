@@ -1,5 +1,5 @@
 """Model kinds by name: every params.yaml model builds, the ablations differ only in the loss, SDM's
-variational term matches a hand computation, and a new baselines/ file is found on its own."""
+variational term matches a hand computation, and a kind declared by an entry point is found."""
 from __future__ import annotations
 
 import math
@@ -7,12 +7,11 @@ import math
 import pytest
 import torch
 
-import baselines
 from baselines.sdm import hybrid_loss, vb_term
 from benchmark.config import load_params
 from benchmark.data.classes import CHOLECSEG8K
-from benchmark.engine.registry import KINDS, get_kind, make_kind
 from benchmark.engine.trainer import resolved_config
+from benchmark.kinds.registry import KINDS, get_kind, make_kind
 from casdm.losses import x0_from_output
 from casdm.schedulers import make_scheduler
 from tests.conftest import REPO, tiny_params
@@ -75,18 +74,22 @@ def test_unknown_kind_lists_the_registered_ones():
         make_kind(p, "casdm", CHOLECSEG8K)
 
 
-def test_a_new_baseline_file_is_discovered(tmp_path, monkeypatch):
-    (tmp_path / "mybaseline.py").write_text(
-        "from benchmark.engine.registry import register\nfrom benchmark.kinds.casdm import CASDMKind\n\n"
-        "@register('mine')\nclass Mine(CASDMKind):\n    losses = ('mse',)\n")
+def test_a_kind_declared_by_an_entry_point_is_found(tmp_path, monkeypatch):
+    from tests.test_new_kind import declare_kind
+
+    declare_kind(tmp_path, "mine", "mybaseline", "Mine",
+                 "from benchmark.kinds.casdm import CASDMKind\n\nclass Mine(CASDMKind):\n    losses = ('mse',)\n")
     import sys
 
-    monkeypatch.setattr(baselines, "__path__", [*baselines.__path__, str(tmp_path)])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"unknown model kind 'yours'; registered kinds: \[.*'mine'"):
+        get_kind("yours")  # a declared kind is listed before it is loaded
     try:
-        assert get_kind("mine").__name__ == "Mine"
+        assert get_kind("mine").__name__ == "Mine" and get_kind("mine").kind_name == "mine"
+        assert get_kind("casdm").kind_name == "casdm"  # the subclass's name did not leak into its parent
     finally:
         KINDS.pop("mine", None)
-        sys.modules.pop("baselines.mybaseline", None)
+        sys.modules.pop("mybaseline", None)
 
 
 # --- SDM's hybrid loss ------------------------------------------------------------------------

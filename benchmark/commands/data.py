@@ -6,7 +6,16 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from benchmark.commands.common import PARAMS, console, err, fail, or_fail, os_error, path_option, read_params
+from benchmark.commands.common import (
+    PARAMS,
+    console,
+    err,
+    fail,
+    or_fail,
+    os_error,
+    path_option,
+    read_params,
+)
 
 data_app = typer.Typer(help="Datasets: generate, validate, prepare.", no_args_is_help=True)
 params_app = typer.Typer(help="params.yaml: check, apply a profile.", no_args_is_help=True)
@@ -15,7 +24,7 @@ params_app = typer.Typer(help="params.yaml: check, apply a profile.", no_args_is
 @params_app.command("check")
 def params_check(params: Path = PARAMS) -> None:
     """Validate params.yaml (every model's training block by its kind) and print its sections."""
-    from benchmark.engine.registry import model_options
+    from benchmark.kinds.registry import model_options
 
     p = read_params(params)
     for name in p.models:

@@ -6,7 +6,17 @@ from pathlib import Path
 
 import typer
 
-from benchmark.commands.common import ERRORS, PARAMS, console, err, fail, need_tracking, or_fail, path_option, read_params
+from benchmark.commands.common import (
+    ERRORS,
+    PARAMS,
+    console,
+    err,
+    fail,
+    need_tracking,
+    or_fail,
+    path_option,
+    read_params,
+)
 
 maps_app = typer.Typer(help="Text-prompted segmentation-map generator: train, build (stages), generate, prompts.",
                        no_args_is_help=True)
@@ -61,8 +71,8 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
     from PIL import Image
 
     from benchmark.engine.data import PreparedDataset
-    from benchmark.engine.registry import make_kind
     from benchmark.io import atomic_dir, write_json
+    from benchmark.kinds.registry import make_kind
     from benchmark.maps import draw_images, generate, load_generator
     from benchmark.metrics.maps import adherence
     from benchmark.seeds import derive_seed

@@ -16,10 +16,10 @@ import torch
 from PIL import Image
 
 from benchmark.config import Params, SampleConfig
+from benchmark.devices import mixed_precision
 from benchmark.engine.data import PreparedDataset
-from benchmark.engine.kind import mixed_precision
-from benchmark.engine.registry import make_kind
 from benchmark.io import atomic_dir, write_json
+from benchmark.kinds.registry import make_kind
 from benchmark.manifest import ImageRecord, Manifest
 from benchmark.seeds import TEST_IMAGES, TRAIN_IMAGES, derive_seed
 from casdm.pipeline import to_uint8

@@ -18,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from benchmark.config import Params
+from benchmark.devices import mixed_precision
 from benchmark.engine.data import PreparedDataset, StepBatchSampler, augment
-from benchmark.engine.kind import mixed_precision
-from benchmark.engine.registry import make_kind, model_options
 from benchmark.io import atomic_dir, write_csv, write_json, write_text
+from benchmark.kinds.registry import make_kind, model_options
 from benchmark.seeds import RANK, derive_seed
 from casdm.draws import BatchDraws
 from casdm.pipeline import to_uint8
@@ -134,7 +134,13 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     from diffusers.optimization import get_cosine_schedule_with_warmup
     from diffusers.training_utils import EMAModel
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from benchmark.tracking import Tracker, dataset_hash, hash_json
 

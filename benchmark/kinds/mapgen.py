@@ -14,12 +14,18 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from benchmark.config import MapPreset
-from benchmark.engine.kind import KindOptions, ModelKind
-from benchmark.engine.registry import register
+from benchmark.kinds.base import KindOptions, ModelKind
 from casdm.draws import as_draws
 from casdm.labels import IGNORE_INDEX
 from casdm.losses import class_pixel_weights
-from casdm.mapgen import MapGenerator, MapGenPipeline, PromptConditioner, encode_maps, map_scheduler, posterior_logits
+from casdm.mapgen import (
+    MapGenerator,
+    MapGenPipeline,
+    PromptConditioner,
+    encode_maps,
+    map_scheduler,
+    posterior_logits,
+)
 from casdm.pipeline import to_onehot
 from casdm.prompts import Vocabulary, describe_map, fit_vocabulary
 from casdm.text import embedding_dim
@@ -40,7 +46,6 @@ class MapGenOptions(KindOptions, MapPreset):
     layout_gain: float = Field(ge=0, description="the drawn prompt added to the logits, times this (0 = off)")
 
 
-@register("mapgen")
 class MapGenKind(ModelKind):
     """The map generator on the shared trainer: prompts are built from each (augmented) training map."""
 

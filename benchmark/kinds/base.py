@@ -1,4 +1,4 @@
-"""The model-kind interface the shared trainer and sampler use.
+"""The model-kind interface the shared trainer and sampler use (the registry beside it finds kinds by name).
 
 A kind is a model family (``casdm``, ``sdm``, ``controlnet``, ...): how to build the network, its
 training loss, how to sample from it. It receives the values it needs (``KindContext``) and its own
@@ -16,18 +16,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from benchmark.config import DiffusionConfig, SamplingRecipe, UNetPreset
 from benchmark.data.classes import ClassTable
-
-
-def device() -> str:
-    """Where the stages run: the GPU when there is one."""
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def mixed_precision(setting: str) -> str:
-    """A ``mixed_precision`` setting (train or sample) with ``auto`` resolved: bf16 on a GPU that has it, else no."""
-    if setting != "auto":
-        return setting
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+from benchmark.devices import device
 
 
 class KindOptions(BaseModel):
