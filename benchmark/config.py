@@ -131,26 +131,25 @@ class TrainConfig(Section):
     ema_decay: float = Field(ge=0, lt=1)
     mixed_precision: Literal["no", "bf16", "fp16", "auto"]
     augment: bool
-    checkpoint_every: int = Field(ge=1)
-    log_every: int = Field(ge=1)
-    sample_every: int = Field(ge=1, description="sample grid logged to MLflow every N steps")
     seed: int
-    num_workers: int = Field(ge=0)
-    num_processes: int = Field(ge=1, description="above 1, `casdm train` runs itself under `accelerate launch` "
-                               "with this many processes (one per GPU; gloo on CPUs); batch_size stays the "
-                               "global batch, so the result does not depend on it")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def yaml_no(cls, v):
         return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
 
-    @model_validator(mode="after")
-    def _batch_divides(self):
-        if self.batch_size % self.num_processes:
-            raise ValueError(f"batch_size {self.batch_size} is the global batch: it must divide evenly among "
-                             f"num_processes {self.num_processes}")
-        return self
+
+class RuntimeConfig(Section):
+    """How a training run is carried out, not what it learns: neither the resume hash nor the training
+    stages' params include it, so changing how often to log re-trains nothing."""
+
+    checkpoint_every: int = Field(ge=1)
+    log_every: int = Field(ge=1)
+    sample_every: int = Field(ge=1, description="sample grid logged to MLflow every N steps")
+    num_workers: int = Field(ge=0)
+    num_processes: int = Field(ge=1, description="above 1, `casdm train` runs itself under `accelerate launch` "
+                               "with this many processes (one per GPU; gloo on CPUs); train.batch_size stays the "
+                               "global batch, so the result does not depend on it")
 
 
 class SampleConfig(Section):
@@ -283,7 +282,7 @@ class StudyConfig(Section):
     model: str = Field(description="the models: entry whose training block is tuned")
     n_trials: int = Field(ge=1, description="finished (complete or pruned) trials, all workers together")
     storage: str | None = Field(description="Optuna storage URL, journal:<file>, or null = "
-                                "sqlite:///runs/studies/<name>.db")
+                                "sqlite:///studies/<name>.db")
     directions: list[Literal["maximize", "minimize"]]
     objectives: list[str] = Field(min_length=1)
     sampler: Literal["tpe", "nsga2", "random"]
@@ -415,6 +414,7 @@ class Params(Section):
     models: dict[str, ModelEntry]
     diffusion: DiffusionConfig
     train: TrainConfig
+    runtime: RuntimeConfig
     sample: SampleConfig
     evaluate: EvaluateConfig
     leaderboard: LeaderboardConfig
@@ -425,6 +425,9 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _preset_exists(self):
+        if self.train.batch_size % self.runtime.num_processes:
+            raise ValueError(f"train.batch_size {self.train.batch_size} is the global batch: it must divide evenly "
+                             f"among runtime.num_processes {self.runtime.num_processes}")
         if self.train.preset not in self.presets:
             raise ValueError(f"train.preset {self.train.preset!r} is not in presets {sorted(self.presets)}")
         if self.study.model not in self.models:

@@ -4,7 +4,7 @@ A trial trains ``study.model`` with sampled values of its training block, sample
 maps and scores them with the evaluators (the semantic-fidelity judge, FID/KID). Single-objective
 studies report an intermediate score every ``report_every`` steps, so a pruner can stop weak trials.
 
-Storage: ``sqlite:///runs/studies/<name>.db`` by default (one worker); ``journal:<file>`` for
+Storage: ``sqlite:///studies/<name>.db`` by default (one worker); ``journal:<file>`` for
 several workers on one machine or a shared file system; ``postgresql://...`` for many machines.
 Re-running the same command resumes: ``load_if_exists``, and ``n_trials`` counts finished trials of
 all workers together. MLflow: one parent run per study (its id kept in the study's user attrs) and
@@ -29,14 +29,19 @@ from benchmark.study_space import (
     trial_params,
 )
 
-STUDIES = Path("runs/studies")
+STUDIES = Path("studies")  # the default storage's folder; the report stage reads it from dvc.yaml
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping forever
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def storage_for(params: Params, override: str | None = None):
-    """An Optuna storage from ``--storage``, ``study.storage`` or the default SQLite file."""
-    url = override or params.study.storage or f"sqlite:///{STUDIES / params.study.name}.db"
+def storage_url(params: Params, override: str | None = None, folder: Path = STUDIES) -> str:
+    """``--storage``, else ``study.storage``, else the default SQLite file in ``folder``."""
+    return override or params.study.storage or f"sqlite:///{Path(folder) / params.study.name}.db"
+
+
+def storage_for(params: Params, override: str | None = None, folder: Path = STUDIES):
+    """An Optuna storage from ``--storage``, ``study.storage`` or the default SQLite file in ``folder``."""
+    url = storage_url(params, override, folder)
     if url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 

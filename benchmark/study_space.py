@@ -80,8 +80,8 @@ def trial_params(params: Params, values: dict, boosted: list[str]) -> Params:
     fraction = values.get("sp_start_fraction", sp_start_fraction(training["sp_start_step"], params.train.steps))
     training.update(training_overrides(values, steps, boosted), sp_start_step=sp_start_step(fraction, steps))
     if s.train_steps is not None:
-        data["train"].update(steps=steps, checkpoint_every=steps, sample_every=steps,
-                             warmup_steps=min(data["train"]["warmup_steps"], steps))
+        data["train"].update(steps=steps, warmup_steps=min(data["train"]["warmup_steps"], steps))
+        data["runtime"].update(checkpoint_every=steps, sample_every=steps)
     return parse_params(data, f"study {s.name} trial")
 
 

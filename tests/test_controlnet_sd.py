@@ -115,7 +115,7 @@ def test_the_shared_trainer_runs_the_sd_route(tiny_sd, tmp_path, prepared, monke
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.chdir(tmp_path)
-    p = tiny_params(train={"steps": 2, "checkpoint_every": 1, "sample_every": 2},
+    p = tiny_params(train={"steps": 2}, runtime={"checkpoint_every": 1, "sample_every": 2},
                     models={"controlnet": {"kind": "controlnet-sd", "training": {"pretrained": str(tiny_sd)},
                                            "sampling": {"scheduler": "ddim", "num_inference_steps": 2}}})
     rp = RunPaths(data=prepared, checkpoints=tmp_path / "ckpt", model=tmp_path / "model",

@@ -45,12 +45,13 @@ def dynamic_imports(path: Path) -> list[int]:
     return found
 
 
-def import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+def import_graph(modules: dict[str, Path], strings: bool = True) -> dict[str, set[str]]:
     """module -> the project modules it imports (``from a import b`` is ``a.b`` when that is a module);
-    in a module that imports by a computed name, a string that names a project module counts too."""
+    in a module that imports by a computed name, a string that names a project module counts too
+    (``strings=False``: only import statements)."""
     graph = {}
     for name, path in modules.items():
-        deps, by_string = set(), bool(dynamic_imports(path))
+        deps, by_string = set(), strings and bool(dynamic_imports(path))
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if by_string and isinstance(node, ast.Constant) and isinstance(node.value, str):
                 targets = [node.value]

@@ -42,9 +42,9 @@ def test_two_processes_train_and_sample_like_one(repo_copy):
         assert out.returncode == 0, out.stdout + out.stderr
         return out
 
-    def settings(train=None, sample=None):
-        update_params({"train": {"mixed_precision": "no", **(train or {})}, "sample": sample or {}},
-                      repo_copy / "params.yaml")
+    def settings(train=None, sample=None, runtime=None):
+        update_params({"train": {"mixed_precision": "no", **(train or {})}, "sample": sample or {},
+                       "runtime": runtime or {}}, repo_copy / "params.yaml")
 
     run("casdm", "params", "profile", "tiny")
     run("dvc", "repro", "prepare")
@@ -54,11 +54,11 @@ def test_two_processes_train_and_sample_like_one(repo_copy):
             f"models/{tag}", "--metrics", f"metrics/{tag}.json", "--plot", f"plots/{tag}.csv")
         return _weights(repo_copy / "models" / tag), json.loads((repo_copy / "metrics" / f"{tag}.json").read_text())
 
-    settings({"num_processes": 1})
+    settings(runtime={"num_processes": 1})
     one, m1 = train("one")
-    settings({"num_processes": 2})
+    settings(runtime={"num_processes": 2})
     two, m2 = train("two")
-    settings({"num_processes": 1, "seed": 1})
+    settings({"seed": 1}, runtime={"num_processes": 1})
     other, _ = train("other")
     assert m1["processes"] == 1 and m2["processes"] == 2
     assert m1["images_seen"] == m2["images_seen"] == 4 * 4  # batch_size is the global batch either way
@@ -84,9 +84,9 @@ def test_a_global_batch_that_does_not_divide_is_refused():
     from tests.conftest import tiny_params
     from benchmark.config import ConfigError
 
-    with pytest.raises(ConfigError, match=r"train.*batch_size 4 is the global batch: it must divide evenly among "
-                                          r"num_processes 3"):
-        tiny_params(train={"num_processes": 3})
+    with pytest.raises(ConfigError, match=r"train.batch_size 4 is the global batch: it must divide evenly among "
+                                          r"runtime.num_processes 3"):
+        tiny_params(runtime={"num_processes": 3})
 
 
 def test_batch_draws_slices_are_the_single_process_draws():

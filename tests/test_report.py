@@ -15,7 +15,7 @@ from benchmark.report.sections import params_diff
 from tests.conftest import REPO, tiny_params
 
 BUILD = ["report", "build", "--rows", "m/evaluate", "--train-metrics", "m/train", "--sample-metrics", "m/sample",
-         "--train-plots", "p/train", "--samples", "s", "--models", "models", "--data", "d", "--maps", "m/maps.json",
+         "--train-plots", "p/train", "--samples", "s", "--models", "models", "--data", "d", "--maps", "m/maps.json", "--studies", "studies",
          "--out", "reports", "--no-mlflow"]
 
 

@@ -66,7 +66,7 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
         # 4 steps, a report every 2: step 2 reports only if CA-SP (searched) runs by then; step 4 is final
         reported = round(t.params["sp_start_fraction"] * 4) < 2
         assert ("intermediate_semantic_miou" in r.data.metrics) == reported
-    assert (study_dir / "runs/studies/casdm-loss-weights/plots/history_semantic_miou.png").exists()
+    assert (study_dir / "studies/casdm-loss-weights/plots/history_semantic_miou.png").exists()
     artifacts = mlflow.MlflowClient().list_artifacts(parent.info.run_id, "plots")
     assert "plots/history_semantic_miou.png" in [a.path for a in artifacts]
     # every trial keeps its objective on the same bootstrap resamples: the report pairs best with trial 0

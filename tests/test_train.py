@@ -33,7 +33,7 @@ def mlflow_tmp(tmp_path, monkeypatch):
 
 
 def test_train_logs_an_mlflow_run_with_provenance(tmp_path, prepared, mlflow_tmp):
-    p = tiny_params(train={"steps": 4, "sample_every": 2, "log_every": 1, "mixed_precision": "bf16"})
+    p = tiny_params(train={"steps": 4, "mixed_precision": "bf16"}, runtime={"sample_every": 2, "log_every": 1})
     m = train(p, "casdm", paths(tmp_path, prepared))  # bf16 autocast, as params.yaml: the CA-SP stage included
     assert m["steps"] == 4 and m["num_parameters"] > 0 and m["mixed_precision"] == "bf16"
     client = mlflow.MlflowClient(mlflow_tmp)
@@ -65,7 +65,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, prep
         return (loss * float("nan"), terms) if calls["n"] == 3 else (loss, terms)
 
     monkeypatch.setattr(CASDMKind, "loss", poisoned)
-    p = tiny_params(train={"steps": 6, "checkpoint_every": 2})
+    p = tiny_params(train={"steps": 6}, runtime={"checkpoint_every": 2})
     rp = paths(tmp_path, prepared)
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 2 .*step-2"):
         train(p, "casdm", rp)
@@ -106,7 +106,7 @@ def test_killed_run_resumes_to_identical_weights(repo_copy):
     run("casdm", "params", "profile", "tiny")
     from benchmark.config import update_params
 
-    update_params({"train": {"steps": 30, "checkpoint_every": 5, "sample_every": 1000, "log_every": 5},
+    update_params({"train": {"steps": 30}, "runtime": {"checkpoint_every": 5, "sample_every": 1000, "log_every": 5},
                    "models": {"casdm": {"training": {"sp_start_step": 8}}}}, repo_copy / "params.yaml")
     run("dvc", "repro", "prepare")
     train_cmd = ["casdm", "train", "casdm", "--data", "data/prepared", "--checkpoints", "runs/casdm/checkpoints",

@@ -21,7 +21,7 @@ def train_cmd(name: str = NAME, params: Path = PARAMS, data: Path = path_option(
 
     p = read_params(params, name)
     need_tracking(p)  # a tracking server that is down: fail now, before anything is written
-    rc = relaunch(p.train.num_processes, ["train", name, "--params", params, "--data", data, "--checkpoints",
+    rc = relaunch(p.runtime.num_processes, ["train", name, "--params", params, "--data", data, "--checkpoints",
                                           checkpoints, "--out", out, "--metrics", metrics, "--plot", plot])
     if rc is not None:
         raise typer.Exit(rc)

@@ -24,6 +24,7 @@ def report_build(params: Path = PARAMS,
                  models: Path = path_option("folder of the trained pipelines (their last_grid.png)"),
                  data: Path = path_option("the prepared dataset"),
                  maps: Path = path_option("the maps stage's metrics JSON"),
+                 studies: Path = path_option("folder of the default study storage (study.storage: null)"),
                  lock: Path = typer.Option(Path("dvc.lock"), help="dvc.lock, hashed into the protocol card"),
                  out: Path = path_option("the report folder"),
                  mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow",
@@ -37,7 +38,7 @@ def report_build(params: Path = PARAMS,
         need_tracking(p)
     paths = ReportPaths(leaderboard=leaderboard, comparisons=comparisons, rows=rows, train_metrics=train_metrics,
                         sample_metrics=sample_metrics, train_plots=train_plots, samples=samples, models=models,
-                        data=data, maps=maps, lock=lock, params=params)
+                        data=data, maps=maps, studies=studies, lock=lock, params=params)
     r = or_fail(build, p, paths, out)
     for part, why in r["skipped"].items():
         err.print(f"[yellow]{part}: skipped, {why}[/]")

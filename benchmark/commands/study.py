@@ -9,7 +9,7 @@ from benchmark.commands.common import PARAMS, console, err, fail, or_fail, read_
 
 study_app = typer.Typer(help="Optuna loss-weight studies: run (or resume), show, best.", no_args_is_help=True)
 STORAGE = typer.Option(None, "--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., "
-                       "journal:<file>); default study.storage, else sqlite:///runs/studies/<name>.db")
+                       "journal:<file>); default study.storage, else sqlite:///studies/<name>.db")
 
 
 @study_app.command("run")

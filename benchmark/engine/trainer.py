@@ -45,7 +45,7 @@ class RunPaths:
 def resolved_config(params: Params, name: str) -> dict:
     """Everything that determines a model's training run (hashed to decide whether to resume)."""
     entry = params.models[name]
-    return {"kind": entry.kind, "training": model_options(params, name).model_dump(),
+    return {"kind": entry.kind, "training": model_options(params, name).model_dump(),  # params.runtime: not here
             "preset": params.presets[params.train.preset].model_dump(),
             "train": params.train.model_dump(), "diffusion": params.diffusion.model_dump(),
             "resolution": params.data.resolution}
@@ -147,7 +147,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     console = console or Console(stderr=True)
     if name not in params.models:
         raise ValueError(f"unknown model {name!r}; params.yaml models: {sorted(params.models)}")
-    entry, tc = params.models[name], params.train
+    entry, tc, rc = params.models[name], params.train, params.runtime
     config = resolved_config(params, name)
     config_hash = hash_json(config)
     data = PreparedDataset(paths.data, "train")
@@ -195,7 +195,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
 
     loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), local_batch, tc.seed, start, tc.steps,
                                                              rank, world, kind.frame_weights(data)),
-                        num_workers=tc.num_workers)
+                        num_workers=rc.num_workers)
 
     def save(step: int) -> None:
         if not accelerator.is_main_process:
@@ -248,7 +248,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
                 step += 1
                 rate = (step - start) / (time.perf_counter() - t_start)
                 bar.update(task, completed=step, loss=f"{loss.item():.4g}", speed=f"{rate:.2f} it/s")
-                if step % tc.log_every == 0 or step == tc.steps:
+                if step % rc.log_every == 0 or step == tc.steps:
                     # the global batch's mean over processes (every process logs at the same steps)
                     values = accelerator.reduce(torch.stack([loss.detach().float(), *(v.detach().float()
                                                                                         for v in terms.values())]), "mean")
@@ -256,12 +256,12 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
                            "lr": lr_sched.get_last_lr()[0], "steps_per_s": rate}
                     history.append(row)
                     tracker.log_metrics({k: v for k, v in row.items() if k != "step"}, step=step)
-                if (step % tc.sample_every == 0 or step == tc.steps) and accelerator.is_main_process:
+                if (step % rc.sample_every == 0 or step == tc.steps) and accelerator.is_main_process:
                     last_grid = _grid(kind, accelerator.unwrap_model(model), ema, trainable, grid_maps)
                     tracker.log_image(last_grid, "samples_map_real_ema_raw", step)
                 if hook is not None and hook_every and step % hook_every == 0 and accelerator.is_main_process:
                     hook(step, lambda fn: _with_ema(kind, accelerator.unwrap_model(model), ema, trainable, fn))
-                if step % tc.checkpoint_every == 0 or step == tc.steps:
+                if step % rc.checkpoint_every == 0 or step == tc.steps:
                     save(step)
                     if not console.is_terminal and accelerator.is_main_process:  # DVC and CI logs: a line per checkpoint
                         console.print(f"{name}: step {step}/{tc.steps}, loss {loss.item():.4g}, {rate:.2f} it/s, "

@@ -26,6 +26,7 @@ class ReportPaths:
     models: Path  # models/ (each model's last_grid.png)
     data: Path  # data/prepared
     maps: Path  # metrics/maps.json
+    studies: Path  # studies/ (the default study storage's folder)
     lock: Path  # dvc.lock
     params: Path  # params.yaml
 

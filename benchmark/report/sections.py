@@ -211,16 +211,16 @@ def training(inp: Inputs, assets: dict) -> dict:
 
 def study(inp: Inputs, assets: dict) -> dict:
     """Optimisation history, importances, best trial vs trial 0 (the configured weights)."""
-    s = inp.params.study
-    url = s.storage or f"sqlite:///runs/studies/{s.name}.db"
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        return {"skipped": f"no study {s.name!r} ({url.removeprefix('sqlite:///')} absent; `casdm study run` makes one)"}
     import optuna
 
-    from benchmark.study import save_plots, storage_for
+    from benchmark.study import save_plots, storage_for, storage_url
 
+    s = inp.params.study
+    url = storage_url(inp.params, folder=inp.paths.studies)  # the folder comes from dvc.yaml (--studies)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        return {"skipped": f"no study {s.name!r} ({url.removeprefix('sqlite:///')} absent; `casdm study run` makes one)"}
     try:
-        st = optuna.load_study(study_name=s.name, storage=storage_for(inp.params))
+        st = optuna.load_study(study_name=s.name, storage=storage_for(inp.params, folder=inp.paths.studies))
     except KeyError:
         return {"skipped": f"study {s.name!r} not found in {url}"}
     import tempfile
