@@ -71,7 +71,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
     except requests.RequestException as exc:
         raise RuntimeError(f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}); start it "
-                           "(README: a shared tracking server) or unset MLFLOW_TRACKING_URI to log to "
+                           "(docs/protocol.md: a shared tracking server) or unset MLFLOW_TRACKING_URI to log to "
                            f"params.yaml's tracking.uri") from None
 
 
