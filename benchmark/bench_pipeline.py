@@ -29,9 +29,12 @@ BUDGET_S = {"default": 30 * 60, "tiny": 5 * 60}
 
 
 def env_for(dst: Path) -> dict:
-    """The copy's environment: offline, its own MLflow store, the venv's scripts first on PATH."""
+    """The copy's environment: offline, its own MLflow store, the venv's scripts first on PATH, and the
+    copy's own packages first on the import path (the venv's `casdm` script would otherwise import the
+    editable install's checkout, not the copy, and time or score another version of the code)."""
     return dict(os.environ, DVC_NO_ANALYTICS="1", HF_HUB_OFFLINE="1", MLFLOW_TRACKING_URI=f"sqlite:///{dst}/mlflow.db",
-                PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
+                PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""),
+                PYTHONPATH=os.pathsep.join(filter(None, [str(dst), os.environ.get("PYTHONPATH")])))
 
 
 def timed_repro(dst: Path, log, *targets: str) -> dict[str, float]:
