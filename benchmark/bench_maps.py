@@ -19,7 +19,7 @@ from benchmark.config import load_params
 from benchmark.io import write_json
 from benchmark.engine.data import PreparedDataset
 from benchmark.engine.trainer import RunPaths, train
-from benchmark.maps import MAPGEN, generator_params, load_generator, prompt_set, score_generator
+from benchmark.maps import MAPGEN, generator_options, generator_params, load_generator, prompt_set, score_generator
 
 KEYS = ("adherence", "presence", "absence", "size", "location", "quantity", "clause_accuracy", "rare_presence")
 
@@ -38,9 +38,9 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("data/prepared"))
     ap.add_argument("--rare-prompts", type=Path, default=Path("prompts/rare.txt"))
     ap.add_argument("--guidance", type=float, nargs="+", default=None,
-                    help="score the trained generator at each of these guidance scales (default: maps.sampling's)")
+                    help="score the trained generator at each of these guidance scales (default: maps.generator.sampling's)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                    help="a params.yaml override (dotted key, YAML value), e.g. maps.drop_rate=0.2")
+                    help="a params.yaml override (dotted key, YAML value), e.g. maps.generator.training.drop_rate=0.2")
     ap.add_argument("--out", type=Path, default=Path("benchmark/results/maps_cpu.json"))
     args = ap.parse_args()
     base = load_params(args.params)
@@ -52,10 +52,12 @@ def main() -> None:
     data = PreparedDataset(args.data, "train")
     real = data.masks()
     rare = data.table.rare_names
-    report = {"steps": args.steps, "class_aware": base.maps.class_aware, "set": args.sets, "encoders": {}}
-    scales = args.guidance or [base.maps.sampling.guidance_scale]
+    report = {"steps": args.steps, "class_aware": generator_options(base).class_aware, "set": args.sets, "encoders": {}}
+    scales = args.guidance or [base.maps.generator.sampling.guidance_scale]
     for enc in args.encoders:
-        over = {"text_encoder": enc, "train": {**base.maps.train, **({"steps": args.steps} if args.steps else {})}}
+        entry = base.maps.generator
+        over = {"generator": entry.model_copy(update={"training": {**entry.training, "text_encoder": enc}}),
+                "train": {**base.maps.train, **({"steps": args.steps} if args.steps else {})}}
         p = base.model_copy(update={"maps": base.maps.model_copy(update=over)})
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
@@ -67,10 +69,11 @@ def main() -> None:
             entry = {"train_s": seconds, "s_per_step": m["s_per_step"], "final_loss": m["final_loss"]}
             for scale in scales:
                 at = entry if len(scales) == 1 else entry.setdefault("guidance", {}).setdefault(str(scale), {})
-                sampling = p.maps.sampling.model_copy(update={"guidance_scale": scale})
+                g = p.maps.generator
+                guided = g.model_copy(update={"sampling": g.sampling.model_copy(update={"guidance_scale": scale})})
                 for source in ("train", "file"):
                     gen = p.maps.generate.model_copy(update={"prompts": source, "prompt_file": str(args.rare_prompts)})
-                    q = p.model_copy(update={"maps": p.maps.model_copy(update={"generate": gen, "sampling": sampling})})
+                    q = p.model_copy(update={"maps": p.maps.model_copy(update={"generate": gen, "generator": guided})})
                     result, _ = score_generator(q, pipe, prompt_set(q, pipe.mapgen.vocab, real), real, rare)
                     at[source] = {"generator": row(result, "generator"), "baseline": row(result, "baseline"),
                                   "s_per_map": result["s_per_map"]}

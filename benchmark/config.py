@@ -320,27 +320,6 @@ class ReportConfig(Section):
 
 
 # ------------------------------------------------------------------------- map generator
-class MapPreset(Section):
-    """Widths of the map generator's UNet2DConditionModel (one entry per resolution level)."""
-
-    block_out_channels: list[int] = Field(min_length=2)
-    attention_levels: list[bool] = Field(min_length=2, description="cross-attention to the prompt at this level")
-    layers_per_block: int = Field(ge=1)
-    cross_attention_dim: int = Field(ge=8)
-    attention_head_dim: int = Field(ge=1)
-    norm_num_groups: int = Field(ge=1)
-
-    @model_validator(mode="after")
-    def _levels(self):
-        if len(self.attention_levels) != len(self.block_out_channels):
-            raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, block_out_channels "
-                             f"{len(self.block_out_channels)}: give one per level")
-        if any(c % self.norm_num_groups for c in self.block_out_channels):
-            raise ValueError(f"every block_out_channels entry must be a multiple of norm_num_groups "
-                             f"({self.norm_num_groups}), got {self.block_out_channels}")
-        return self
-
-
 class MapGenerateConfig(Section):
     """Which prompts the ``maps`` stage generates maps for, and which image model draws them."""
 
@@ -367,40 +346,11 @@ class MapMetricsConfig(Section):
 class MapsConfig(Section):
     """The text-prompted map generator (casdm.md section 5): ``train-maps``, ``maps``, ``evaluate-maps``."""
 
-    text_encoder: str = Field(description="minilm | learned | clip:<local path or hub id>")
-    preset: str
-    presets: dict[str, MapPreset]
-    min_region: float = Field(gt=0, lt=0.5, description="regions under this share of the map are specks")
-    drop_rate: float = Field(ge=0, le=1, description="empty-prompt dropout (classifier-free guidance)")
-    class_aware: bool = Field(description="class-aware (balanced) cross-entropy: every class present in a "
-                              "map weighs the same, whatever its size")
-    rare_oversample: float = Field(ge=1, description="training maps holding a rare class are drawn this many "
-                                   "times as often as the others (1 = uniform epochs)")
-    pooled_prompt: bool = Field(description="the summed clause tokens also added to the timestep embedding, "
-                                "so the prompt reaches every block, not only cross-attention")
-    posterior_skip: bool = Field(description="the generator's logits are a residual on the class log-odds the "
-                                 "noisy map itself carries")
-    prompt_layout: bool = Field(description="the prompt also drawn as K input channels, a soft disc per clause "
-                                "at its location and size (casdm.prompts.render_layout)")
-    layout_gain: float = Field(ge=0, description="the drawn prompt also added to the generator's class logits, "
-                               "times this: the prompt's own log-odds (0 = off; needs prompt_layout)")
+    generator: ModelEntry = Field(description="the generator as a model entry: kind mapgen, its training block "
+                                  "(validated by the kind: benchmark/kinds/mapgen.py) and its sampler")
     train: dict[str, Any] = Field(description="overrides of the train: section")
-    sampling: SamplingRecipe
     generate: MapGenerateConfig
     metrics: MapMetricsConfig
-
-    @field_validator("text_encoder")
-    @classmethod
-    def _encoder(cls, v: str) -> str:
-        if v not in ("minilm", "learned") and not (v.startswith("clip:") and len(v) > 5):
-            raise ValueError(f"unknown text encoder {v!r}; expected minilm, learned or clip:<local path or hub id>")
-        return v
-
-    @model_validator(mode="after")
-    def _preset(self):
-        if self.preset not in self.presets:
-            raise ValueError(f"preset {self.preset!r} is not in maps.presets {sorted(self.presets)}")
-        return self
 
 
 class TrackingConfig(Section):
@@ -438,6 +388,8 @@ class Params(Section):
         if self.maps.generate.image_model not in self.models:
             raise ValueError(f"maps.generate.image_model {self.maps.generate.image_model!r} is not in models "
                              f"{sorted(self.models)}")
+        if self.maps.generator.kind != "mapgen":
+            raise ValueError(f"maps.generator.kind: {self.maps.generator.kind!r}; the map generator is kind 'mapgen'")
         if "mapgen" in self.models:
             raise ValueError("models.mapgen: the name is the map generator's (maps: section); rename the model")
         try:

@@ -2,9 +2,9 @@
 prompt set, images for them with a chosen image model, the generator's metrics next to the
 retrieval baseline's). ``evaluate-maps`` (``benchmark/evaluate.py``) scores the pairs downstream.
 
-The generator is trained as model ``mapgen`` of a derived parameter set: params.yaml's ``maps:``
-section becomes its ``models`` entry and ``maps.train`` overrides ``train:``, so trainer, resuming,
-checkpoints and MLflow tracking are the ones every image model uses.
+The generator is an ordinary model entry, ``maps.generator``, trained as model ``mapgen`` of a
+derived parameter set (it becomes the one ``models`` entry and ``maps.train`` overrides ``train:``),
+so trainer, resuming, checkpoints and MLflow tracking are the ones every image model uses.
 """
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmark.config import ModelEntry, Params
+from benchmark.config import Params
 from benchmark.engine.data import PreparedDataset
 from benchmark.engine.trainer import RunPaths, train
 from benchmark.io import atomic_dir, write_json
-from benchmark.kinds.registry import make_kind
+from benchmark.kinds.mapgen import MapGenOptions
+from benchmark.kinds.registry import get_kind, make_kind
 from benchmark.manifest import ImageRecord, Manifest
 from benchmark.metrics.maps import RetrievalBaseline, summary
 from benchmark.seeds import DIVERSITY_MAPS, MAP_IMAGES, derive_seed
@@ -37,21 +38,24 @@ MAPGEN = "mapgen"
 
 
 def generator_params(params: Params) -> Params:
-    """params with ``models = {mapgen: <from maps:>}`` and ``train`` overridden by ``maps.train``."""
+    """params with ``models = {mapgen: maps.generator}`` and ``train`` overridden by ``maps.train``: the
+    shared trainer, resuming and tracking then train the generator as they train any model."""
     m = params.maps
-    entry = ModelEntry(kind=MAPGEN, role="generator", sampling=m.sampling, training={
-        "loss": "map_ce", "drop_rate": m.drop_rate, "text_encoder": m.text_encoder, "min_region": m.min_region,
-        "class_aware": m.class_aware, "rare_oversample": m.rare_oversample,
-        "pooled_prompt": m.pooled_prompt, "posterior_skip": m.posterior_skip,
-        "prompt_layout": m.prompt_layout, "layout_gain": m.layout_gain, **m.presets[m.preset].model_dump()})
-    return params.model_copy(update={"models": {MAPGEN: entry}, "train": params.train.model_copy(update=m.train)})
+    return params.model_copy(update={"models": {MAPGEN: m.generator}, "train": params.train.model_copy(update=m.train)})
+
+
+def generator_options(params: Params) -> MapGenOptions:
+    """``maps.generator.training``, validated by the mapgen kind (errors name the key)."""
+    return get_kind(MAPGEN).parse_options(params.maps.generator.training, "params.yaml: maps.generator.training")
 
 
 def train_generator(params: Params, paths: RunPaths, console=None) -> dict:
+    generator_options(params)  # a bad option fails naming maps.generator.training, before anything starts
     return train(generator_params(params), MAPGEN, paths, console=console)
 
 
 def load_generator(params: Params, folder: Path, table):
+    generator_options(params)
     gp = generator_params(params)
     return make_kind(gp, MAPGEN, table).load_pipeline(Path(folder), params.sample.use_ema)
 
@@ -122,12 +126,13 @@ def score_generator(params: Params, pipe, prompts: list[Prompt], real_maps: list
     vocab = pipe.mapgen.vocab
     seeds = prompt_seeds(params, len(prompts))
     t0 = time.perf_counter()
-    maps = generate(pipe, prompts, seeds, g.batch_size, m.sampling.num_inference_steps, m.sampling.guidance_scale)
+    s = m.generator.sampling
+    maps = generate(pipe, prompts, seeds, g.batch_size, s.num_inference_steps, s.guidance_scale)
     n_div = min(m.metrics.diversity_prompts, len(prompts))
     extra = [(i, derive_seed(g.seed, i * 100 + k, DIVERSITY_MAPS)) for i in range(n_div)
              for k in range(1, m.metrics.diversity_samples)]
     extra_maps = generate(pipe, [prompts[i] for i, _ in extra], [s for _, s in extra], g.batch_size,
-                          m.sampling.num_inference_steps, m.sampling.guidance_scale)
+                          s.num_inference_steps, s.guidance_scale)
     map_seconds = time.perf_counter() - t0
     groups = [[maps[i]] + [e for (j, _), e in zip(extra, extra_maps) if j == i] for i in range(n_div)]
     log(f"maps: {len(maps) + len(extra_maps)} generated in {map_seconds:.1f} s")
@@ -136,7 +141,7 @@ def score_generator(params: Params, pipe, prompts: list[Prompt], real_maps: list
     base_maps = [baseline.sample(p, rng) for p in prompts]
     base_groups = [[base_maps[i]] + [baseline.sample(prompts[i], rng) for _ in range(m.metrics.diversity_samples - 1)]
                    for i in range(n_div)]
-    result = {"text_encoder": m.text_encoder, "prompts": g.prompts, "num": len(prompts), "image_model": g.image_model,
+    result = {"text_encoder": generator_options(params).text_encoder, "prompts": g.prompts, "num": len(prompts), "image_model": g.image_model,
               "generator": summary(prompts, maps, groups, real_maps, vocab, rare),
               "baseline": summary(prompts, base_maps, base_groups, real_maps, vocab, rare),
               "s_per_map": map_seconds / (len(maps) + len(extra_maps))}

@@ -43,7 +43,7 @@ def test_paper_profile_is_the_released_run():
     assert (t.batch_size, t.lr, t.steps, t.warmup_steps, t.ema_decay, t.mixed_precision) == (10, 1e-4, 343500, 500,
                                                                                             0.9999, "bf16")
     assert all((m.sampling.scheduler, m.sampling.num_inference_steps) == ("ddim", 50) for m in params.models.values())
-    assert params.models["casdm"].training["sp_start_step"] == 30 * 687 and params.maps.preset == "paper"
+    assert params.models["casdm"].training["sp_start_step"] == 30 * 687 and params.maps.generator.training["block_out_channels"] == [128, 256, 512, 512]
     assert params.evaluate.downstream.encoder_weights == "imagenet" and params.evaluate.fid.extractor == "auto"
 
 

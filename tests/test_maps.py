@@ -194,15 +194,15 @@ class NoAutocast:
         return torch.autocast("cpu", enabled=False)
 
 
-def generator_loss(prepared, **maps_overrides):
-    """A fresh generator built by the mapgen kind from the tiny params + ``maps_overrides``, and its
+def generator_loss(prepared, **options):
+    """A fresh generator built by the mapgen kind from the tiny params + ``options`` (of its training block), and its
     training loss on four prepared maps, already back-propagated: (model, loss)."""
     from benchmark.engine.data import PreparedDataset
     from benchmark.kinds.registry import make_kind
     from benchmark.maps import MAPGEN, generator_params
 
     data = PreparedDataset(prepared, "train")
-    kind = make_kind(generator_params(tiny_params(maps=maps_overrides)), MAPGEN, data.table)
+    kind = make_kind(generator_params(tiny_params(maps={"generator": {"training": options}})), MAPGEN, data.table)
     kind.prepare(data)
     model = kind.build()
     batch = torch.stack([data[i]["labels"] for i in range(4)])
@@ -226,8 +226,12 @@ def test_maps_config_errors_are_named():
         tiny_params(maps={"generate": {"image_model": "nope"}})
     with pytest.raises(ConfigError, match="prompt_file"):
         tiny_params(maps={"generate": {"prompts": "file", "prompt_file": None}})
-    with pytest.raises(ConfigError, match="unknown text encoder 'bert'"):
-        tiny_params(maps={"text_encoder": "bert"})
+    from benchmark.maps import generator_options
+
+    with pytest.raises(ValueError, match=r"maps\.generator\.training\.text_encoder: .*unknown text encoder 'bert'"):
+        generator_options(tiny_params(maps={"generator": {"training": {"text_encoder": "bert"}}}))
+    with pytest.raises(ConfigError, match="maps.generator.kind: 'casdm'; the map generator is kind 'mapgen'"):
+        tiny_params(maps={"generator": {"kind": "casdm"}})
 
 
 def test_weighted_batches_oversample_rare_maps_and_resume_alike():

@@ -27,11 +27,14 @@ def params_check(params: Path = PARAMS) -> None:
     from benchmark.kinds.registry import model_options
 
     p = read_params(params)
-    for name in p.models:
-        try:
+    from benchmark.maps import generator_options
+
+    try:
+        for name in p.models:
             model_options(p, name)
-        except ValueError as exc:
-            fail(str(exc))
+        generator_options(p)
+    except ValueError as exc:
+        fail(str(exc))
     console.print(f"[green]{params}: valid[/] (preset {p.train.preset}, {p.data.resolution} px, "
                   f"models {', '.join(p.models)})")
 

@@ -86,7 +86,7 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
     except (PromptError, *ERRORS) as exc:
         fail(str(exc))
     seeds = [derive_seed(seed, i) for i in range(num)]
-    s = p.maps.sampling
+    s = p.maps.generator.sampling
     maps = generate(pipe, [parsed] * num, seeds, p.maps.generate.batch_size, s.num_inference_steps, s.guidance_scale)
     pictures = None
     if images:
@@ -114,6 +114,7 @@ def maps_prompts(num: int = typer.Option(5, "--num", min=1), split: str = typer.
                  params: Path = PARAMS, data: Path = DATA) -> None:
     """Prompts built from the first maps of a split (size thresholds fitted on the training maps)."""
     from benchmark.engine.data import PreparedDataset
+    from benchmark.maps import generator_options
     from casdm.prompts import describe_map, fit_vocabulary, format_prompt
 
     p = read_params(params)
@@ -122,7 +123,7 @@ def maps_prompts(num: int = typer.Option(5, "--num", min=1), split: str = typer.
         shown = train if split == "train" else PreparedDataset(data, split)
     except ERRORS as exc:
         fail(str(exc))
-    vocab = fit_vocabulary(train.masks(), train.table.names, p.maps.min_region)
+    vocab = fit_vocabulary(train.masks(), train.table.names, generator_options(p).min_region)
     for name, (lo, hi) in zip(vocab.names, vocab.thresholds):
         err.print(f"  {name}: small < {lo:.4f} <= medium < {hi:.4f} <= large (share of the map)", highlight=False)
     for m, r in zip(shown.masks()[:num], shown.rows):

@@ -1,8 +1,8 @@
 """The map generator's kind: ``casdm.mapgen.MapGenerator`` trained by the shared trainer (loss
 ``map_ce``), the prompt of every (augmented) training map built on the fly.
 
-Its options come from params.yaml's ``maps:`` section (``benchmark/maps.py`` makes the model entry):
-the preset's widths, the text encoder, the speck threshold, the class-aware switch.
+Its options are params.yaml's ``maps.generator.training`` block, an ordinary model entry's: the
+network's widths, the text encoder, the speck threshold, the training levers.
 """
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from benchmark.config import MapPreset
 from benchmark.kinds.base import KindOptions, ModelKind
 from casdm.draws import as_draws
 from casdm.labels import IGNORE_INDEX
@@ -31,8 +30,30 @@ from casdm.prompts import Vocabulary, describe_map, fit_vocabulary
 from casdm.text import embedding_dim
 
 
+class MapPreset(BaseModel):
+    """Widths of the map generator's UNet2DConditionModel (one entry per resolution level)."""
+
+    block_out_channels: list[int] = Field(min_length=2)
+    attention_levels: list[bool] = Field(min_length=2, description="cross-attention to the prompt at this level")
+    layers_per_block: int = Field(ge=1)
+    cross_attention_dim: int = Field(ge=8)
+    attention_head_dim: int = Field(ge=1)
+    norm_num_groups: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _levels(self):
+        if len(self.attention_levels) != len(self.block_out_channels):
+            raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, block_out_channels "
+                             f"{len(self.block_out_channels)}: give one per level")
+        if any(c % self.norm_num_groups for c in self.block_out_channels):
+            raise ValueError(f"every block_out_channels entry must be a multiple of norm_num_groups "
+                             f"({self.norm_num_groups}), got {self.block_out_channels}")
+        return self
+
+
+
 class MapGenOptions(KindOptions, MapPreset):
-    """The ``maps.presets`` widths plus the generator's own settings."""
+    """``maps.generator.training``: the generator's widths and its own settings."""
 
     loss: Literal["map_ce"]
     drop_rate: float = Field(ge=0, le=1, description="empty-prompt dropout (classifier-free guidance)")
@@ -44,6 +65,13 @@ class MapGenOptions(KindOptions, MapPreset):
     posterior_skip: bool = Field(description="the output is a residual on the noisy map's own class log-odds")
     prompt_layout: bool = Field(description="the prompt also drawn as K input channels (a disc per clause)")
     layout_gain: float = Field(ge=0, description="the drawn prompt added to the logits, times this (0 = off)")
+
+    @field_validator("text_encoder")
+    @classmethod
+    def _encoder(cls, v: str) -> str:
+        if v not in ("minilm", "learned") and not (v.startswith("clip:") and len(v) > 5):
+            raise ValueError(f"unknown text encoder {v!r}; expected minilm, learned or clip:<local path or hub id>")
+        return v
 
 
 class MapGenKind(ModelKind):
