@@ -1,16 +1,15 @@
 """The trainer shared by every model: accelerate, AdamW + cosine warm-up, clipping, EMA, the paper's
-augmentations, null-map dropout, atomic resumable checkpoints, MLflow tracking, a rich progress bar.
+augmentations, null-map dropout, atomic resumable checkpoints (``checkpoints.py``), MLflow tracking,
+a rich progress bar.
 
-Re-running the same command resumes from the last checkpoint whose parameters match (DVC has no
-checkpoints of its own any more: the checkpoint folder is a ``persist: true`` out).
+Re-running the same command resumes from the last checkpoint whose parameters match: the checkpoint
+folder is no DVC output, so DVC never deletes it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,14 +19,12 @@ from torch.utils.data import DataLoader
 from benchmark.config import Params
 from benchmark.devices import mixed_precision
 from benchmark.engine.data import PreparedDataset, StepBatchSampler, augment
-from benchmark.io import atomic_dir, write_csv, write_json, write_text
+from benchmark.engine import checkpoints
+from benchmark.io import atomic_dir, write_csv, write_json
 from benchmark.kinds.registry import make_kind, model_options
 from benchmark.seeds import RANK, derive_seed
 from casdm.draws import BatchDraws
 from casdm.pipeline import to_uint8
-
-KEEP_CHECKPOINTS = 2
-
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf; the run stops and the last good checkpoint is kept."""
@@ -51,75 +48,6 @@ def resolved_config(params: Params, name: str) -> dict:
             "resolution": params.data.resolution}
 
 
-def _latest(ckpt_dir: Path) -> Path | None:
-    marker = ckpt_dir / "latest"
-    if not marker.exists():
-        return None
-    path = ckpt_dir / marker.read_text().strip()
-    return path if (path / "state.json").exists() else None
-
-
-def _manifest(folder: Path) -> dict:
-    """Size and SHA-256 of every file of a checkpoint: checked before resuming, so a truncated or
-    corrupt file is found by name instead of failing somewhere inside ``load_state``."""
-    out = {}
-    for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "state.json"):
-        with f.open("rb") as fh:
-            out[str(f.relative_to(folder))] = [f.stat().st_size, hashlib.file_digest(fh, "sha256").hexdigest()]
-    return out
-
-
-def _verify(folder: Path, state: dict) -> None:
-    for rel, (size, digest) in state.get("files", {}).items():
-        f = folder / rel
-        if not f.is_file():
-            raise FileNotFoundError(f"{f}: missing")
-        if f.stat().st_size != size:
-            raise ValueError(f"{f}: {f.stat().st_size} bytes, {size} when saved (truncated)")
-        with f.open("rb") as fh:
-            if hashlib.file_digest(fh, "sha256").hexdigest() != digest:
-                raise ValueError(f"{f}: content differs from when it was saved (corrupt)")
-
-
-def _candidates(ckpt_dir: Path) -> list[Path]:
-    """Checkpoints to resume from, newest first: the one ``latest`` names, then every other
-    ``step-N`` (a corrupt newest one is skipped for the one before it)."""
-    steps = sorted((p for p in ckpt_dir.glob("step-*") if p.name[5:].isdigit()), key=lambda p: -int(p.name[5:]))
-    first = _latest(ckpt_dir)
-    return ([first] if first else []) + [p for p in steps if p != first]
-
-
-def _resume(accelerator, kind, model, ckpt_dir: Path, config_hash: str, console) -> dict | None:
-    """Load the newest readable checkpoint made with these parameters; returns its state.json, or None
-    (start afresh). A truncated or corrupt checkpoint is skipped with a warning naming the file."""
-    stale, broken = False, []
-    for path in _candidates(ckpt_dir):
-        try:
-            state = json.loads((path / "state.json").read_text())
-            if state["config_hash"] != config_hash:
-                stale = True
-                continue
-            _verify(path, state)
-        except (OSError, ValueError, KeyError) as exc:  # checked before loading: nothing was touched yet
-            console.print(f"[yellow]warning: skipping checkpoint {path}: {exc}; trying the one before it[/]")
-            continue
-        try:
-            accelerator.load_state(str(path))
-            kind.load_state(path, accelerator.unwrap_model(model))
-            return {**state, "path": path}
-        except Exception as exc:  # noqa: BLE001 - unreadable despite its manifest (or saved without one)
-            console.print(f"[yellow]warning: checkpoint {path} could not be loaded ({type(exc).__name__}: {exc})[/]")
-            broken.append(str(path))
-    if broken:  # a failed load may have written part of the weights: a fresh start must not begin from them
-        raise RuntimeError(f"no readable checkpoint in {ckpt_dir} (unreadable: {', '.join(broken)}); delete the "
-                           "folder to train from scratch")
-    if stale:
-        console.print(f"[yellow]checkpoints in {ckpt_dir} were made with other parameters; starting afresh[/]")
-        shutil.rmtree(ckpt_dir)
-        ckpt_dir.mkdir(parents=True)
-    return None
-
-
 def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, hook_every: int = 0,
           track: bool = True) -> dict:
     """Train model ``name`` (a key of ``params.models``); returns the final metrics.
@@ -130,9 +58,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     study logs its trials as nested runs instead).
     """
     from accelerate import Accelerator
-    from accelerate.utils import DistributedDataParallelKwargs, set_seed
-    from diffusers.optimization import get_cosine_schedule_with_warmup
-    from diffusers.training_utils import EMAModel
+    from accelerate.utils import DistributedDataParallelKwargs
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -163,22 +89,13 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
                          f"evenly among the {world} processes")
     local_batch = tc.batch_size // world  # the global batch, not the process count, defines the experiment
 
-    set_seed(tc.seed)  # the initial weights, so an interrupted run and a straight one start alike
-    model = kind.build()
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in model.parameters())
-    opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
-    lr_sched = get_cosine_schedule_with_warmup(opt, tc.warmup_steps * accelerator.num_processes,
-                                               tc.steps * accelerator.num_processes)
-    model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
-    ema = EMAModel(trainable, decay=tc.ema_decay)
-    ema.to(device)
-    accelerator.register_for_checkpointing(ema)
+    model, trainable, opt, lr_sched, ema = _build(kind, tc, accelerator)
+    n_params = sum(p.numel() for p in accelerator.unwrap_model(model).parameters())
 
     # ---- resume ------------------------------------------------------------------------------
     paths.checkpoints.mkdir(parents=True, exist_ok=True)
     start, run_id, history, before = 0, None, [], 0.0
-    state = _resume(accelerator, kind, model, paths.checkpoints, config_hash, console)
+    state = checkpoints.resume(accelerator, kind, model, paths.checkpoints, config_hash, console)
     if state is not None:
         start, run_id, history = state["step"], state.get("mlflow_run_id"), state.get("history", [])
         before = state.get("train_s", 0.0)  # training seconds of the invocations before this one
@@ -198,19 +115,10 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
                         num_workers=rc.num_workers)
 
     def save(step: int) -> None:
-        if not accelerator.is_main_process:
-            return
-        final = paths.checkpoints / f"step-{step}"
-        with atomic_dir(final) as tmp:
-            accelerator.save_state(str(tmp))
-            kind.save_state(tmp)
-            write_json(tmp / "state.json", {"step": step, "config_hash": config_hash, "files": _manifest(tmp),
-                                            "train_s": before + time.perf_counter() - t_start,
-                                            "mlflow_run_id": tracker.run_id, "history": history})
-        write_text(paths.checkpoints / "latest", final.name)
-        old = sorted((p for p in paths.checkpoints.glob("step-*")), key=lambda p: int(p.name[5:]))
-        for p in old[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(p, ignore_errors=True)
+        if accelerator.is_main_process:
+            checkpoints.save(accelerator, kind, paths.checkpoints, step, {
+                "config_hash": config_hash, "train_s": before + time.perf_counter() - t_start,
+                "mlflow_run_id": tracker.run_id, "history": history})
 
     model.train()
     t_start, step, last_grid = time.perf_counter(), start, None
@@ -221,30 +129,11 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
         with Progress(*columns, console=console, disable=not accelerator.is_main_process) as bar:
             task = bar.add_task("train", total=tc.steps, completed=start, loss="-", speed="")
             for batch in loader:
-                # one seed per step on every process: each draws the global batch's noise and keeps its rows
-                step_seed = derive_seed(tc.seed, step)
-                g = BatchDraws(step_seed, rank, world)
-                torch.manual_seed(derive_seed(tc.seed, step, rank * RANK))  # dropout and anything else global
-                images, labels = batch["image"], batch["labels"]
-                if tc.augment:
-                    images, labels = augment(images, labels, g)
-                images, labels = images.to(device), labels.to(device)
-                if kind.on_step(step, accelerator.unwrap_model(model)):  # new weights: the EMA restarts
-                    ema.shadow_params = [p.detach().clone() for p in trainable]
-                    ema.optimization_step = 0
-                with accelerator.accumulate(model):
-                    loss, terms = kind.loss(model, images, labels, g, accelerator)
-                    if not torch.isfinite(loss):
-                        raise NonFiniteLoss(
-                            f"{name}: non-finite loss at step {step} ({ {k: v.item() for k, v in terms.items()} }); "
-                            f"last good checkpoint: {_latest(paths.checkpoints) or 'none'}")
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(trainable, tc.grad_clip)
-                    opt.step()
-                    lr_sched.step()
-                    opt.zero_grad(set_to_none=True)
-                ema.step(trainable)
+                try:
+                    loss, terms = _step(kind, accelerator, model, opt, lr_sched, ema, trainable, batch, step, tc)
+                except NonFiniteLoss as exc:
+                    raise NonFiniteLoss(f"{name}: {exc}; last good checkpoint: "
+                                        f"{checkpoints.latest(paths.checkpoints) or 'none'}") from None
                 step += 1
                 rate = (step - start) / (time.perf_counter() - t_start)
                 bar.update(task, completed=step, loss=f"{loss.item():.4g}", speed=f"{rate:.2f} it/s")
@@ -284,6 +173,54 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     return metrics
 
 
+def _build(kind, tc, accelerator):
+    """The network (its initial weights seeded, so an interrupted run and a straight one start alike),
+    AdamW, the cosine schedule with warm-up, the EMA (checkpointed with the rest)."""
+    from accelerate.utils import set_seed
+    from diffusers.optimization import get_cosine_schedule_with_warmup
+    from diffusers.training_utils import EMAModel
+
+    set_seed(tc.seed)
+    model = kind.build()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=tc.lr, betas=tuple(tc.adam_betas), weight_decay=tc.weight_decay)
+    lr_sched = get_cosine_schedule_with_warmup(opt, tc.warmup_steps * accelerator.num_processes,
+                                               tc.steps * accelerator.num_processes)
+    model, opt, lr_sched = accelerator.prepare(model, opt, lr_sched)
+    ema = EMAModel(trainable, decay=tc.ema_decay)
+    ema.to(accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    return model, trainable, opt, lr_sched, ema
+
+
+def _step(kind, accelerator, model, opt, lr_sched, ema, trainable, batch, step: int, tc):
+    """One optimiser step on ``batch``: the step's draws, augmentation, the kind's hook and loss,
+    clipping, the EMA update. Returns the loss and its named terms."""
+    rank, world = accelerator.process_index, accelerator.num_processes
+    # one seed per step on every process: each draws the global batch's noise and keeps its rows
+    g = BatchDraws(derive_seed(tc.seed, step), rank, world)
+    torch.manual_seed(derive_seed(tc.seed, step, rank * RANK))  # dropout and anything else global
+    images, labels = batch["image"], batch["labels"]
+    if tc.augment:
+        images, labels = augment(images, labels, g)
+    images, labels = images.to(accelerator.device), labels.to(accelerator.device)
+    if kind.on_step(step, accelerator.unwrap_model(model)):  # new weights: the EMA restarts
+        ema.shadow_params = [p.detach().clone() for p in trainable]
+        ema.optimization_step = 0
+    with accelerator.accumulate(model):
+        loss, terms = kind.loss(model, images, labels, g, accelerator)
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(f"non-finite loss at step {step} ({ {k: v.item() for k, v in terms.items()} })")
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(trainable, tc.grad_clip)
+        opt.step()
+        lr_sched.step()
+        opt.zero_grad(set_to_none=True)
+    ema.step(trainable)
+    return loss, terms
+
+
 def _grid_batch(data_dir: Path, device, n: int = 4) -> dict:
     """The first ``n`` held-out frames (test split, else train): the maps every sample grid shows."""
     for split in ("test", "val", "train"):
@@ -296,37 +233,49 @@ def _grid_batch(data_dir: Path, device, n: int = 4) -> dict:
     return {"image": torch.stack([i["image"] for i in items]), "labels": torch.stack([i["labels"] for i in items]).to(device)}
 
 
-def _with_ema(kind, model, ema, trainable, fn):
-    """``fn(pipeline)`` with the EMA weights swapped in, the training weights and mode restored after."""
-    was_training = model.training
-    model.eval()
+@contextmanager
+def ema_weights(ema, trainable):
+    """The EMA weights in the trainable parameters for the block, the training weights restored after."""
     ema.store(trainable)
     ema.copy_to(trainable)
     try:
-        with torch.no_grad():
-            return fn(kind.pipeline(model))
+        yield
     finally:
         ema.restore(trainable)
+
+
+@contextmanager
+def evaluating(model):
+    """The model in eval mode for the block, its training mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
         model.train(was_training)
+
+
+def _with_ema(kind, model, ema, trainable, fn):
+    """``fn(pipeline)`` with the EMA weights swapped in, the training weights and mode restored after."""
+    with evaluating(model), ema_weights(ema, trainable), torch.no_grad():
+        return fn(kind.pipeline(model))
 
 
 def _grid(kind, model, ema, trainable, grid):
     """Sample grid, rows: map | real | sample from the EMA weights | sample from the raw weights."""
     import numpy as np
 
-    was_training = model.training
-    model.eval()
     rows = [kind.table.colourise(grid["labels"].cpu().numpy()), to_uint8((grid["image"] + 1) / 2)]
     s = kind.sampling
-    ema.store(trainable)
-    ema.copy_to(trainable)
-    for restore in (False, True):
-        if restore:
-            ema.restore(trainable)
+
+    def sample():
         g = torch.Generator(device=model.device).manual_seed(0)
-        rows.append(to_uint8(kind.preview(kind.pipeline(model), grid["labels"], s.num_inference_steps,
-                                          s.guidance_scale, g)))
-    model.train(was_training)
+        return to_uint8(kind.preview(kind.pipeline(model), grid["labels"], s.num_inference_steps, s.guidance_scale, g))
+
+    with evaluating(model):
+        with ema_weights(ema, trainable):
+            rows.append(sample())
+        rows.append(sample())
     return np.concatenate([np.concatenate(list(r), axis=1) for r in rows], axis=0)
 
 
@@ -340,10 +289,8 @@ def _finish(kind, model, ema, trainable, paths: RunPaths, history, n_params, sec
         if last_grid is not None:
             Image.fromarray(last_grid).save(tmp / "last_grid.png")
         kind.export_raw(model, tmp)
-        ema.store(trainable)
-        ema.copy_to(trainable)
-        kind.export(model, tmp)
-        ema.restore(trainable)
+        with ema_weights(ema, trainable):
+            kind.export(model, tmp)
     tail = history[-max(1, len(history) // 10):]
     metrics = {"steps": steps, "num_parameters": n_params, "map_conditioned_steps": kind.conditioned_steps(steps),
                "images_seen": steps * batch,
