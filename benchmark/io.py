@@ -97,7 +97,7 @@ def copy_project(src: Path, dst: Path) -> Path:
     no generated data, metrics or dvc.lock) into ``dst``, a git repository with the copy as its one
     commit. The commit is what a run there records as its provenance (MLflow tags, the report), and
     its message names the source commit it was copied from (``git log -1`` in the copy): without it,
-    every run of bench_pipeline / bench_budget recorded the commit as "unknown"."""
+    every run of bench.pipeline / bench.screens.budget recorded the commit as "unknown"."""
     import subprocess
 
     from benchmark.tracking import git_commit

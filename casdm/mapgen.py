@@ -27,7 +27,7 @@ With ``prompt_layout`` the prompt is also drawn as K extra input channels (``ren
 disc per clause, in its class's channel, at its location's cell, as large as its size word asks),
 concatenated to the noisy map, as layout-to-image models feed boxes (GLIGEN, LayoutDiffusion). Why:
 with the tokens alone, 300 CPU steps never drew a requested rare class, whatever the guidance, the
-pooled prompt, the posterior skip or class-aware CE (benchmark/results/maps_levers_*.json); a
+pooled prompt, the posterior skip or class-aware CE (bench/results/maps_levers_*.json); a
 pixel-aligned hint is read by the first convolution. The clause tokens still go to cross-attention.
 With ``layout_gain`` g the drawn prompt is also added to the output, g x disc, as the class log-odds
 the prompt gives (the posterior skip's idea, for the prompt instead of the noisy map): the network

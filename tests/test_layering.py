@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tests.conftest import REPO
 
-PACKAGES = ("casdm", "baselines", "benchmark")
+PACKAGES = ("casdm", "baselines", "benchmark", "bench")
 
 
 def project_modules() -> dict[str, Path]:

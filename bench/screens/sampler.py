@@ -3,8 +3,8 @@ are drawn by the sample stage's own code and scored by the leaderboard's image s
 real test images, the judge's semantic mIoU, the colour shift), with seconds per image. No retraining:
 a sampler is a ``models.<name>.sampling`` change.
 
-    python -m benchmark.bench_sampler --model casdm-mse --root /tmp/screen --samplers ddpm:15 ddim:15 dpmsolver++:15
-    python -m benchmark.bench_sampler --model controlnet --samplers ddpm:15 --training conditioning_scale=2 --tag cn_scale2
+    python -m bench.screens.sampler --model casdm-mse --root /tmp/screen --samplers ddpm:15 ddim:15 dpmsolver++:15
+    python -m bench.screens.sampler --model controlnet --samplers ddpm:15 --training conditioning_scale=2 --tag cn_scale2
 
 ``--training KEY=VALUE`` changes an option of the model's ``training:`` block that only acts at sampling
 (ControlNet's ``conditioning_scale``) for this screen; the trained weights are the same.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from benchmark.io import write_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--training", action="append", default=[], metavar="KEY=VALUE",
                     help="a sampling-time option of the model's training block, e.g. conditioning_scale=2")
     a = ap.parse_args(argv)
-    from benchmark.bench_budget import parse_set
+    from bench.screens.budget import parse_set
 
     training = parse_set(a.training, "--training")  # a malformed KEY=VALUE fails before anything loads
     from benchmark.config import load_params
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
                  "colour_shift": colour["colour_shift"], "s_per_image": seconds / r["images"]}
         result["samplers"][spec] = entry
         print(spec, {k: round(v, 4) if isinstance(v, float) else v for k, v in entry.items()}, flush=True)
-    write_json(REPO / "benchmark" / "results" / f"sampler_{a.tag or a.model}.json", result)
+    write_json(REPO / "bench" / "results" / f"sampler_{a.tag or a.model}.json", result)
     return result
 
 

@@ -1,11 +1,11 @@
 """Time the whole benchmark: ``dvc repro`` of every stage from scratch, per stage and in total.
 
-Run from the repo root with the venv active: ``python -m benchmark.bench_pipeline [tiny] [--keep DIR]``.
+Run from the repo root with the venv active: ``python -m bench.pipeline [tiny] [--keep DIR]``.
 It works on a scratch copy of the project (the working tree's outputs and dvc.lock are left alone;
 ``--keep DIR`` keeps the copy, e.g. to read its leaderboard). ``--in-place`` times ``dvc repro --force``
 in the working tree itself, training checkpoints removed first: every stage runs from scratch and its
 outputs and dvc.lock become the committed default run (with the git commit it records). Budgets (issue 5): default profile
-<= 30 min, tiny <= 5 min on 2 CPU cores. Writes ``benchmark/results/pipeline_<profile>.json``.
+<= 30 min, tiny <= 5 min on 2 CPU cores. Writes ``bench/results/pipeline_<profile>.json``.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def main() -> dict:
     for k, v in result["stages"].items():
         t.add_row(k, f"{v:.1f}")
     Console().print(t)
-    write_json(REPO / "benchmark" / "results" / f"pipeline_{result['profile']}.json", result)
+    write_json(REPO / "bench" / "results" / f"pipeline_{result['profile']}.json", result)
     return result
 
 

@@ -3,7 +3,7 @@ for each encoder, train the generator (the shared trainer, in a scratch folder, 
 score its maps on the training-prompt set and on the rare-class prompt file, next to the retrieval
 baseline (a random real training map with the prompt's class set).
 
-    python -m benchmark.bench_maps --encoders minilm learned [--steps 400] [--out benchmark/results/maps_cpu.json]
+    python -m bench.screens.maps --encoders minilm learned [--steps 400] [--out bench/results/maps_cpu.json]
 
 ``clip:<local folder>`` works the same where CLIP weights are on disk; offline it fails at once.
 """
@@ -41,11 +41,11 @@ def main() -> None:
                     help="score the trained generator at each of these guidance scales (default: maps.generator.sampling's)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="a params.yaml override (dotted key, YAML value), e.g. maps.generator.training.drop_rate=0.2")
-    ap.add_argument("--out", type=Path, default=Path("benchmark/results/maps_cpu.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/maps_cpu.json"))
     args = ap.parse_args()
     base = load_params(args.params)
     if args.sets:
-        from benchmark.bench_budget import parse_set
+        from bench.screens.budget import parse_set
         from benchmark.config import deep_merge, parse_params, read_yaml
 
         base = parse_params(deep_merge(read_yaml(args.params), parse_set(args.sets)), f"{args.params} + --set")

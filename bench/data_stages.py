@@ -1,8 +1,8 @@
 """Time the data stages: ``dvc repro`` of synth + prepare from scratch, then again (must be a no-op).
 
-Run from the repo root with the venv active: ``python -m benchmark.bench_data``. It works on a
+Run from the repo root with the venv active: ``python -m bench.data_stages``. It works on a
 scratch copy of the project, so the working tree's data and dvc.lock are left alone. Prints a table
-and writes ``benchmark/results/data_stages.json``.
+and writes ``bench/results/data_stages.json``.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def main(profile: str | None = None) -> dict:
         t.add_column(k, justify="right")
     t.add_row(*(str(v) for v in result.values()))
     Console().print(t)
-    write_json(REPO / "benchmark" / "results" / f"data_stages_{result['profile']}.json", result)
+    write_json(REPO / "bench" / "results" / f"data_stages_{result['profile']}.json", result)
     return result
 
 

@@ -1,8 +1,8 @@
 """Speed of the CASDM core at a preset: training step time (MSE, CA-MSE, CA-MSE + CA-SP) and
 sampling time per image per sampler, with and without SPADE reuse.
 
-Usage (repo root, venv active): ``python -m benchmark.bench_speed [--preset cpu] [--batch 8]``.
-Prints a table and writes ``benchmark/results/speed_<preset>.json``. Warm-up steps are excluded;
+Usage (repo root, venv active): ``python -m bench.speed [--preset cpu] [--batch 8]``.
+Prints a table and writes ``bench/results/speed_<preset>.json``. Warm-up steps are excluded;
 the median of the timed steps is reported (nanoGPT's bench.py pattern).
 """
 from __future__ import annotations
@@ -175,7 +175,7 @@ def main() -> None:
     if "peak_memory_gib" in r:
         t.add_row("peak training memory (GiB)", f"{r['peak_memory_gib']:.2f}")
     Console(width=120).print(t)
-    write_json(a.out or REPO / "benchmark" / "results" / f"speed_{a.preset}.json", r)
+    write_json(a.out or REPO / "bench" / "results" / f"speed_{a.preset}.json", r)
 
 
 def _print_models(rows: dict, out: Path | None) -> None:
@@ -189,7 +189,7 @@ def _print_models(rows: dict, out: Path | None) -> None:
         t.add_row(name, r["kind"], r["loss"], f"{r['num_parameters'] / 1e6:.2f}", f"{r['train_s_per_step']:.3f}",
                   r["sampler"], f"{r['sample_s_per_image']:.3f}")
     Console(width=120).print(t)
-    out = out or REPO / "benchmark" / "results" / "speed_models.json"
+    out = out or REPO / "bench" / "results" / "speed_models.json"
     write_json(out, rows)
 
 

@@ -2,13 +2,13 @@
 own stages (``dvc repro evaluate@MODEL``: FID/KID/PRDC, the judge's semantic mIoU, downstream
 real + synthetic, colour shift), in a scratch copy of the project.
 
-    python -m benchmark.bench_budget --model casdm-mse --steps 400 800 1600 3200 --tag mse
-    python -m benchmark.bench_budget --model casdm-mse --steps 800 --set diffusion.snr_gamma=5 --tag snr5
+    python -m bench.screens.budget --model casdm-mse --steps 400 800 1600 3200 --tag mse
+    python -m bench.screens.budget --model casdm-mse --steps 800 --set diffusion.snr_gamma=5 --tag snr5
 
 ``--set KEY=VALUE`` (dotted key, YAML value; repeatable) and ``--profile NAME`` change params.yaml in
 the copy only, so the levers of issue 14 are measured with the same commands users run. The data,
 the real-image features and the judge are made once (the first budget); each budget then re-runs
-train@, sample@ and evaluate@ of the model. Writes ``benchmark/results/budget_<tag>.json`` (per budget:
+train@, sample@ and evaluate@ of the model. Writes ``bench/results/budget_<tag>.json`` (per budget:
 steps, CPU seconds per stage, the scores next to their references) and ``budget_<tag>.png`` (each score
 against the CPU-minutes the model cost: training + sampling).
 
@@ -26,12 +26,12 @@ from pathlib import Path
 
 import yaml
 
-from benchmark.bench_pipeline import env_for, timed_repro
+from bench.pipeline import env_for, timed_repro
 from benchmark.io import copy_project, write_json
 from benchmark.tracking import git_commit
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmark" / "results"
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "bench" / "results"
 
 
 def parse_set(items: list[str], flag: str = "--set") -> dict:

@@ -2,10 +2,10 @@
 ``sp_start_step``), then measure on fresh batches the share of the CA-SP term in the loss and in the
 gradient: ||grad(lambda * CA-SP)|| / ||grad(CA-MSE)|| and the cosine between the two gradients.
 
-    python -m benchmark.bench_sp [--steps N] [--sp-start K] [--lambda-sp L] [--batches 8]
+    python -m bench.screens.sp_share [--steps N] [--sp-start K] [--lambda-sp L] [--batches 8]
 
 CA-SP is linear in lambda, so one run tells which lambda gives which share; results go to
-``benchmark/results/sp_share_*.json``.
+``bench/results/sp_share_*.json``.
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--sp-start", type=int, default=None, help="stage 2 start (default the model's sp_start_step)")
     ap.add_argument("--lambda-sp", type=float, default=None, help="lambda (default the model's lambda_sp)")
     ap.add_argument("--batches", type=int, default=8)
-    ap.add_argument("--out", type=Path, default=Path("benchmark/results/sp_share_cpu.json"))
+    ap.add_argument("--out", type=Path, default=Path("bench/results/sp_share_cpu.json"))
     args = ap.parse_args()
     base = load_params(args.params)
     training = dict(base.models[args.model].training)
