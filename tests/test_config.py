@@ -125,7 +125,7 @@ def test_bad_profile_leaves_params_untouched(tmp_path, monkeypatch):
     prof = tmp_path / "profiles"
     prof.mkdir()
     (prof / "broken.yaml").write_text("train: {steps: -3}\n")
-    monkeypatch.setattr("benchmark.config.PROFILES_DIR", prof)
+    monkeypatch.setattr("benchmark.config.load.PROFILES_DIR", prof)
     with pytest.raises(ConfigError, match=r"train\.steps"):
         apply_profile("broken", params)
     assert params.read_text() == before

@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--model", default="casdm-mse")
     ap.add_argument("--steps", type=int, nargs="+", default=[400, 800, 1600, 3200])
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
-    ap.add_argument("--profile", help="a benchmark/profiles/ name applied first")
+    ap.add_argument("--profile", help="a benchmark/config/profiles/ name applied first")
     ap.add_argument("--tag", default=None, help="results name (default: the model)")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (samples, logs); a folder kept "
                     "from an earlier run is reused: its data, features and judge are not made again")

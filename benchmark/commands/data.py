@@ -41,7 +41,7 @@ def params_check(params: Path = PARAMS) -> None:
 
 @params_app.command("profile")
 def params_profile(name: str, params: Path = PARAMS) -> None:
-    """Merge benchmark/profiles/NAME.yaml into params.yaml (e.g. ``tiny`` for tests and CI)."""
+    """Merge benchmark/config/profiles/NAME.yaml into params.yaml (e.g. ``tiny`` for tests and CI)."""
     from benchmark.config import ConfigError, apply_profile
 
     try:

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from benchmark.config import DiffusionConfig, SamplingRecipe, UNetPreset
+from benchmark.config import DiffusionConfig, SamplingRecipe, UNetPreset, describe
 from benchmark.data.classes import ClassTable
 from benchmark.devices import device
 
@@ -63,9 +63,8 @@ class ModelKind:
         try:
             return cls.Options(**training)
         except ValidationError as exc:
-            err = exc.errors()[0]
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            raise ValueError(f"{where}.{'.'.join(str(p) for p in err['loc'])}: {msg} "
+            key, msg = describe(exc.errors()[0])
+            raise ValueError(f"{where}.{key}: {msg} "
                              f"(kind {cls.kind_name!r} takes {sorted(cls.Options.model_fields)})") from None
 
     @property

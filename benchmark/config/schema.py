@@ -1,4 +1,4 @@
-"""One validated model of params.yaml: every stage reads its section through ``load_params``.
+"""The model of params.yaml, one section a class: every stage reads its section through ``load_params``.
 
 Why pydantic with ``extra="forbid"``: a typo in params.yaml (``resolutoin: 64``) must fail at once,
 naming the key, instead of silently training with a default. Why no defaults here: params.yaml is
@@ -8,28 +8,22 @@ validated by its kind's own options model (``benchmark/kinds/base.py``).
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-
-PROFILES_DIR = Path(__file__).parent / "profiles"
-
-
-class ConfigError(ValueError):
-    """params.yaml (or a profile) is invalid; the message names the file and the key."""
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def describe(err: dict) -> tuple[str, str]:
+    """A pydantic error as (dotted key, what was wrong): the one wording of every refusal."""
+    return ".".join(str(p) for p in err["loc"]), "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+
+
+# YAML 1.1 reads a bare `no` as false: a precision written `no` is "no", not False
+Precision = Annotated[Literal["no", "bf16", "fp16", "auto"], BeforeValidator(lambda v: "no" if v is False else v)]
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -129,14 +123,9 @@ class TrainConfig(Section):
     adam_betas: tuple[float, float]
     grad_clip: float = Field(gt=0)
     ema_decay: float = Field(ge=0, lt=1)
-    mixed_precision: Literal["no", "bf16", "fp16", "auto"]
+    mixed_precision: Precision
     augment: bool
     seed: int
-
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def yaml_no(cls, v):
-        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
 
 
 class RuntimeConfig(Section):
@@ -163,13 +152,8 @@ class SampleConfig(Section):
         description="which training maps: those holding rare classes first, or a random draw")
     seed: int
     use_ema: bool
-    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = Field(
+    mixed_precision: Precision = Field(
         description="autocast while sampling: no | bf16 | fp16 | auto (bf16 on a GPU that has it, else no)")
-
-    @field_validator("mixed_precision", mode="before")
-    @classmethod
-    def yaml_no(cls, v):
-        return "no" if v is False else v  # YAML 1.1 reads a bare `no` as false
 
 
 EXTRACTOR_HELP = "auto | inception | efficientnet_lite0 | efficientnet_lite0:blocks.N (N = 0..6)"
@@ -395,85 +379,6 @@ class Params(Section):
         try:
             TrainConfig(**{**self.train.model_dump(), **self.maps.train})
         except ValidationError as exc:
-            err = exc.errors()[0]
-            raise ValueError(f"maps.train.{'.'.join(str(p) for p in err['loc'])}: "
-                             f"{'unknown key' if err['type'] == 'extra_forbidden' else err['msg']}") from None
+            key, msg = describe(exc.errors()[0])
+            raise ValueError(f"maps.train.{key}: {msg}") from None
         return self
-
-
-def _format(exc: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid parameters"]
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
-        lines.append(f"  {key}: {msg}{got}")
-    return "\n".join(lines)
-
-
-def parse_params(data: Any, source: str = "params.yaml") -> Params:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
-    try:
-        return Params.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format(exc, source)) from None
-
-
-def read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-
-
-def load_params(path: str | Path = "params.yaml") -> Params:
-    return parse_params(read_yaml(Path(path)), str(path))
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """Profiles override leaves; mappings merge key by key, lists and scalars are replaced."""
-    out = dict(base)
-    for k, v in override.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def apply_profile(name: str, params_path: Path = Path("params.yaml")) -> Params:
-    """Merge ``benchmark/profiles/<name>.yaml`` into params.yaml (validated, then written atomically).
-
-    Profiles edit params.yaml rather than living beside it so that DVC sees exactly which
-    parameters a profile changes, and every stage stays "parameters only from params.yaml".
-    """
-    profile = PROFILES_DIR / f"{name}.yaml"
-    if not profile.exists():
-        known = sorted(p.stem for p in PROFILES_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown profile {name!r}; expected one of {known}")
-    return update_params(read_yaml(profile) or {}, params_path, f"{params_path} + {profile.name}")
-
-
-def update_params(override: dict, params_path: Path = Path("params.yaml"), source: str | None = None) -> Params:
-    """Deep-merge ``override`` into params.yaml, keeping its comments and order; validate, then
-    replace the file atomically (a bad override leaves params.yaml untouched)."""
-    from ruamel.yaml import YAML
-
-    rt = YAML()
-    rt.preserve_quotes = True
-    doc = rt.load(Path(params_path).read_text())
-
-    def merge(node, over):
-        for k, v in over.items():
-            if isinstance(v, dict) and isinstance(node.get(k), dict):
-                merge(node[k], v)
-            else:
-                node[k] = v
-
-    merge(doc, override)
-    params = parse_params(deep_merge(read_yaml(params_path), override), source or str(params_path))
-    tmp = Path(params_path).with_name(Path(params_path).name + ".tmp")
-    with tmp.open("w") as fh:
-        rt.dump(doc, fh)
-    tmp.replace(params_path)
-    return params
