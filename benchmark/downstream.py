@@ -6,6 +6,7 @@ usable offline) or ``imagenet`` (smp's download: needs the network, fails at onc
 """
 from __future__ import annotations
 
+import json
 import os
 import statistics
 from pathlib import Path
@@ -169,3 +170,13 @@ def downstream(cfg, datasets: list, test: Dataset, log=print) -> dict:
             log(f"  {arch} seed {seed}: mIoU {s.miou:.3f}, rare mIoU {s.rare_miou}")
     return {**aggregate(runs, table.names),
             "segmenter_labels": {a: segmenter_label(a, cfg.encoder_weights) for a in cfg.segmenters}}
+
+
+def load_judge(judge_dir: Path) -> torch.nn.Module:
+    meta_path = Path(judge_dir) / "judge.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path}: no semantic-fidelity judge; run `dvc repro evaluate-real`")
+    meta = json.loads(meta_path.read_text())
+    model = build_segmenter(meta["segmenter"], meta["num_classes"], meta["encoder_weights"], load=False)
+    model.load_state_dict(torch.load(Path(judge_dir) / "judge.pt", map_location="cpu"))
+    return model.eval()

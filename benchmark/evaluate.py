@@ -34,6 +34,7 @@ from benchmark.downstream import (
     build_segmenter,
     downstream,
     evaluate_segmenter,
+    load_judge,
     train_segmenter,
 )
 from benchmark.engine.data import PreparedDataset
@@ -206,16 +207,6 @@ def evaluate_control(params: Params, data_dir: Path, metrics: Path, plot: Path, 
     write_json(metrics, result)
     write_plot(plot, test.table, result)
     return result
-
-
-def load_judge(judge_dir: Path) -> torch.nn.Module:
-    meta_path = Path(judge_dir) / "judge.json"
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path}: no semantic-fidelity judge; run `dvc repro evaluate-real`")
-    meta = json.loads(meta_path.read_text())
-    model = build_segmenter(meta["segmenter"], meta["num_classes"], meta["encoder_weights"], load=False)
-    model.load_state_dict(torch.load(Path(judge_dir) / "judge.pt", map_location="cpu"))
-    return model.eval()
 
 
 def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, features: Path, judge_dir: Path,

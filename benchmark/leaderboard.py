@@ -189,7 +189,7 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report:
     """A leaderboard run with the table artifact; each model's training run gets its numbers."""
     import mlflow
 
-    from benchmark.engine.trainer import resolved_config
+    from benchmark.kinds.registry import training_config
     from benchmark.tracking import connect, flatten, git_commit, hash_json, owner_tags
 
     exp = connect(params.tracking)
@@ -197,7 +197,7 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report:
     client = mlflow.MlflowClient()
     linked, now = {}, int(time.time() * 1000)
     for name in params.models:
-        config_hash = hash_json(resolved_config(params, name))
+        config_hash = hash_json(training_config(params, name))
         runs = client.search_runs([exp.experiment_id], f"tags.model = '{name}' and tags.params_hash = '{config_hash}' "
                                   "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
                                   max_results=1)

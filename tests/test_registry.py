@@ -10,8 +10,7 @@ import torch
 from baselines.sdm import hybrid_loss, vb_term
 from benchmark.config import load_params
 from benchmark.data.classes import CHOLECSEG8K
-from benchmark.engine.trainer import resolved_config
-from benchmark.kinds.registry import KINDS, get_kind, make_kind
+from benchmark.kinds.registry import KINDS, get_kind, make_kind, training_config
 from casdm.losses import x0_from_output
 from casdm.schedulers import make_scheduler
 from tests.conftest import REPO, tiny_params
@@ -45,7 +44,7 @@ def test_ablations_differ_only_in_the_loss():
     assert [p.models[n].training["loss"] for n in ladder] == ["mse", "ca_mse", "ca_mse+ca_sp"]
     configs = []
     for n in ladder:
-        c = resolved_config(p, n)
+        c = training_config(p, n)
         c["training"].pop("loss")
         configs.append((c, p.models[n].sampling, p.models[n].kind))
     assert configs[0] == configs[1] == configs[2]

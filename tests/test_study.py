@@ -42,7 +42,7 @@ def runs_of(tmp_path):
 
 
 def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
-    from benchmark.study import run_study
+    from benchmark.study.run import run_study
 
     params = study_params()
     study = run_study(params, prepared, study_dir / "judge", log=lambda *a: None)
@@ -91,7 +91,7 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
 def test_a_failing_trial_is_recorded_and_the_next_one_runs(study_dir, prepared, monkeypatch):
     import torch
 
-    from benchmark.study import run_study
+    from benchmark.study.run import run_study
     from benchmark.kinds.casdm import CASDMKind
 
     calls = {"n": 0}
@@ -112,7 +112,7 @@ def test_a_failing_trial_is_recorded_and_the_next_one_runs(study_dir, prepared, 
 
 
 def test_a_killed_study_resumes_with_its_completed_trials(study_dir, prepared):
-    from benchmark.study import run_study, storage_for
+    from benchmark.study.run import run_study, storage_for
 
     params = study_params(**{"n_trials": 1})
     study = run_study(params, prepared, study_dir / "judge", log=lambda *a: None)
@@ -143,8 +143,9 @@ def test_a_killed_study_resumes_with_its_completed_trials(study_dir, prepared):
 
 
 def test_write_params_changes_only_the_tuned_keys(study_dir, prepared):
-    from benchmark.study import pick_best, run_study
-    from benchmark.study_space import write_best
+    from benchmark.study.run import run_study
+    from benchmark.study.store import pick_best
+    from benchmark.study.space import write_best
 
     params_file = study_dir / "params.yaml"
     params_file.write_text((REPO / "params.yaml").read_text())
@@ -179,7 +180,7 @@ def test_study_section_is_validated():
 def test_hopeless_studies_stop_instead_of_looping(study_dir, prepared, monkeypatch):
     import torch
 
-    from benchmark.study import run_study
+    from benchmark.study.run import run_study
     from benchmark.kinds.casdm import CASDMKind
 
     with pytest.raises(ValueError, match="rare_semantic_miou: no rare class in the 2 val maps"):
@@ -194,7 +195,7 @@ def test_hopeless_studies_stop_instead_of_looping(study_dir, prepared, monkeypat
 def test_two_workers_share_one_study_on_postgresql(study_dir, prepared):
     import re
 
-    from benchmark.study import load_study
+    from benchmark.study.run import load_study
     from tests.postgres import postgres_server
 
     with postgres_server("optuna", "mlflow") as server:
@@ -214,7 +215,7 @@ def test_two_workers_share_one_study_on_postgresql(study_dir, prepared):
         numbers = [t.number for t in study.trials]
         assert ran[0] and ran[1] and not ran[0] & ran[1], ran  # both worked, never on the same trial
         assert sorted(numbers) == sorted(ran[0] | ran[1]) == list(range(len(numbers)))  # each stored once
-        from benchmark.study import FINISHED
+        from benchmark.study.store import FINISHED
 
         assert sum(t.state in FINISHED for t in study.trials) >= 4  # complete or pruned, both workers together
         client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -226,8 +227,8 @@ def test_two_workers_share_one_study_on_postgresql(study_dir, prepared):
 
 
 def test_pruning_reports_wait_for_ca_sp_and_never_come_at_the_last_step():
-    from benchmark.study import reports_at
-    from benchmark.study_space import trial_params
+    from benchmark.study.run import reports_at
+    from benchmark.study.space import trial_params
 
     params = study_params(train_steps=10)
     p = trial_params(params, {"sp_start_fraction": 0.5}, ["Blood"])

@@ -19,7 +19,8 @@ def study_run(params: Path = PARAMS, storage: str = STORAGE,
               judge: Path = typer.Option(Path("segmenters/judge"), help="the semantic-fidelity judge")) -> None:
     """Run the study in params.yaml's `study:` section; the same command resumes it. Start it in
     several shells (journal or PostgreSQL storage) for several workers."""
-    from benchmark.study import run_study, trials_table
+    from benchmark.study.run import run_study
+    from benchmark.study.store import trials_table
 
     p = read_params(params)
     study = or_fail(run_study, p, data, judge, storage, n_trials, log=err.print)
@@ -30,7 +31,7 @@ def load(params: Path, storage: str | None):
     """(params, the study named in them) or a clear error when the study does not exist."""
     import optuna
 
-    from benchmark.study import storage_for
+    from benchmark.study.store import storage_for
 
     p = read_params(params)
     try:
@@ -43,7 +44,7 @@ def load(params: Path, storage: str | None):
 @study_app.command("show")
 def study_show(params: Path = PARAMS, storage: str = STORAGE) -> None:
     """Every trial: state, objective values, parameters, why it failed or was pruned."""
-    from benchmark.study import trials_table
+    from benchmark.study.store import trials_table
 
     p, study = load(params, storage)
     console.print(trials_table(study, p))
@@ -56,8 +57,8 @@ def study_best(params: Path = PARAMS, storage: str = STORAGE,
                                                  help="write its values into params.yaml's tuned model")) -> None:
     """The best trial (or the Pareto front); with --write-params, into params.yaml for `dvc repro`."""
     from benchmark.config import ConfigError
-    from benchmark.study import pick_best
-    from benchmark.study_space import write_best
+    from benchmark.study.store import pick_best
+    from benchmark.study.space import write_best
 
     p, study = load(params, storage)
     try:

@@ -21,7 +21,7 @@ from benchmark.devices import mixed_precision
 from benchmark.engine.data import PreparedDataset, StepBatchSampler, augment
 from benchmark.engine import checkpoints
 from benchmark.io import atomic_dir, write_csv, write_json
-from benchmark.kinds.registry import make_kind, model_options
+from benchmark.kinds.registry import make_kind, training_config
 from benchmark.seeds import RANK, derive_seed
 from casdm.draws import BatchDraws
 from casdm.pipeline import to_uint8
@@ -37,15 +37,6 @@ class RunPaths:
     model: Path  # models/<model> (final pipeline, EMA weights)
     metrics: Path  # metrics/train/<model>.json
     plot: Path  # plots/train/<model>.csv
-
-
-def resolved_config(params: Params, name: str) -> dict:
-    """Everything that determines a model's training run (hashed to decide whether to resume)."""
-    entry = params.models[name]
-    return {"kind": entry.kind, "training": model_options(params, name).model_dump(),  # params.runtime: not here
-            "preset": params.presets[params.train.preset].model_dump(),
-            "train": params.train.model_dump(), "diffusion": params.diffusion.model_dump(),
-            "resolution": params.data.resolution}
 
 
 def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, hook_every: int = 0,
@@ -74,7 +65,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     if name not in params.models:
         raise ValueError(f"unknown model {name!r}; params.yaml models: {sorted(params.models)}")
     entry, tc, rc = params.models[name], params.train, params.runtime
-    config = resolved_config(params, name)
+    config = training_config(params, name)
     config_hash = hash_json(config)
     data = PreparedDataset(paths.data, "train")
     table = data.table

@@ -62,3 +62,13 @@ def make_kind(params: Params, model_name: str, table: ClassTable) -> ModelKind:
     ctx = KindContext(name=model_name, table=table, resolution=params.data.resolution, steps=params.train.steps,
                       diffusion=params.diffusion, sampling=entry.sampling, preset=params.presets[params.train.preset])
     return get_kind(entry.kind)(options, ctx)
+
+
+def training_config(params: Params, name: str) -> dict:
+    """Everything that determines a model's training run: hashed to decide whether to resume, and to
+    find the run again (the leaderboard links each row to its training run by this hash)."""
+    entry = params.models[name]
+    return {"kind": entry.kind, "training": model_options(params, name).model_dump(),  # params.runtime: not here
+            "preset": params.presets[params.train.preset].model_dump(),
+            "train": params.train.model_dump(), "diffusion": params.diffusion.model_dump(),
+            "resolution": params.data.resolution}

@@ -213,7 +213,7 @@ def study(inp: Inputs, assets: dict) -> dict:
     """Optimisation history, importances, best trial vs trial 0 (the configured weights)."""
     import optuna
 
-    from benchmark.study import save_plots, storage_for, storage_url
+    from benchmark.study.store import save_plots, storage_for, storage_url
 
     s = inp.params.study
     url = storage_url(inp.params, folder=inp.paths.studies)  # the folder comes from dvc.yaml (--studies)
@@ -232,7 +232,7 @@ def study(inp: Inputs, assets: dict) -> dict:
     if not done:
         return {"skipped": f"study {s.name!r} has no complete trial"}
     from benchmark.metrics.stats import paired_bootstrap
-    from benchmark.study import pick_best
+    from benchmark.study.store import pick_best
 
     t0 = next((t for t in done if t.user_attrs.get("baseline")), None)
     best, objective = pick_best(st, inp.params), s.objectives[0]

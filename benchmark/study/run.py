@@ -15,13 +15,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import optuna
 
 from benchmark.config import Params
-from benchmark.io import write_text
-from benchmark.study_scoring import Scorer
-from benchmark.study_space import (
+from benchmark.study.scoring import Scorer
+from benchmark.study.store import FINISHED, STUDIES, save_plots, storage_for
+from benchmark.study.space import (
     boosted_classes,
     configured_values,
     sample_values,
@@ -29,29 +28,7 @@ from benchmark.study_space import (
     trial_params,
 )
 
-STUDIES = Path("studies")  # the default storage's folder; the report stage reads it from dvc.yaml
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping forever
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-
-
-def storage_url(params: Params, override: str | None = None, folder: Path = STUDIES) -> str:
-    """``--storage``, else ``study.storage``, else the default SQLite file in ``folder``."""
-    return override or params.study.storage or f"sqlite:///{Path(folder) / params.study.name}.db"
-
-
-def storage_for(params: Params, override: str | None = None, folder: Path = STUDIES):
-    """An Optuna storage from ``--storage``, ``study.storage`` or the default SQLite file in ``folder``."""
-    url = storage_url(params, override, folder)
-    if url.startswith("journal:"):
-        from optuna.storages.journal import JournalFileBackend
-
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    # heartbeats: a trial whose worker was killed is marked FAIL once it has been silent for 2 min
-    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
 
 
 def make_sampler(params: Params):
@@ -107,40 +84,6 @@ def parent_run(params: Params, study: optuna.Study, storage_url: str) -> str:
         client.log_param(mine, k, json.dumps(v))
     client.set_terminated(mine, "FINISHED")
     return mine
-
-
-def save_plots(study: optuna.Study, params: Params, folder: Path) -> list[Path]:
-    """Optimization history, parameter importances and (several objectives) the Pareto front, as PNGs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    folder.mkdir(parents=True, exist_ok=True)
-    s, written = params.study, []
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    plots = {}
-    for i, name in enumerate(s.objectives):
-        target = (lambda t, i=i: t.values[i]) if len(s.objectives) > 1 else None
-        plots[f"history_{name}"] = lambda target=target, name=name: ovm.plot_optimization_history(
-            study, target=target, target_name=name)
-        if len(complete) >= 2 and s.search_space:
-            plots[f"importance_{name}"] = lambda target=target, name=name: ovm.plot_param_importances(
-                study, target=target, target_name=name)
-    if len(s.objectives) > 1 and complete:
-        plots["pareto_front"] = lambda: ovm.plot_pareto_front(study, target_names=s.objectives)
-    for name, make in plots.items():
-        try:
-            ax = make()
-        except (ValueError, RuntimeError) as exc:  # e.g. importances with a constant objective
-            write_text(folder / f"{name}.txt", f"not plotted: {exc}\n")
-            continue
-        fig = (ax[0] if isinstance(ax, np.ndarray) else ax).figure
-        fig.savefig(folder / f"{name}.png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(folder / f"{name}.png")
-    return written
 
 
 # ------------------------------------------------------------------------------------- running
@@ -273,38 +216,3 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
             client.log_metric(parent, f"best_{o}", (max if s.directions[i] == "maximize" else min)(
                 t.values[i] for t in finished))
     return study
-
-
-def pick_best(study: optuna.Study, params: Params, number: int | None = None) -> optuna.trial.FrozenTrial:
-    """The best trial (single objective), or a Pareto-optimal one: ``number``, else the best on the
-    first objective among the Pareto front."""
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        raise LookupError(f"study {study.study_name!r} has no complete trial yet")
-    if number is not None:
-        for t in complete:
-            if t.number == number:
-                return t
-        raise LookupError(f"trial {number} of study {study.study_name!r} is not complete "
-                          f"(complete: {[t.number for t in complete]})")
-    if len(params.study.objectives) == 1:
-        return study.best_trial
-    sign = 1 if params.study.directions[0] == "maximize" else -1
-    return max(study.best_trials, key=lambda t: sign * t.values[0])
-
-
-def trials_table(study: optuna.Study, params: Params):
-    """Every trial as a rich Table: state, objective values, parameters, why it failed or was pruned."""
-    from rich.table import Table
-
-    t = Table(title=f"study {study.study_name}: {len(study.trials)} trials")
-    for c in ("#", "state", *params.study.objectives, "params", "note"):
-        t.add_column(c, justify="right" if c in ("#", *params.study.objectives) else "left")
-    for tr in study.trials:
-        values = [f"{v:.4g}" for v in tr.values] if tr.values else ["-"] * len(params.study.objectives)
-        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in tr.params.items())
-        note = tr.user_attrs.get("fail_reason") or tr.system_attrs.get("fail_reason", "")
-        if tr.state.name == "PRUNED" and tr.intermediate_values:
-            note = f"pruned at step {max(tr.intermediate_values)}"
-        t.add_row(str(tr.number), tr.state.name, *values, shown, note[:80])
-    return t

@@ -11,8 +11,8 @@ from PIL import Image
 from benchmark.config import Params
 from benchmark.devices import device
 from benchmark.engine.data import PreparedDataset
-from benchmark.evaluate import extractor, load_judge
-from benchmark.metrics.quality import fid_kid, files_features
+from benchmark.downstream import load_judge
+from benchmark.metrics.quality import fid_kid, files_features, make_extractor
 from benchmark.metrics.segmentation import SegmentationMeter, miou_from_confusion
 from benchmark.metrics.stats import bootstrap_indices
 
@@ -43,7 +43,8 @@ class Scorer:
         self.resamples = bootstrap_indices(n, b.resamples, b.seed)
         self.last_bootstrap: dict[str, list] = {}
         if any(o in ("fid", "kid") for o in s.objectives):
-            self.extractor = extractor(params)
+            f = params.evaluate.fid
+            self.extractor = make_extractor(f.extractor, device(), f.inception_weights, f.offline_extractor)
             files = [Path(data_dir) / "images" / f"{it['id']}.png" for it in self.items]
             self.real = files_features(files, self.extractor, device(), params.evaluate.fid.batch_size)
 
