@@ -11,6 +11,7 @@ training frames, not to synthesis: such comparisons carry the note ``selection e
 from __future__ import annotations
 
 from benchmark.metrics.stats import BETTER, paired_bootstrap, paired_seeds
+from benchmark.results import Comparison
 
 REAL, CONTROL = "real", "real+control"
 DOWNSTREAM = ("miou", "rare_miou")  # the downstream scores compared (per seed)
@@ -30,46 +31,46 @@ def image_score(row: dict, metric: str) -> tuple[float | None, list]:
     return block.get(key), block.get("bootstrap", {}).get(key, [])
 
 
-def compare(a: str, b: str, rows: dict, level: float, image: bool) -> list[dict]:
+def compare(a: str, b: str, rows: dict, level: float, image: bool, kind: str) -> list[Comparison]:
     """A against B on the downstream scores (and, with ``image``, the image scores)."""
     out = []
     for m in DOWNSTREAM:
         r = paired_seeds(per_seed(rows[a], m), per_seed(rows[b], m), m, level)
         if r is not None:
-            out.append({"a": a, "b": b, "metric": f"downstream_{m}", **r})
+            out.append(Comparison.of(a, b, f"downstream_{m}", kind, r))
     for m in IMAGE if image else ():
         (pa, ra), (pb, rb) = image_score(rows[a], m), image_score(rows[b], m)
         extractor = lambda name: (rows[name].get("quality") or {}).get("extractor")
         same_features = m.startswith("semantic") or extractor(a) == extractor(b)  # FIDs of two extractors: no pair
         r = paired_bootstrap(ra, rb, None if pa is None or pb is None else pa - pb, m, level) if same_features else None
         if r is not None:
-            out.append({"a": a, "b": b, "metric": m, **r})
+            out.append(Comparison.of(a, b, m, kind, r))
     return out
 
 
-def comparisons(rows: dict, roles: dict[str, str], ladder: list[str], level: float) -> list[dict]:
+def comparisons(rows: dict, roles: dict[str, str], ladder: list[str], level: float) -> list[Comparison]:
     """Every comparison, in reading order: rows vs references, the method vs the others, the ladder."""
     out = []
     for name in rows:
         for ref in (REAL, CONTROL):
             if name not in (REAL, CONTROL) and ref in rows:
-                out += [{**c, "kind": f"vs {ref}"} for c in compare(name, ref, rows, level, image=False)]
+                out += compare(name, ref, rows, level, image=False, kind=f"vs {ref}")
     methods = [n for n, r in roles.items() if r == "method" and n in rows]
     for method in methods:
         for other in (n for n, r in roles.items() if r in ("ablation", "baseline") and n in rows):
-            out += [{**c, "kind": f"method vs {roles[other]}"} for c in compare(method, other, rows, level, image=True)]
+            out += compare(method, other, rows, level, image=True, kind=f"method vs {roles[other]}")
     for lower, upper in zip(ladder, ladder[1:]):
         if lower in rows and upper in rows:
-            out += [{**c, "kind": "ladder step"} for c in compare(upper, lower, rows, level, image=True)]
+            out += compare(upper, lower, rows, level, image=True, kind="ladder step")
     flag_selection_effects(out)
     return out
 
 
-def flag_selection_effects(found: list[dict]) -> None:
+def flag_selection_effects(found: list[Comparison]) -> None:
     """A gain over real only that the control matches (or beats) is a selection effect."""
-    by = {(c["a"], c["b"], c["metric"]): c for c in found}
+    by = {(c.a, c.b, c.metric): c for c in found}
     for c in found:
-        if c["b"] == REAL and c["verdict"] == BETTER:
-            control = by.get((c["a"], CONTROL, c["metric"]))
-            if control is not None and control["verdict"] != BETTER:
-                c["note"] = control["note"] = "selection effect: the size-matched control matches this gain"
+        if c.b == REAL and c.verdict == BETTER:
+            control = by.get((c.a, CONTROL, c.metric))
+            if control is not None and control.verdict != BETTER:
+                c.note = control.note = "selection effect: the size-matched control matches this gain"

@@ -18,6 +18,7 @@ from benchmark.comparisons import CONTROL, REAL, comparisons
 from benchmark.config import Params
 from benchmark.downstream import SCALARS
 from benchmark.io import write_csv, write_json, write_text
+from benchmark.results import Comparison
 
 MAPS = "maps"  # metrics/evaluate/maps.json: the "real + generated maps" row (evaluate-maps)
 MAP_COLUMNS = ("adherence", "rare_presence", "cooccurrence_l1", "area_w1", "diversity")
@@ -46,7 +47,7 @@ def load_rows(folder: Path, params: Params, train_folder: Path | None = None) ->
     return rows
 
 
-def build(rows: dict[str, dict], found: list[dict]) -> tuple[list[str], list[dict]]:
+def build(rows: dict[str, dict], found: list[Comparison]) -> tuple[list[str], list[dict]]:
     """(columns, table rows) from the evaluation results and the comparisons."""
     extractors = sorted({r["quality"]["extractor"] for r in rows.values() if r.get("quality")})
     columns = ["model", "role"]
@@ -60,7 +61,7 @@ def build(rows: dict[str, dict], found: list[dict]) -> tuple[list[str], list[dic
     columns += ["map_conditioned_steps", "images_seen", "downstream_segmenter"]
     if any("maps" in r for r in rows.values()):
         columns += [f"maps_{k}" for k in MAP_COLUMNS] + [f"maps_baseline_{k}" for k in MAP_COLUMNS]
-    by = {(c["a"], c["b"], c["metric"]): c for c in found}
+    by = {(c.a, c.b, c.metric): c for c in found}
     table = []
     for name, r in rows.items():
         row = dict.fromkeys(columns)
@@ -79,9 +80,10 @@ def build(rows: dict[str, dict], found: list[dict]) -> tuple[list[str], list[dic
             row[f"downstream_{k}"], row[f"downstream_{k}_std"] = r["downstream"][k], r["downstream"][f"{k}_std"]
         for prefix, ref in REFS.items():
             for m in ("miou", "rare_miou"):
-                c = by.get((name, ref, f"downstream_{m}"), {})
-                row.update({f"{prefix}_{m}": c.get("delta"), f"{prefix}_{m}_low": c.get("low"),
-                            f"{prefix}_{m}_high": c.get("high"), f"{prefix}_{m}_verdict": c.get("verdict")})
+                c = by.get((name, ref, f"downstream_{m}"))
+                part = lambda field: None if c is None else getattr(c, field)
+                row.update({f"{prefix}_{m}": part("delta"), f"{prefix}_{m}_low": part("low"),
+                            f"{prefix}_{m}_high": part("high"), f"{prefix}_{m}_verdict": part("verdict")})
         trained = r.get("training", {})
         row["map_conditioned_steps"], row["images_seen"] = trained.get("map_conditioned_steps"), trained.get("images_seen")
         row["downstream_segmenter"] = "; ".join(r["downstream"].get("segmenter_labels", {}).values()) or None
@@ -131,18 +133,18 @@ def display_columns(columns: list[str]) -> list[str]:
     return [c for c in columns if not c.endswith(("_std", "_low", "_high", "_verdict")) and c != "downstream_segmenter"]
 
 
-def comparison_lines(found: list[dict]) -> list[str]:
+def comparison_lines(found: list[Comparison]) -> list[str]:
     lines = ["| comparison | A | B | metric | A - B | 95 % interval | verdict | interval from | note |",
              "|---|---|---|---|---|---|---|---|---|"]
     for c in found:
-        d = digits(c["metric"] + ":")
-        interval = "-" if c["low"] is None else f"[{c['low']:.{d}f}, {c['high']:.{d}f}]"
-        lines.append(f"| {c['kind']} | {c['a']} | {c['b']} | {c['metric']} | {c['delta']:+.{d}f} | {interval} | "
-                     f"{c['verdict']} | {c['method']} (n = {c['n']}) | {c.get('note', '')} |")
+        d = digits(c.metric + ":")
+        interval = "-" if c.low is None else f"[{c.low:.{d}f}, {c.high:.{d}f}]"
+        lines.append(f"| {c.kind} | {c.a} | {c.b} | {c.metric} | {c.delta:+.{d}f} | {interval} | "
+                     f"{c.verdict} | {c.method} (n = {c.n}) | {c.note or ''} |")
     return lines
 
 
-def markdown(columns: list[str], table: list[dict], title: str, found: list[dict] = ()) -> str:
+def markdown(columns: list[str], table: list[dict], title: str, found: list[Comparison] = ()) -> str:
     cols = display_columns(columns)
     lines = [f"# {title}", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(fmt(r, c) for c in cols) + " |" for r in table]
@@ -168,24 +170,25 @@ def markdown(columns: list[str], table: list[dict], title: str, found: list[dict
 
 
 def write_outputs(params: Params, rows: dict[str, dict], metrics: Path, plots: Path, report: Path,
-                  comparisons_file: Path) -> tuple[list[dict], list[dict]]:
+                  comparisons_file: Path) -> tuple[list[dict], list[Comparison]]:
     roles = {n: e.role for n, e in params.models.items()}
     found = comparisons(rows, roles, params.leaderboard.ladder, params.evaluate.bootstrap.level)
     columns, table = build(rows, found)
     table = sort_rows(table, params.leaderboard.primary, params.leaderboard.sort)
     write_json(metrics, {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table})
-    write_json(comparisons_file, found)
+    write_json(comparisons_file, [c.to_json() for c in found])
     write_csv(Path(plots) / "summary.csv", columns, table)
     write_csv(Path(plots) / "per_class.csv", ["model", "class", "rare", "iou", "iou_std", "dice", "dice_std"],
               [{"model": model, "class": cls, "rare": int(cls in r["rare_classes"]), **d}
                for model, r in rows.items() for cls, d in r["downstream"]["per_class"].items()])
     write_csv(Path(plots) / "comparisons.csv", ["kind", "a", "b", "metric", "delta", "low", "high", "verdict", "n",
-                                                "method", "note"], found)
+                                                "method", "note"], [c.to_json() for c in found])
     write_text(Path(report), markdown(columns, table, f"{params.report.title}: leaderboard", found))
     return table, found
 
 
-def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report: Path, found: list[dict]) -> str:
+def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report: Path,
+               found: list[Comparison]) -> str:
     """A leaderboard run with the table artifact; each model's training run gets its numbers."""
     import mlflow
 
@@ -217,7 +220,7 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report:
             key = r["model"].replace("+", "_plus_")  # MLflow metric names allow no "+" ("casdm+maps")
             mlflow.log_metrics({f"{key}/{k}": v for k, v in numeric(r).items()})
         mlflow.log_dict({n: flatten(r["downstream"]["per_class"]) for n, r in rows.items()}, "per_class.json")
-        mlflow.log_dict(found, "comparisons.json")
+        mlflow.log_dict([c.to_json() for c in found], "comparisons.json")
         # what `casdm report compare RUN_ID ...` reads back: the rows as metrics/leaderboard.json holds them, the params
         mlflow.log_dict({r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table}, "leaderboard_rows.json")
         mlflow.log_dict(params.model_dump(mode="json"), "params.json")

@@ -77,7 +77,7 @@ def test_leaderboard_rows_columns_intervals_and_verdicts():
     assert by["casdm"]["delta_miou_verdict"] == "better"  # [0.011, 0.139] excludes 0
     # against the control (which re-shows the same real frames) casdm is no better: a selection effect
     assert by["casdm"]["vs_control_miou_verdict"] == "indistinguishable"
-    notes = {(c["a"], c["b"], c["metric"]): c.get("note", "") for c in found}
+    notes = {(c.a, c.b, c.metric): c.note or "" for c in found}
     assert "selection effect" in notes[("casdm", REAL, "downstream_miou")]
     assert by["sdm"]["delta_miou_verdict"] == "indistinguishable"
     assert by["casdm"]["semantic_rare_miou"] is None and by["casdm"]["downstream_rare_mdice"] is None  # absent stays absent

@@ -19,22 +19,22 @@ def test_paired_seed_interval_and_verdict_match_a_hand_computation():
     mean = sum(d) / 3
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
     half = 4.302652729911275 * sd / math.sqrt(3)  # Student t, 2 degrees of freedom, 97.5 %
-    assert r["delta"] == pytest.approx(mean) and r["n"] == 3
-    assert (r["low"], r["high"]) == (pytest.approx(mean - half), pytest.approx(mean + half))
-    assert r["low"] < 0 < r["high"] and r["verdict"] == "indistinguishable"  # 0.037 [-0.025, 0.099]
+    assert r.delta == pytest.approx(mean) and r.n == 3
+    assert (r.low, r.high) == (pytest.approx(mean - half), pytest.approx(mean + half))
+    assert r.low < 0 < r.high and r.verdict == "indistinguishable"  # 0.037 [-0.025, 0.099]
     wide = paired_seeds({0: 0.7, 1: 0.71, 2: 0.69}, theirs, "miou")
-    assert wide["low"] > 0 and wide["verdict"] == "better"
-    assert paired_seeds(theirs, {0: 0.7, 1: 0.71, 2: 0.69}, "miou")["verdict"] == "worse"
+    assert wide.low > 0 and wide.verdict == "better"
+    assert paired_seeds(theirs, {0: 0.7, 1: 0.71, 2: 0.69}, "miou").verdict == "worse"
     one = paired_seeds({0: 0.7}, {0: 0.5}, "miou")
-    assert one["low"] is None and one["verdict"] == "indistinguishable"  # one seed: no interval, no claim
+    assert one.low is None and one.verdict == "indistinguishable"  # one seed: no interval, no claim
     assert paired_seeds({0: None, 1: 0.2}, {0: 0.1, 1: 0.1}, "rare_miou") is None  # absent stays absent
 
 
 def test_lower_is_better_for_fid_and_kid():
     assert verdict(-3.0, -1.0, higher_better=False) == "better"
     r = paired_bootstrap([10.0, 11.0, 12.0, 9.0], [20.0, 22.0, 19.0, 21.0], -10.0, "fid")
-    assert r["high"] < 0 and r["verdict"] == "better"  # A has the lower FID on every resample
-    assert paired_bootstrap([0.5, 0.6, 0.55], [0.4, 0.45, 0.42], 0.12, "semantic_miou")["verdict"] == "better"
+    assert r.high < 0 and r.verdict == "better"  # A has the lower FID on every resample
+    assert paired_bootstrap([0.5, 0.6, 0.55], [0.4, 0.45, 0.42], 0.12, "semantic_miou").verdict == "better"
 
 
 def test_bootstrap_resamples_are_shared_and_percentiles_are_numpys():

@@ -17,6 +17,8 @@ import statistics
 
 import numpy as np
 
+from benchmark.results import Difference
+
 BETTER, WORSE, SAME = "better", "worse", "indistinguishable"
 HIGHER_IS_BETTER = {"fid": False, "kid": False, "colour_shift": False}  # every other score: higher is better
 
@@ -45,14 +47,14 @@ def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float | None, f
     return mean, mean - half, mean + half
 
 
-def paired_seeds(ours: dict, theirs: dict, metric: str, level: float = 0.95) -> dict | None:
+def paired_seeds(ours: dict, theirs: dict, metric: str, level: float = 0.95) -> Difference | None:
     """A - B over the seeds both have (``{seed: value}``); None when a seed's score is absent."""
     common = sorted(set(ours) & set(theirs))
     if not common or any(ours[s] is None or theirs[s] is None for s in common):
         return None
     mean, low, high = t_interval([ours[s] - theirs[s] for s in common], level)
-    return {"delta": mean, "low": low, "high": high, "n": len(common), "method": "paired t over seeds",
-            "verdict": verdict(low, high, higher_is_better(metric))}
+    return Difference(delta=mean, low=low, high=high, n=len(common), method="paired t over seeds",
+                      verdict=verdict(low, high, higher_is_better(metric)))
 
 
 def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
@@ -68,11 +70,12 @@ def percentile(values: list[float | None], level: float = 0.95) -> tuple[float |
     return float(lo), float(hi)
 
 
-def paired_bootstrap(ours: list, theirs: list, point: float | None, metric: str, level: float = 0.95) -> dict | None:
+def paired_bootstrap(ours: list, theirs: list, point: float | None, metric: str,
+                     level: float = 0.95) -> Difference | None:
     """A - B from two models' values on the same resamples; ``point`` is the difference on all images."""
     if point is None or not ours or len(ours) != len(theirs):
         return None
     low, high = percentile([a - b if a is not None and b is not None else None for a, b in zip(ours, theirs)],
                            level)
-    return {"delta": point, "low": low, "high": high, "n": len(ours), "method": "paired bootstrap over test images",
-            "verdict": verdict(low, high, higher_is_better(metric))}
+    return Difference(delta=point, low=low, high=high, n=len(ours), method="paired bootstrap over test images",
+                      verdict=verdict(low, high, higher_is_better(metric)))

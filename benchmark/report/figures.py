@@ -28,23 +28,23 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
-def forest(steps: list[dict], metrics: list[str]) -> bytes:
+def forest(steps: list, metrics: list[str]) -> bytes:
     """One panel per metric; one row per ladder step: the paired delta and its interval, coloured by
     verdict, against a zero line (each metric on its own scale: FID and mIoU do not share an axis)."""
     plt = _plt()
-    labels = list(dict.fromkeys(f"{c['b']} -> {c['a']}" for c in steps))  # ladder order
+    labels = list(dict.fromkeys(c.step for c in steps))  # ladder order
     fig, axes = plt.subplots(1, len(metrics), figsize=(2.6 * len(metrics), 0.5 + 0.45 * len(labels)), sharey=True,
                              squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for y, label in enumerate(labels):
-            c = next((c for c in steps if f"{c['b']} -> {c['a']}" == label and c["metric"] == m), None)
-            if c is None or c.get("delta") is None:
+            c = next((c for c in steps if c.step == label and c.metric == m), None)
+            if c is None:
                 ax.text(0, y, "n/a", ha="center", va="center", fontsize=7, color="#6e7781")
                 continue
-            colour = VERDICT_COLOURS.get(c["verdict"], "black")
-            if c.get("low") is not None:
-                ax.plot([c["low"], c["high"]], [y, y], color=colour, lw=2)
-            ax.plot([c["delta"]], [y], "o", color=colour)
+            colour = VERDICT_COLOURS.get(c.verdict, "black")
+            if c.low is not None:
+                ax.plot([c.low, c.high], [y, y], color=colour, lw=2)
+            ax.plot([c.delta], [y], "o", color=colour)
         ax.axvline(0, color="black", lw=0.8, ls="--")
         ax.set_title(m + (" (lower better)" if m in ("fid", "kid") else ""), fontsize=8)
         ax.tick_params(labelsize=7)

@@ -11,7 +11,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from benchmark.config import Params
+from benchmark.results import Comparison
 
 
 @dataclass
@@ -58,7 +61,7 @@ class Inputs:
     params: Params
     paths: ReportPaths
     leaderboard: dict[str, dict]
-    comparisons: list[dict]
+    comparisons: list[Comparison]
     rows: dict[str, dict] = field(default_factory=dict)
     train: dict[str, dict] = field(default_factory=dict)
     sample: dict[str, dict] = field(default_factory=dict)
@@ -81,6 +84,11 @@ def load(params: Params, paths: ReportPaths) -> Inputs:
     found = read_json(paths.comparisons, "the leaderboard stage's comparisons")
     if not isinstance(board, dict) or not board:
         raise ValueError(f"{paths.leaderboard}: expected one object per leaderboard row, found {type(board).__name__}")
+    try:
+        found = [Comparison.model_validate(c) for c in found]
+    except (ValidationError, TypeError) as exc:
+        raise ValueError(f"{paths.comparisons}: not the leaderboard stage's comparisons ({exc}); run `dvc repro "
+                         "leaderboard`") from None
     inp = Inputs(params=params, paths=paths, leaderboard=board, comparisons=found,
                  rows=_folder_json(paths.rows), train=_folder_json(paths.train_metrics),
                  sample=_folder_json(paths.sample_metrics))

@@ -16,6 +16,7 @@ from benchmark.leaderboard import fmt
 from benchmark.metrics.stats import higher_is_better
 from benchmark.report import figures
 from benchmark.report.inputs import Inputs, file_hash
+from benchmark.results import Comparison, Difference
 from benchmark.tracking import dataset_hash, flatten, git_commit
 
 REFERENCES = (REAL, CONTROL)
@@ -56,15 +57,15 @@ def protocol(inp: Inputs) -> dict:
     return {"data": data, "models": models, "evaluation": evaluation, "provenance": provenance}
 
 
-def _comparison(inp: Inputs, a: str, b: str, metric: str) -> dict | None:
-    return next((c for c in inp.comparisons if c["a"] == a and c["b"] == b and c["metric"] == metric), None)
+def _comparison(inp: Inputs, a: str, b: str, metric: str) -> Comparison | None:
+    return next((c for c in inp.comparisons if (c.a, c.b, c.metric) == (a, b, metric)), None)
 
 
-def _delta_text(c: dict | None, metric: str) -> str:
+def _delta_text(c: Comparison | Difference | None, metric: str) -> str:
     if c is None:
         return "no comparison"
-    interval = "" if c.get("low") is None else f" [{c['low']:+.3f}, {c['high']:+.3f}]"
-    return f"{c['delta']:+.3f}{interval}, {c['verdict']}"
+    interval = "" if c.low is None else f" [{c.low:+.3f}, {c.high:+.3f}]"
+    return f"{c.delta:+.3f}{interval}, {c.verdict}"
 
 
 def headline(inp: Inputs) -> dict:
@@ -111,13 +112,13 @@ def leaderboard(inp: Inputs) -> dict:
 
 
 def ladder(inp: Inputs, assets: dict) -> dict:
-    steps = [c for c in inp.comparisons if c.get("kind") == "ladder step"]
+    steps = [c for c in inp.comparisons if c.kind == "ladder step"]
     if not steps:
         return {"skipped": "no ladder comparisons (leaderboard.ladder names fewer than two evaluated models)"}
-    metrics = [m for m in LADDER_METRICS if any(c["metric"] == m for c in steps)]
+    metrics = [m for m in LADDER_METRICS if any(c.metric == m for c in steps)]
     assets["ladder"] = figures.forest(steps, metrics)
-    return {"steps": [{"step": f"{c['b']} -> {c['a']}", "metric": c["metric"], "text": _delta_text(c, c["metric"]),
-                       "verdict": c["verdict"]} for c in steps if c["metric"] in metrics]}
+    return {"steps": [{"step": c.step, "metric": c.metric, "text": _delta_text(c, c.metric), "verdict": c.verdict}
+                      for c in steps if c.metric in metrics]}
 
 
 def per_class(inp: Inputs, assets: dict) -> dict:

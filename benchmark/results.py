@@ -1,0 +1,47 @@
+"""Typed results: a difference between two rows with its interval and verdict, and a comparison (a
+difference with what was compared and why). The stages build and read these models; JSON and CSV are
+what they become when written (``to_json``), in the same keys and order the files always had."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Difference(BaseModel):
+    """A - B, its interval (None: too few seeds or resamples to have one) and the word it supports."""
+
+    model_config = ConfigDict(extra="forbid")
+    delta: float
+    low: float | None
+    high: float | None
+    n: int  # seeds paired, or bootstrap resamples
+    method: str  # how the interval was made
+    verdict: str  # better | worse | indistinguishable (metrics/stats.py)
+
+
+class Comparison(BaseModel):
+    """One line of metrics/comparisons.json: row ``a`` against row ``b`` on ``metric``."""
+
+    model_config = ConfigDict(extra="forbid")
+    a: str
+    b: str
+    metric: str
+    delta: float
+    low: float | None
+    high: float | None
+    n: int
+    method: str
+    verdict: str
+    kind: str  # vs real | vs real+control | method vs ablation | method vs baseline | ladder step
+    note: str | None = None  # e.g. "selection effect: ..."; absent from the file when there is none
+
+    @classmethod
+    def of(cls, a: str, b: str, metric: str, kind: str, d: Difference) -> "Comparison":
+        return cls(a=a, b=b, metric=metric, kind=kind, **d.model_dump())
+
+    @property
+    def step(self) -> str:
+        """``B -> A``: how the ablation ladder names a step."""
+        return f"{self.b} -> {self.a}"
+
+    def to_json(self) -> dict:
+        return self.model_dump(exclude={"note"} if self.note is None else set())
