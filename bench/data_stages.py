@@ -16,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.io import copy_project, write_json
+from benchmark.provenance import copy_project, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,8 +21,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.io import copy_project, write_json
-from benchmark.tracking import git_commit
+from benchmark.provenance import copy_project, git_commit, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = {"default": 30 * 60, "tiny": 5 * 60}

@@ -51,7 +51,7 @@ from benchmark.metrics.quality import (
 )
 from benchmark.metrics.segmentation import SegScores, miou_from_confusion
 from benchmark.metrics.stats import bootstrap_indices, percentile
-from benchmark.tracking import dataset_hash
+from benchmark.provenance import dataset_hash
 
 
 def extractor(params: Params) -> Extractor:

@@ -90,27 +90,3 @@ def atomic_dir(out: Path):
         _name(exc, out)
         raise
     shutil.rmtree(old, ignore_errors=True)
-
-
-def copy_project(src: Path, dst: Path) -> Path:
-    """Copy the project's files as a fresh clone would have them (tracked and untracked-not-ignored;
-    no generated data, metrics or dvc.lock) into ``dst``, a git repository with the copy as its one
-    commit. The commit is what a run there records as its provenance (MLflow tags, the report), and
-    its message names the source commit it was copied from (``git log -1`` in the copy): without it,
-    every run of bench.pipeline / bench.screens.budget recorded the commit as "unknown"."""
-    import subprocess
-
-    from benchmark.tracking import git_commit
-
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=src,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (src / f).is_file() and not f.startswith(("data/", "metrics/", "plots/")) and f != "dvc.lock":
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src / f, dst / f)
-    git = lambda *a: subprocess.run(["git", "-c", "user.name=casdm-bench", "-c", "user.email=casdm-bench@localhost",
-                                     "-c", "commit.gpgsign=false", *a], cwd=dst, check=True, capture_output=True)
-    git("init", "-q")
-    git("add", "-A")
-    git("commit", "-q", "--no-verify", "-m", f"copy of {git_commit(src)} from {src}")
-    return dst

@@ -193,7 +193,8 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, dict], report:
     import mlflow
 
     from benchmark.kinds.registry import training_config
-    from benchmark.tracking import connect, flatten, git_commit, hash_json, owner_tags
+    from benchmark.provenance import git_commit, hash_json
+    from benchmark.tracking import connect, flatten, owner_tags
 
     exp = connect(params.tracking)
     numeric = lambda r: {k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and v is not None}

@@ -200,7 +200,8 @@ def _log_mlflow(params: Params, result: dict, maps, images, prompts, table) -> N
     """A ``maps`` run: the metrics of generator and baseline, and a grid (map row over image row)."""
     import mlflow
 
-    from benchmark.tracking import connect, flatten, git_commit, hash_json, owner_tags
+    from benchmark.provenance import git_commit, hash_json
+    from benchmark.tracking import connect, flatten, owner_tags
 
     connect(params.tracking)
     with mlflow.start_run(run_name="maps"):

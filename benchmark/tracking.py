@@ -3,43 +3,9 @@ params hash, dataset hash). The embedded default is ``sqlite:///mlflow.db``; ``M
 overrides it."""
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import subprocess
-from pathlib import Path
 
-
-# What a running pipeline itself rewrites (dvc.lock, metrics, plots, the report): a change there is the
-# run's own output, not a change to what produced it, so it does not make the commit "dirty".
-PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots", "reports")
-
-
-def git_commit(cwd: Path | None = None) -> str:
-    """HEAD of the repository at ``cwd`` (default: the working directory), with ``-dirty`` when a tracked
-    file other than the pipeline's own outputs differs from it."""
-    try:
-        git = lambda *a: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True, timeout=5)
-        out = git("rev-parse", "HEAD")
-        if out.returncode != 0:
-            return "unknown"
-        excluded = [f":(top,exclude){p}" for p in PIPELINE_OUTPUTS]
-        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", *excluded).stdout.strip()
-        return out.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def hash_json(data) -> str:
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def dataset_hash(prepared: Path) -> str:
-    """Hash of the prepared dataset's index and statistics (changes whenever its content does)."""
-    h = hashlib.sha256()
-    for name in ("frames.csv", "stats.json", "classes.json"):
-        h.update((Path(prepared) / name).read_bytes())
-    return h.hexdigest()[:16]
+from benchmark.provenance import git_commit
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -49,7 +49,7 @@ def synth_copy(synth_root, tmp_path) -> Path:
 @pytest.fixture
 def repo_copy(tmp_path) -> Path:
     """The project's files (as a fresh clone would have them) copied into a scratch git repo."""
-    from benchmark.io import copy_project
+    from benchmark.provenance import copy_project
 
     return copy_project(REPO, tmp_path / "repo")
 

@@ -48,7 +48,7 @@ class TinyRun:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """The tiny profile's `dvc repro` in a fresh copy of the project, logging to an MLflow server."""
-    from benchmark.io import copy_project
+    from benchmark.provenance import copy_project
     from tests.conftest import REPO
 
     root = tmp_path_factory.mktemp("pipeline")

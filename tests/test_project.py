@@ -51,7 +51,7 @@ def test_a_run_s_own_outputs_do_not_make_the_commit_dirty_but_code_does(tmp_path
     """The provenance tag: dvc.lock and metrics rewritten by the pipeline leave it clean; a code edit marks it."""
     import subprocess
 
-    from benchmark.tracking import git_commit
+    from benchmark.provenance import git_commit
 
     run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
     run("init", "-q")

@@ -27,8 +27,7 @@ from pathlib import Path
 import yaml
 
 from bench.pipeline import env_for, timed_repro
-from benchmark.io import copy_project, write_json
-from benchmark.tracking import git_commit
+from benchmark.provenance import copy_project, git_commit, write_json
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"

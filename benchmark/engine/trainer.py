@@ -18,13 +18,14 @@ from torch.utils.data import DataLoader
 
 from benchmark.config import Params
 from benchmark.devices import mixed_precision
-from benchmark.engine.data import PreparedDataset, StepBatchSampler, augment
 from benchmark.engine import checkpoints
+from benchmark.engine.data import PreparedDataset, StepBatchSampler, augment
 from benchmark.io import atomic_dir, write_csv, write_json
 from benchmark.kinds.registry import make_kind, training_config
 from benchmark.seeds import RANK, derive_seed
 from casdm.draws import BatchDraws
 from casdm.pipeline import to_uint8
+
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN/inf; the run stops and the last good checkpoint is kept."""
@@ -59,7 +60,8 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
         TimeRemainingColumn,
     )
 
-    from benchmark.tracking import Tracker, dataset_hash, hash_json
+    from benchmark.provenance import dataset_hash, hash_json
+    from benchmark.tracking import Tracker
 
     console = console or Console(stderr=True)
     if name not in params.models:

@@ -12,7 +12,8 @@ from benchmark.config import Params
 def leaderboard_run(params: Params) -> str | None:
     import mlflow
 
-    from benchmark.tracking import connect, hash_json
+    from benchmark.provenance import hash_json
+    from benchmark.tracking import connect
 
     exp = connect(params.tracking)
     runs = mlflow.MlflowClient().search_runs(

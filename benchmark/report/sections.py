@@ -14,10 +14,11 @@ from PIL import Image
 from benchmark.comparisons import CONTROL, REAL
 from benchmark.leaderboard import fmt
 from benchmark.metrics.stats import higher_is_better
+from benchmark.provenance import dataset_hash, git_commit
 from benchmark.report import figures
 from benchmark.report.inputs import Inputs, file_hash
 from benchmark.results import Comparison, Difference
-from benchmark.tracking import dataset_hash, flatten, git_commit
+from benchmark.tracking import flatten
 
 REFERENCES = (REAL, CONTROL)
 LADDER_METRICS = ("downstream_miou", "downstream_rare_miou", "fid", "semantic_miou")

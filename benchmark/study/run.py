@@ -19,7 +19,6 @@ import optuna
 
 from benchmark.config import Params
 from benchmark.study.scoring import Scorer
-from benchmark.study.store import FINISHED, STUDIES, save_plots, storage_for
 from benchmark.study.space import (
     boosted_classes,
     configured_values,
@@ -27,6 +26,7 @@ from benchmark.study.space import (
     training_overrides,
     trial_params,
 )
+from benchmark.study.store import FINISHED, STUDIES, save_plots, storage_for
 
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping forever
 
@@ -60,7 +60,8 @@ def parent_run(params: Params, study: optuna.Study, storage_url: str) -> str:
     together may each create one: all then agree on the earliest created and delete their own."""
     import mlflow
 
-    from benchmark.tracking import connect, git_commit, hash_json
+    from benchmark.provenance import git_commit, hash_json
+    from benchmark.tracking import connect
 
     known = study.user_attrs.get("mlflow_parent_run_id")
     if known:
