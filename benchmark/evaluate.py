@@ -52,6 +52,7 @@ from benchmark.metrics.quality import (
 from benchmark.metrics.segmentation import SegScores, miou_from_confusion
 from benchmark.metrics.stats import bootstrap_indices, percentile
 from benchmark.provenance import dataset_hash
+from benchmark.results import MapScores
 
 
 def extractor(params: Params) -> Extractor:
@@ -251,11 +252,7 @@ def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path
     log(f"downstream, real + {name}: {len(train)} + {len(pairs)} images")
     result = row(name, "generated", test, {"real": len(train), "synthetic": len(pairs)}, semantic=semantic.summary(),
                  judge=judge_label(params.evaluate.semantic),
-                 maps={who: {"adherence": maps_metrics[who]["adherence"]["adherence"],
-                             "rare_presence": maps_metrics[who]["adherence"]["rare_presence"],
-                             "cooccurrence_l1": maps_metrics[who]["realism"]["cooccurrence_l1"],
-                             "area_w1": maps_metrics[who]["realism"]["area_w1"],
-                             "diversity": maps_metrics[who]["diversity"]} for who in ("generator", "baseline")},
+                 maps={who: MapScores.of(maps_metrics[who]).model_dump() for who in ("generator", "baseline")},
                  text_encoder=maps_metrics["text_encoder"],
                  downstream=downstream(params.evaluate.downstream, [train, pairs], test, log))
     result["seconds"] = time.perf_counter() - t0  # the report's protocol card shows it

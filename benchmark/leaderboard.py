@@ -18,10 +18,10 @@ from benchmark.comparisons import CONTROL, REAL, comparisons
 from benchmark.config import Params
 from benchmark.downstream import SCALARS
 from benchmark.io import write_csv, write_json, write_text
-from benchmark.results import Comparison
+from benchmark.results import Comparison, MapScores
 
 MAPS = "maps"  # metrics/evaluate/maps.json: the "real + generated maps" row (evaluate-maps)
-MAP_COLUMNS = ("adherence", "rare_presence", "cooccurrence_l1", "area_w1", "diversity")
+MAP_COLUMNS = tuple(MapScores.model_fields)  # adherence, rare_presence, cooccurrence_l1, area_w1, diversity
 PRDC = ("precision", "recall", "density", "coverage")
 REFS = {"delta": REAL, "vs_control": CONTROL}  # column prefix -> the row compared with
 STAGES = {REAL: "evaluate-real", CONTROL: "evaluate-control", MAPS: "evaluate-maps"}

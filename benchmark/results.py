@@ -1,5 +1,5 @@
-"""Typed results: a difference between two rows with its interval and verdict, and a comparison (a
-difference with what was compared and why). The stages build and read these models; JSON and CSV are
+"""Typed results: a difference between two rows with its interval and verdict, a comparison (a
+difference with what was compared and why), and a map generator's scores. The stages build and read these models; JSON and CSV are
 what they become when written (``to_json``), in the same keys and order the files always had."""
 from __future__ import annotations
 
@@ -45,3 +45,21 @@ class Comparison(BaseModel):
 
     def to_json(self) -> dict:
         return self.model_dump(exclude={"note"} if self.note is None else set())
+
+
+class MapScores(BaseModel):
+    """The map generator's (or the retrieval baseline's) headline scores: the leaderboard's ``maps_*`` columns."""
+
+    model_config = ConfigDict(extra="forbid")
+    adherence: float | None
+    rare_presence: float | None
+    cooccurrence_l1: float | None
+    area_w1: float | None
+    diversity: float | None
+
+    @classmethod
+    def of(cls, summary: dict) -> "MapScores":
+        """From one side (``generator`` or ``baseline``) of the maps stage's metrics.json."""
+        return cls(adherence=summary["adherence"]["adherence"], rare_presence=summary["adherence"]["rare_presence"],
+                   cooccurrence_l1=summary["realism"]["cooccurrence_l1"], area_w1=summary["realism"]["area_w1"],
+                   diversity=summary["diversity"])
