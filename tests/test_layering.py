@@ -45,26 +45,30 @@ def dynamic_imports(path: Path) -> list[int]:
     return found
 
 
+def imported(tree: ast.AST, modules: dict[str, Path], strings: bool = False) -> set[str]:
+    """The project modules ``tree`` imports (``from a import b`` is ``a.b`` when that is a module); with
+    ``strings``, a string constant naming a project module counts too."""
+    out = set()
+    for node in ast.walk(tree):
+        if strings and isinstance(node, ast.Constant) and isinstance(node.value, str):
+            targets = [node.value]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                       for a in node.names]
+        else:
+            continue
+        out |= {t for t in targets if t in modules}
+    return out
+
+
 def import_graph(modules: dict[str, Path], strings: bool = True) -> dict[str, set[str]]:
-    """module -> the project modules it imports (``from a import b`` is ``a.b`` when that is a module);
-    in a module that imports by a computed name, a string that names a project module counts too
-    (``strings=False``: only import statements)."""
-    graph = {}
-    for name, path in modules.items():
-        deps, by_string = set(), strings and bool(dynamic_imports(path))
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if by_string and isinstance(node, ast.Constant) and isinstance(node.value, str):
-                targets = [node.value]
-            elif isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                           for a in node.names]
-            else:
-                continue
-            deps |= {t for t in targets if t in modules and t != name}
-        graph[name] = deps
-    return graph
+    """module -> the project modules it imports; in a module that imports by a computed name, a string
+    that names a project module counts too (``strings=False``: only import statements)."""
+    return {name: imported(ast.parse(path.read_text(), str(path)), modules,
+                           strings and bool(dynamic_imports(path))) - {name}
+            for name, path in modules.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.test_layering import import_graph, project_modules
+from tests.test_layering import import_graph, imported, project_modules
 
 OPERATIONAL = {"runtime", "tracking"}
 PLUMBING = {"benchmark.commands.common"}
@@ -41,20 +41,6 @@ def cli_commands() -> dict[tuple[str, ...], object]:
         return out
 
     return walk(app)
-
-
-def imported(tree: ast.AST, modules: dict) -> set[str]:
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            targets = [a.name for a in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                       for a in node.names]
-        else:
-            continue
-        out |= {t for t in targets if t in modules}
-    return out
 
 
 def code_closure(fn, modules: dict, graph: dict) -> set[str]:
