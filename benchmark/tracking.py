@@ -49,7 +49,12 @@ def connect(tracking):
     uri = tracking_uri(tracking)
     check_server(uri)
     mlflow.set_tracking_uri(uri)
-    experiment = mlflow.set_experiment(tracking.experiment)
+    try:
+        experiment = mlflow.set_experiment(tracking.experiment)
+    except Exception:  # noqa: BLE001 - two workers starting together both create it; the loser reads it
+        if mlflow.get_experiment_by_name(tracking.experiment) is None:
+            raise
+        experiment = mlflow.set_experiment(tracking.experiment)
     if EXPERIMENT_KIND[0] not in experiment.tags:
         client = mlflow.MlflowClient()
         try:

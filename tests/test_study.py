@@ -77,7 +77,7 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
     from benchmark.report.sections import study as study_section
 
     assets = {}
-    shown = study_section(SimpleNamespace(params=params), assets)
+    shown = study_section(SimpleNamespace(params=params, paths=SimpleNamespace(studies=study_dir / "studies")), assets)
     assert shown["complete"] == 2 and shown["trial0"]["number"] == 0 and "study_history_semantic_miou" in assets
     best = shown["best"]["number"]
     assert (best == 0) == (shown["comparison"] is None)
