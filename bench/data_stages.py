@@ -16,7 +16,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.provenance import copy_project, write_json
+from benchmark.io import write_json
+from benchmark.provenance import copy_project
 
 REPO = Path(__file__).resolve().parents[1]
 

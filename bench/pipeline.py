@@ -21,7 +21,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmark.provenance import copy_project, git_commit, write_json
+from benchmark.io import write_json
+from benchmark.provenance import copy_project, git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 BUDGET_S = {"default": 30 * 60, "tiny": 5 * 60}

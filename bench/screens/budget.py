@@ -27,7 +27,8 @@ from pathlib import Path
 import yaml
 
 from bench.pipeline import env_for, timed_repro
-from benchmark.provenance import copy_project, git_commit, write_json
+from benchmark.io import write_json
+from benchmark.provenance import copy_project, git_commit
 
 REPO = Path(__file__).resolve().parents[2]
 RESULTS = REPO / "bench" / "results"
