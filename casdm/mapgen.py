@@ -102,7 +102,7 @@ class MapGenerator(ModelMixin, ConfigMixin):
                  attention_levels: tuple, layers_per_block: int, cross_attention_dim: int, attention_head_dim: int,
                  norm_num_groups: int, vocabulary: dict | None = None, pooled_prompt: bool = False,
                  posterior_skip: bool = False, prompt_layout: bool = False, layout_gain: float = 0.0):
-        """Widths come from a preset (the benchmark's ``maps.presets``); ``vocabulary`` from
+        """Widths come from the benchmark's ``maps.generator.training`` block; ``vocabulary`` from
         ``Vocabulary.to_dict()`` of the training maps. ``pooled_prompt`` and ``posterior_skip`` are False
         here only so that generators saved before they existed load as they were trained; the benchmark
         sets them from ``maps:`` (``prompt_layout`` likewise). With ``posterior_skip`` the caller adds ``posterior_logits`` to the
