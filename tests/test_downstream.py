@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from benchmark.downstream import GeneratedDataset, build_segmenter, evaluate_segmenter, train_segmenter
+from benchmark.metrics.downstream import GeneratedDataset, build_segmenter, evaluate_segmenter, train_segmenter
 from benchmark.engine.data import PreparedDataset
 from benchmark.manifest import ImageRecord, Manifest
 

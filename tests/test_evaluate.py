@@ -10,9 +10,12 @@ import pytest
 import torch
 
 from benchmark.config import ConfigError
-from benchmark.comparisons import CONTROL, REAL, comparisons
-from benchmark.downstream import aggregate
-from benchmark.leaderboard import build, load_rows, markdown, sort_rows
+from benchmark.results import CONTROL, REAL
+from benchmark.stages.comparisons import comparisons
+from benchmark.metrics.downstream import aggregate
+from benchmark.stages.leaderboard import build, flat_table, load_rows, sort_rows
+from benchmark.report.tables import markdown
+from benchmark.results import EvaluationRow, LeaderboardRow, columns_of
 from tests.conftest import tiny_params
 
 NAMES = ["bg", "organ", "duct", "vein"]
@@ -61,10 +64,15 @@ def test_leaderboard_rows_columns_intervals_and_verdicts():
             CONTROL: result(CONTROL, "control", {0: 0.56, 1: 0.69, 2: 0.61}),
             "casdm": result("casdm", "method", {0: 0.55, 1: 0.70, 2: 0.62}, fid=12.0),
             "sdm": result("sdm", "baseline", {0: 0.40, 1: 0.58, 2: 0.50}, extractor="inception", fid=30.0)}
+    rows = {k: EvaluationRow.model_validate(v) for k, v in rows.items()}
     found = comparisons(rows, {"casdm": "method", "sdm": "baseline"}, ["sdm", "casdm"], 0.95)
-    columns, table = build(rows, found)
+    columns, typed = build(rows, found)
+    names, table = flat_table(columns, typed)
     assert {"fid:efficientnet_lite0:blocks.4", "fid:inception", "kid:inception", "delta_miou_low",
-            "vs_control_miou_verdict", "precision:inception"} <= set(columns)
+            "vs_control_miou_verdict", "precision:inception"} <= set(names)
+    # what the file holds reads back to the same typed rows and columns
+    assert columns_of(table[0]) == columns
+    assert [LeaderboardRow.from_flat(r["model"], r).flat(columns) for r in table] == table
     by = {r["model"]: r for r in table}
     # two extractors never share a column: each row has a value in its own column only
     assert by["casdm"]["fid:efficientnet_lite0:blocks.4"] == 12.0 and by["casdm"]["fid:inception"] is None
@@ -81,12 +89,12 @@ def test_leaderboard_rows_columns_intervals_and_verdicts():
     assert "selection effect" in notes[("casdm", REAL, "downstream_miou")]
     assert by["sdm"]["delta_miou_verdict"] == "indistinguishable"
     assert by["casdm"]["semantic_rare_miou"] is None and by["casdm"]["downstream_rare_mdice"] is None  # absent stays absent
-    assert all(set(columns) == set(r) for r in table)  # every row has every column
-    ordered = sort_rows(table, "downstream_miou", "desc")
-    assert [r["model"] for r in ordered] == ["casdm", CONTROL, REAL, "sdm"]
-    assert [r["model"] for r in sort_rows(table, "fid:inception", "asc")][0] == "sdm"
+    assert all(names == list(r) for r in table)  # every row has every column, in the file's order
+    ordered = sort_rows(typed, "downstream_miou", "desc", columns)
+    assert [r.model for r in ordered] == ["casdm", CONTROL, REAL, "sdm"]
+    assert [r.model for r in sort_rows(typed, "fid:inception", "asc", columns)][0] == "sdm"
     with pytest.raises(ValueError, match="leaderboard.primary 'fid' is not a leaderboard column"):
-        sort_rows(table, "fid", "asc")
+        sort_rows(typed, "fid", "asc", columns)
     md = markdown(columns, ordered, "t", found)
     assert "| casdm | method | 12.00 | 0.1200 |" in md and "0.623 ± 0.075" in md
     assert "| vs real | casdm | real | downstream_miou | +0.073 | [0.011, 0.136] | better |" in md
@@ -139,7 +147,7 @@ def test_efficientnet_stage_features_and_extractor_names_are_checked():
 
 def test_the_control_row_re_shows_exactly_the_sampled_training_maps(prepared, tmp_path, monkeypatch):
     """Size-matched control: real + the real images of the maps the sample stage turns into images."""
-    import benchmark.evaluate as ev
+    import benchmark.stages.evaluate as ev
     from benchmark.engine.data import PreparedDataset
     from benchmark.engine.sample import pick_train_maps
 
@@ -157,7 +165,7 @@ def test_the_control_row_re_shows_exactly_the_sampled_training_maps(prepared, tm
     train = PreparedDataset(prepared, "train")
     picked = pick_train_maps(train, params.sample)
     assert seen["ids"] == [train.rows[i]["id"] for i in picked] and seen["sizes"] == [len(train), len(picked)]
-    assert r["model"] == "real+control" and r["train_images"]["repeated_real"] == len(picked) == 8
+    assert r.model == "real+control" and r.train_images["repeated_real"] == len(picked) == 8
     assert json.loads((tmp_path / "c.json").read_text())["downstream"]["seeds"] == [0]
     with pytest.raises(ValueError, match="sample.train_maps is 0"):
         ev.evaluate_control(tiny_params(sample={"train_maps": 0}), prepared, tmp_path / "d.json", tmp_path / "d.csv")

@@ -89,7 +89,7 @@ def test_parser_refuses_empty_prompts_and_repeated_fields():
 
 
 def test_prompt_file_errors_name_file_and_line(tmp_path):
-    from benchmark.maps import read_prompt_file
+    from benchmark.stages.mapgen import read_prompt_file
 
     f = tmp_path / "rare.txt"
     f.write_text("# rare classes\nLiver, large; Blood, small\n\nHepatic Veins, small\n")
@@ -143,7 +143,7 @@ def test_adherence_realism_and_diversity_measure_what_they_say():
 def trained(prepared, tmp_path_factory):
     """A tiny generator trained 3 steps with the offline sentence encoder, through the shared trainer."""
     from benchmark.engine.trainer import RunPaths, train
-    from benchmark.maps import MAPGEN, generator_params
+    from benchmark.stages.mapgen import MAPGEN, generator_params
 
     root = tmp_path_factory.mktemp("mapgen")
     p = tiny_params(maps={"train": {"steps": 3}})
@@ -155,7 +155,7 @@ def trained(prepared, tmp_path_factory):
 
 def test_generator_trains_and_generates_valid_class_ids_from_text(trained, prepared):
     from benchmark.engine.data import PreparedDataset
-    from benchmark.maps import load_generator
+    from benchmark.stages.mapgen import load_generator
 
     p, folder, metrics = trained
     assert metrics["steps"] == 3 and np.isfinite(metrics["final_loss"])
@@ -199,7 +199,7 @@ def generator_loss(prepared, **options):
     training loss on four prepared maps, already back-propagated: (model, loss)."""
     from benchmark.engine.data import PreparedDataset
     from benchmark.kinds.registry import make_kind
-    from benchmark.maps import MAPGEN, generator_params
+    from benchmark.stages.mapgen import MAPGEN, generator_params
 
     data = PreparedDataset(prepared, "train")
     kind = make_kind(generator_params(tiny_params(maps={"generator": {"training": options}})), MAPGEN, data.table)
@@ -226,7 +226,7 @@ def test_maps_config_errors_are_named():
         tiny_params(maps={"generate": {"image_model": "nope"}})
     with pytest.raises(ConfigError, match="prompt_file"):
         tiny_params(maps={"generate": {"prompts": "file", "prompt_file": None}})
-    from benchmark.maps import generator_options
+    from benchmark.stages.mapgen import generator_options
 
     with pytest.raises(ValueError, match=r"maps\.generator\.training\.text_encoder: .*unknown text encoder 'bert'"):
         generator_options(tiny_params(maps={"generator": {"training": {"text_encoder": "bert"}}}))

@@ -173,7 +173,7 @@ def test_the_map_generator_predicts_clean_maps_whatever_the_prediction_type(prep
     """mapgen overrides the prediction type with "sample" (clean-map logits): v-prediction and zero SNR
     change its schedule, never its target."""
     from benchmark.engine.data import PreparedDataset
-    from benchmark.maps import MAPGEN, generator_params
+    from benchmark.stages.mapgen import MAPGEN, generator_params
 
     data = PreparedDataset(prepared, "train")
     kind = make_kind(generator_params(tiny_params(**V_PRED)), MAPGEN, data.table)

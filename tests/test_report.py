@@ -40,13 +40,19 @@ def test_params_diff_names_changed_added_and_removed_keys():
 
 
 def test_metric_rows_take_b_minus_a_and_say_which_is_better():
-    a = State("A", "workspace", "w", {"casdm": {"fid:x": 100.0, "downstream_miou": 0.5, "role": "method"}}, {}, None)
-    b = State("B", "workspace", "w", {"casdm": {"fid:x": 90.0, "downstream_miou": 0.4, "role": "method"},
+    a = State("A", "workspace", "w", {"casdm": {"fid:x": 100.0, "fid:x_low": 95.0, "fid:x_high": 105.0,
+                                                "downstream_miou": 0.5, "role": "method", "delta_miou_verdict": "better",
+                                                "delta_miou": 0.1}}, {}, None)
+    b = State("B", "workspace", "w", {"casdm": {"fid:x": 90.0, "fid:x_low": 80.0, "fid:x_high": 99.0,
+                                                "downstream_miou": 0.4, "role": "method",
+                                                "delta_miou_verdict": "worse", "delta_miou": -0.1},
                                       "sdm": {"fid:x": 1.0}}, {}, None)
     rows = {r["metric"]: r for r in metric_rows(a, b)}
     assert rows["fid:x"]["delta"] == -10.0 and rows["fid:x"]["direction"] == "B better"  # lower FID is better
     assert rows["downstream_miou"]["delta"] == pytest.approx(-0.1) and rows["downstream_miou"]["direction"] == "A better"
-    assert set(rows) == {"fid:x", "downstream_miou"}  # only rows both hold; text columns left out
+    assert rows["fid:x_low"]["delta"] == -15.0 and rows["fid:x_low"]["direction"] == "-"  # a bound has no better side
+    # only rows both hold; text columns (role, verdicts) left out
+    assert set(rows) == {"fid:x", "fid:x_low", "fid:x_high", "downstream_miou", "delta_miou"}
 
 
 def _commit(repo, board: dict | None, steps: int, message: str) -> None:
@@ -65,7 +71,7 @@ def test_compare_two_commits_and_a_bad_name(tmp_path):
     _commit(tmp_path, {"casdm": {"downstream_miou": 0.6}}, 800, "second")
     tracking = tiny_params().tracking
     a, b = resolve("HEAD~1", tmp_path, tracking), resolve("HEAD", tmp_path, tracking)
-    assert (a.kind, a.leaderboard["casdm"]["downstream_miou"], b.params["train"]["steps"]) == ("git revision", 0.5, 800)
+    assert (a.kind, a.leaderboard["casdm"].value("downstream_miou"), b.params["train"]["steps"]) == ("git revision", 0.5, 800)
     assert a.samples is None  # no report assets committed there: the page says so
     with pytest.raises(ValueError, match=r"'nope': not a git revision, a DVC experiment or an MLflow run id"):
         resolve("nope", tmp_path, tracking)

@@ -24,7 +24,7 @@ from tests.test_layering import import_graph, imported, project_modules
 
 OPERATIONAL = {"runtime", "tracking"}
 PLUMBING = {"benchmark.commands.common"}
-# the map generator's stages read ``models`` of the params that ``benchmark.maps.generator_params`` derives
+# the map generator's stages read ``models`` of the params that ``benchmark.stages.mapgen.generator_params`` derives
 # (its one entry is built from ``maps:``), not params.yaml's models
 DERIVED = {"train-maps": {"models"}, "maps": {"models"}}  # read_params checks a model name exists; it computes nothing
 PARAMS_NAMES = {"params", "p", "gp"}  # how the code names a Params object
@@ -167,7 +167,7 @@ def test_each_stage_lists_the_code_it_imports_and_the_params_it_reads(name, body
 
 def test_the_checks_can_fail(tmp_path):
     """A dep list without the data loader, and a params list without the section read, are caught."""
-    assert not covered("benchmark/engine/data.py", ["benchmark/evaluate.py", "benchmark/metrics"])
+    assert not covered("benchmark/engine/data.py", ["benchmark/stages/evaluate.py", "benchmark/metrics"])
     assert covered("benchmark/engine/data.py", ["benchmark/engine"])
     assert not key_covered("study.storage", ["study.name"]) and key_covered("study.storage", ["study"])
     assert not key_covered("evaluate", ["data.resolution"]) and key_covered("evaluate", ["evaluate.fid"])

@@ -26,7 +26,7 @@ def study_params(**study):
 @pytest.fixture
 def study_dir(tmp_path, prepared, monkeypatch):
     """A working folder with the prepared data, a trained judge and its own MLflow store."""
-    from benchmark.evaluate import train_judge
+    from benchmark.stages.evaluate import train_judge
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -19,7 +19,7 @@ from benchmark.config import load_params
 from benchmark.io import write_json
 from benchmark.engine.data import PreparedDataset
 from benchmark.engine.trainer import RunPaths, train
-from benchmark.maps import MAPGEN, generator_options, generator_params, load_generator, prompt_set, score_generator
+from benchmark.stages.mapgen import MAPGEN, generator_options, generator_params, load_generator, prompt_set, score_generator
 
 KEYS = ("adherence", "presence", "absence", "size", "location", "quantity", "clause_accuracy", "rare_presence")
 

@@ -36,10 +36,10 @@ def main(argv: list[str] | None = None) -> dict:
     training = parse_set(a.training, "--training")  # a malformed KEY=VALUE fails before anything loads
     from benchmark.config import load_params
     from benchmark.devices import device
-    from benchmark.downstream import GeneratedDataset, evaluate_segmenter
+    from benchmark.metrics.downstream import GeneratedDataset, evaluate_segmenter
     from benchmark.engine.data import PreparedDataset
     from benchmark.engine.sample import sample
-    from benchmark.evaluate import aligned, extractor, load_judge, load_real_features
+    from benchmark.stages.evaluate import aligned, extractor, load_judge, load_real_features
     from benchmark.metrics.quality import colour_cast, fid_kid, files_features
 
     root = a.root

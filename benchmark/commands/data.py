@@ -27,7 +27,7 @@ def params_check(params: Path = PARAMS) -> None:
     from benchmark.kinds.registry import model_options
 
     p = read_params(params)
-    from benchmark.maps import generator_options
+    from benchmark.stages.mapgen import generator_options
 
     try:
         for name in p.models:

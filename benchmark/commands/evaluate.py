@@ -23,7 +23,7 @@ FEATURES = path_option("folder of the real test-image features")
 def evaluate_features(params: Path = PARAMS, data: Path = DATA,
                       out: Path = FEATURES) -> None:
     """Features of the real test images (cached per dataset version and extractor)."""
-    from benchmark.evaluate import real_features
+    from benchmark.stages.evaluate import real_features
 
     meta = or_fail(real_features, read_params(params), data, out)
     console.print(f"{meta['images']} real test images, {meta['extractor']} ({meta['dims']}-d) -> {out}")
@@ -34,21 +34,21 @@ def evaluate_real_cmd(params: Path = PARAMS, data: Path = DATA, features: Path =
                       metrics: Path = METRICS, plot: Path = PLOT) -> None:
     """The real-only row: the semantic-fidelity judge, downstream segmenters on real images, and the
     image-quality floor (real training against test images)."""
-    from benchmark.evaluate import evaluate_real
+    from benchmark.stages.evaluate import evaluate_real
 
     r = or_fail(evaluate_real, read_params(params), data, features, judge, metrics, plot, log=err.print)
-    console.print(f"real only: downstream mIoU {r['downstream']['miou']:.3f}, judge on real test images "
-                  f"mIoU {r['semantic']['miou']:.3f}")
+    console.print(f"real only: downstream mIoU {r.downstream.miou:.3f}, judge on real test images "
+                  f"mIoU {r.semantic.miou:.3f}")
 
 
 @evaluate_app.command("control")
 def evaluate_control_cmd(params: Path = PARAMS, data: Path = DATA, metrics: Path = METRICS, plot: Path = PLOT) -> None:
     """The size-matched control row: real + the real images of the training maps the models draw from."""
-    from benchmark.evaluate import evaluate_control
+    from benchmark.stages.evaluate import evaluate_control
 
     r = or_fail(evaluate_control, read_params(params), data, metrics, plot, log=err.print)
-    console.print(f"real + control: downstream mIoU {r['downstream']['miou']:.3f}, rare mIoU "
-                  f"{r['downstream']['rare_miou']}")
+    console.print(f"real + control: downstream mIoU {r.downstream.miou:.3f}, rare mIoU "
+                  f"{r.downstream.rare_miou}")
 
 
 @evaluate_app.command("model")
@@ -56,12 +56,12 @@ def evaluate_model_cmd(name: str = typer.Argument(..., help="model name"), param
                        samples: Path = path_option("the model's sample folder"),
                        features: Path = FEATURES, judge: Path = JUDGE, metrics: Path = METRICS, plot: Path = PLOT) -> None:
     """One model's row: FID/KID, semantic fidelity, downstream with its synthetic pairs."""
-    from benchmark.evaluate import evaluate_model
+    from benchmark.stages.evaluate import evaluate_model
 
     p = read_params(params, name)
     r = or_fail(evaluate_model, p, name, data, samples, features, judge, metrics, plot, log=err.print)
-    console.print(f"{name}: FID {r['quality']['fid']:.2f} ({r['quality']['extractor']}), semantic mIoU "
-                  f"{r['semantic']['miou']:.3f}, downstream mIoU {r['downstream']['miou']:.3f}")
+    console.print(f"{name}: FID {r.quality.fid:.2f} ({r.quality.extractor}), semantic mIoU "
+                  f"{r.semantic.miou:.3f}, downstream mIoU {r.downstream.miou:.3f}")
 
 
 @evaluate_app.command("maps")
@@ -69,11 +69,11 @@ def evaluate_maps_cmd(params: Path = PARAMS, data: Path = DATA,
                       samples: Path = path_option("the maps stage's folder (generated maps and images)"),
                       judge: Path = JUDGE, metrics: Path = METRICS, plot: Path = PLOT) -> None:
     """The "real + generated maps" row: downstream with the map generator's pairs, judge on its images."""
-    from benchmark.evaluate import evaluate_maps
+    from benchmark.stages.evaluate import evaluate_maps
 
     r = or_fail(evaluate_maps, read_params(params), data, samples, judge, metrics, plot, log=err.print)
-    console.print(f"{r['model']}: downstream mIoU {r['downstream']['miou']:.3f}, rare mIoU "
-                  f"{r['downstream']['rare_miou']}, judge mIoU {r['semantic']['miou']:.3f}")
+    console.print(f"{r.model}: downstream mIoU {r.downstream.miou:.3f}, rare mIoU "
+                  f"{r.downstream.rare_miou}, judge mIoU {r.semantic.miou:.3f}")
 
 
 @leaderboard_app.callback(invoke_without_command=True)
@@ -82,14 +82,16 @@ def leaderboard_show(ctx: typer.Context, params: Path = PARAMS,
     """Print the newest leaderboard run's table from MLflow."""
     if ctx.invoked_subcommand is not None:
         return
-    from benchmark.leaderboard import latest_table, rich_table
+    from benchmark.stages.leaderboard import latest_table
+    from benchmark.report.tables import rich_table
 
     p = read_params(params)
     try:
-        run_id, df = latest_table(p)
+        run_id, columns, table = latest_table(p)
     except LookupError as exc:
         fail(str(exc))
-    Console(width=None if sys.stdout.isatty() else 200).print(rich_table(p, run_id, df, full))
+    Console(width=None if sys.stdout.isatty() else 200).print(rich_table(p.leaderboard.primary, run_id, columns,
+                                                                         table, full))
 
 
 @leaderboard_app.command("build")
@@ -101,7 +103,7 @@ def leaderboard_build(params: Path = PARAMS, rows: Path = path_option("folder of
                       report: Path = path_option("the markdown leaderboard"),
                       mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow")) -> None:
     """The DVC stage: gather the rows' metrics into metrics, plots, a report and MLflow."""
-    from benchmark.leaderboard import load_rows, log_mlflow, write_outputs
+    from benchmark.stages.leaderboard import load_rows, log_mlflow, write_outputs
 
     p = read_params(params)
     if mlflow_log:

@@ -30,7 +30,7 @@ def maps_train(params: Path = PARAMS, data: Path = path_option("the prepared dat
                metrics: Path = path_option("training metrics JSON"), plot: Path = path_option("loss-curve CSV")) -> None:
     """The DVC stage train-maps: the generator on the shared trainer (re-running resumes)."""
     from benchmark.engine.trainer import RunPaths
-    from benchmark.maps import train_generator
+    from benchmark.stages.mapgen import train_generator
 
     paths = RunPaths(data=data, checkpoints=checkpoints, model=out, metrics=metrics, plot=plot)
     m = or_fail(train_generator, read_params(params), paths, console=err)
@@ -45,7 +45,7 @@ def maps_build(params: Path = PARAMS, data: Path = path_option("the prepared dat
                out: Path = path_option("folder of the generated maps and images"),
                metrics: Path = path_option("the generator's metrics JSON")) -> None:
     """The DVC stage maps: maps for the prompt set, images by maps.generate.image_model, metrics."""
-    from benchmark.maps import build_maps
+    from benchmark.stages.mapgen import build_maps
 
     p = read_params(params)
     need_tracking(p)
@@ -73,7 +73,7 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
     from benchmark.engine.data import PreparedDataset
     from benchmark.io import atomic_dir, write_json
     from benchmark.kinds.registry import make_kind
-    from benchmark.maps import draw_images, generate, load_generator
+    from benchmark.stages.mapgen import draw_images, generate, load_generator
     from benchmark.metrics.maps import adherence
     from benchmark.seeds import derive_seed
     from casdm.prompts import PromptError, describe_map, format_prompt, parse_prompt
@@ -114,7 +114,7 @@ def maps_prompts(num: int = typer.Option(5, "--num", min=1), split: str = typer.
                  params: Path = PARAMS, data: Path = DATA) -> None:
     """Prompts built from the first maps of a split (size thresholds fitted on the training maps)."""
     from benchmark.engine.data import PreparedDataset
-    from benchmark.maps import generator_options
+    from benchmark.stages.mapgen import generator_options
     from casdm.prompts import describe_map, fit_vocabulary, format_prompt
 
     p = read_params(params)

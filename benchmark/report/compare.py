@@ -20,6 +20,7 @@ import yaml
 
 from benchmark.metrics.stats import higher_is_better
 from benchmark.report.sections import params_diff
+from benchmark.results import LeaderboardRow
 
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 FILES = {"leaderboard": "metrics/leaderboard.json", "params": "params.yaml", "samples": "reports/assets/samples.png"}
@@ -30,9 +31,13 @@ class State:
     spec: str
     kind: str  # workspace | git revision | DVC experiment | MLflow run
     ref: str  # the commit or run id it resolved to
-    leaderboard: dict[str, dict]
+    leaderboard: dict[str, LeaderboardRow]  # built from the flat file (metrics/leaderboard.json) it was read from
     params: dict
     samples: bytes | None
+
+    def __post_init__(self):
+        self.leaderboard = {name: row if isinstance(row, LeaderboardRow) else LeaderboardRow.from_flat(name, row)
+                            for name, row in self.leaderboard.items()}
 
 
 def _git(root: Path, *args: str, binary: bool = False) -> subprocess.CompletedProcess:
@@ -122,14 +127,16 @@ def metric_rows(a: State, b: State) -> list[dict]:
     out = []
     for model in [m for m in a.leaderboard if m in b.leaderboard]:
         ra, rb = a.leaderboard[model], b.leaderboard[model]
-        for col in ra:
-            va, vb = ra.get(col), rb.get(col)
-            if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool):
-                d = vb - va
-                better = None if d == 0 else (d > 0) == higher_is_better(col)
-                out.append({"model": model, "metric": col, "a": va, "b": vb, "delta": d,
-                            "direction": "-" if better is None or col.endswith(("_std", "_low", "_high"))
-                            else ("B better" if better else "A better")})
+        for col, ca in ra.cells.items():
+            cb = rb.cells.get(col)
+            for part in ("value", "std", "low", "high"):  # a spread or an interval bound has no better side
+                va, vb = getattr(ca, part), None if cb is None else getattr(cb, part)
+                if isinstance(va, (int, float)) and isinstance(vb, (int, float)) and not isinstance(va, bool):
+                    d = vb - va
+                    better = None if d == 0 or part != "value" else (d > 0) == higher_is_better(col)
+                    out.append({"model": model, "metric": col if part == "value" else f"{col}_{part}", "a": va,
+                                "b": vb, "delta": d,
+                                "direction": "-" if better is None else ("B better" if better else "A better")})
     return out
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from benchmark.config import Params
-from benchmark.results import Comparison
+from benchmark.results import Comparison, EvaluationRow, LeaderboardRow
 
 
 @dataclass
@@ -60,9 +60,9 @@ class Inputs:
 
     params: Params
     paths: ReportPaths
-    leaderboard: dict[str, dict]
+    leaderboard: dict[str, LeaderboardRow]
     comparisons: list[Comparison]
-    rows: dict[str, dict] = field(default_factory=dict)
+    rows: dict[str, EvaluationRow] = field(default_factory=dict)
     train: dict[str, dict] = field(default_factory=dict)
     sample: dict[str, dict] = field(default_factory=dict)
     data_stats: dict | None = None
@@ -89,8 +89,20 @@ def load(params: Params, paths: ReportPaths) -> Inputs:
     except (ValidationError, TypeError) as exc:
         raise ValueError(f"{paths.comparisons}: not the leaderboard stage's comparisons ({exc}); run `dvc repro "
                          "leaderboard`") from None
+    try:
+        board = {name: LeaderboardRow.from_flat(name, r) for name, r in board.items()}
+    except (ValidationError, AttributeError) as exc:
+        raise ValueError(f"{paths.leaderboard}: not the leaderboard stage's rows ({exc}); run `dvc repro "
+                         "leaderboard`") from None
+    rows = {}
+    for name, r in _folder_json(paths.rows).items():
+        try:
+            rows[name] = EvaluationRow.model_validate(r)
+        except ValidationError as exc:
+            raise ValueError(f"{paths.rows / (name + '.json')}: not an evaluation row ({exc.errors()[0]['loc']}: "
+                             f"{exc.errors()[0]['msg']}); run `dvc repro` again") from None
     inp = Inputs(params=params, paths=paths, leaderboard=board, comparisons=found,
-                 rows=_folder_json(paths.rows), train=_folder_json(paths.train_metrics),
+                 rows=rows, train=_folder_json(paths.train_metrics),
                  sample=_folder_json(paths.sample_metrics))
     stats = paths.data / "stats.json"
     if stats.exists():

@@ -11,13 +11,12 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from benchmark.comparisons import CONTROL, REAL
-from benchmark.leaderboard import fmt
 from benchmark.metrics.stats import higher_is_better
 from benchmark.provenance import dataset_hash, git_commit
 from benchmark.report import figures
 from benchmark.report.inputs import Inputs, file_hash
-from benchmark.results import Comparison, Difference
+from benchmark.report.tables import fmt
+from benchmark.results import CONTROL, REAL, Comparison, Difference
 from benchmark.tracking import flatten
 
 REFERENCES = (REAL, CONTROL)
@@ -44,14 +43,15 @@ def protocol(inp: Inputs) -> dict:
                        "sampling_steps": entry.sampling.num_inference_steps, "guidance": entry.sampling.guidance_scale,
                        "device": tr.get("device", "-"), "precision": tr.get("mixed_precision", "-"),
                        "train_s": tr.get("train_s"), "sample_s": (sm["s_per_image"] * sm["images"]) if sm else None,
-                       "evaluate_s": inp.rows.get(name, {}).get("seconds")})
-    quality = next((r["quality"] for r in inp.rows.values() if r.get("quality")), None)
-    any_row = next(iter(inp.rows.values()), {})
-    ds = any_row.get("downstream", {})
-    evaluation = {"fid_extractor": quality["extractor"] if quality else "-",
-                  "fid_images": f"{quality['images_generated']} generated vs {quality['images_real']} real" if quality else "-",
-                  "judge": any_row.get("judge", "-"), "segmenter": "; ".join(ds.get("segmenter_labels", {}).values()) or "-",
-                  "downstream_seeds": ds.get("seeds"), "downstream_steps": p.evaluate.downstream.steps,
+                       "evaluate_s": inp.rows[name].seconds if name in inp.rows else None})
+    quality = next((r.quality for r in inp.rows.values() if r.quality), None)
+    any_row = next(iter(inp.rows.values()), None)
+    ds = any_row.downstream if any_row else None
+    evaluation = {"fid_extractor": quality.extractor if quality else "-",
+                  "fid_images": f"{quality.images_generated} generated vs {quality.images_real} real" if quality else "-",
+                  "judge": (any_row.judge if any_row else None) or "-",
+                  "segmenter": "; ".join(ds.segmenter_labels.values()) if ds and ds.segmenter_labels else "-",
+                  "downstream_seeds": ds.seeds if ds else None, "downstream_steps": p.evaluate.downstream.steps,
                   "bootstrap": f"{p.evaluate.bootstrap.resamples} resamples, {p.evaluate.bootstrap.level:.0%} intervals",
                   "train_seed": p.train.seed, "sample_seed": p.sample.seed}
     provenance = {"git_commit": git_commit(), "dvc_lock": file_hash(inp.paths.lock) or "no dvc.lock"}
@@ -78,16 +78,16 @@ def headline(inp: Inputs) -> dict:
         return {"skipped": "no model with role: method in params.yaml has a leaderboard row"}
     method = methods[0]
     sign = 1 if p.leaderboard.sort == "desc" else -1
-    baselines = [m for m in inp.models if p.models[m].role == "baseline" and board[m].get(primary) is not None]
-    best = max(baselines, key=lambda m: sign * board[m][primary]) if baselines else None
-    value = board[method].get(primary)
-    spread = board[method].get(f"{primary}_std")
+    baselines = [m for m in inp.models if p.models[m].role == "baseline" and board[m].value(primary) is not None]
+    best = max(baselines, key=lambda m: sign * board[m].value(primary)) if baselines else None
+    value = board[method].value(primary)
+    spread = board[method].cells[primary].std if primary in board[method].cells else None
     parts = [f"{method} reaches {primary} {value:.3f}" + (f" ± {spread:.3f}" if spread is not None else "")]
     if best:
-        parts.append(f"against the best baseline, {best} ({board[best][primary]:.3f}), "
+        parts.append(f"against the best baseline, {best} ({board[best].value(primary):.3f}), "
                      f"{_delta_text(_comparison(inp, method, best, primary), primary)}")
     if REAL in board:
-        parts.append(f"against real only ({board[REAL].get(primary, float('nan')):.3f}), "
+        parts.append(f"against real only ({board[REAL].value(primary) if board[REAL].value(primary) is not None else float('nan'):.3f}), "
                      f"{_delta_text(_comparison(inp, method, REAL, primary), primary)}")
     return {"sentence": "; ".join(parts) + ".", "method": method, "best_baseline": best, "primary": primary}
 
@@ -95,20 +95,19 @@ def headline(inp: Inputs) -> dict:
 def leaderboard(inp: Inputs) -> dict:
     """The columns a reader needs first, best model value per column marked; every column folded below."""
     rows = list(inp.leaderboard.items())
-    fid = next((k for k in next(iter(inp.leaderboard.values()))
-                if k.startswith("fid:") and not k.endswith(("_low", "_high"))), None)
+    fid = next((k for k in next(iter(inp.leaderboard.values())).cells if k.startswith("fid:")), None)
     main = [c for c in (fid, "colour_shift", "semantic_miou", "downstream_miou", "downstream_rare_miou",
                         "delta_miou", "delta_rare_miou", "vs_control_miou", "vs_control_rare_miou") if c]
     models = [n for n, _ in rows if n not in REFERENCES]
     best = {}
     for c in main:
-        vals = [(inp.leaderboard[n].get(c), n) for n in models if inp.leaderboard[n].get(c) is not None]
+        vals = [(inp.leaderboard[n].value(c), n) for n in models if inp.leaderboard[n].value(c) is not None]
         if vals and not c.startswith(("delta_", "vs_control_")):
             best[c] = (max if higher_is_better(c) else min)(vals)[1]
-    every = sorted({k for _, r in rows for k in r if not k.endswith(("_low", "_high", "_std", "_verdict"))} - {"role"})
-    table = [{"model": n, "role": r.get("role", ""), "reference": n in REFERENCES,
-              "cells": [{"text": fmt({**r, "model": n}, c), "best": best.get(c) == n} for c in main],
-              "all": [fmt({**r, "model": n}, c) for c in every]} for n, r in rows]
+    every = sorted({k for _, r in rows for k in r.cells})
+    table = [{"model": n, "role": r.role, "reference": n in REFERENCES,
+              "cells": [{"text": fmt(r.cells.get(c), c), "best": best.get(c) == n} for c in main],
+              "all": [fmt(r.cells.get(c), c) for c in every]} for n, r in rows]
     return {"columns": main, "rows": table, "all_columns": every}
 
 
@@ -127,12 +126,12 @@ def per_class(inp: Inputs, assets: dict) -> dict:
     if not names:
         return {"skipped": f"no evaluation rows in {inp.paths.rows}"}
     first = inp.rows[names[0]]
-    classes = list(first["downstream"]["per_class"])
-    rare = set(first.get("rare_classes", []))
+    classes = list(first.downstream.per_class)
+    rare = set(first.rare_classes)
     for metric in ("iou", "dice"):
-        series = {n: {c: (v or {}).get(metric) for c, v in inp.rows[n]["downstream"]["per_class"].items()} for n in names}
+        series = {n: {c: (v or {}).get(metric) for c, v in inp.rows[n].downstream.per_class.items()} for n in names}
         assets[f"per_class_{metric}"] = figures.per_class_bars(series, classes, rare, metric)
-    return {"rare": sorted(rare), "absent": {n: inp.rows[n]["downstream"].get("absent", []) for n in names}}
+    return {"rare": sorted(rare), "absent": {n: inp.rows[n].downstream.absent for n in names}}
 
 
 def _pick_maps(inp: Inputs) -> list[str]:

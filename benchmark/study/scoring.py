@@ -11,7 +11,7 @@ from PIL import Image
 from benchmark.config import Params
 from benchmark.devices import device
 from benchmark.engine.data import PreparedDataset
-from benchmark.downstream import load_judge
+from benchmark.metrics.downstream import load_judge
 from benchmark.metrics.quality import fid_kid, files_features, make_extractor
 from benchmark.metrics.segmentation import SegmentationMeter, miou_from_confusion
 from benchmark.metrics.stats import bootstrap_indices

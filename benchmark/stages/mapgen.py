@@ -1,6 +1,6 @@
 """The map-generator stages: ``train-maps`` (the generator on the shared trainer), ``maps`` (maps for a
 prompt set, images for them with a chosen image model, the generator's metrics next to the
-retrieval baseline's). ``evaluate-maps`` (``benchmark/evaluate.py``) scores the pairs downstream.
+retrieval baseline's). ``evaluate-maps`` (``benchmark/stages/evaluate.py``) scores the pairs downstream.
 
 The generator is an ordinary model entry, ``maps.generator``, trained as model ``mapgen`` of a
 derived parameter set (it becomes the one ``models`` entry and ``maps.train`` overrides ``train:``),

@@ -11,36 +11,30 @@ training frames, not to synthesis: such comparisons carry the note ``selection e
 from __future__ import annotations
 
 from benchmark.metrics.stats import BETTER, paired_bootstrap, paired_seeds
-from benchmark.results import Comparison
-
-REAL, CONTROL = "real", "real+control"
+from benchmark.results import CONTROL, REAL, Comparison, EvaluationRow
 DOWNSTREAM = ("miou", "rare_miou")  # the downstream scores compared (per seed)
 IMAGE = ("fid", "kid", "semantic_miou", "semantic_rare_miou")  # the image scores compared (bootstrap)
 
 
-def per_seed(row: dict, key: str) -> dict:
-    return {p["seed"]: p[key] for p in row["downstream"]["per_seed"]}
-
-
-def image_score(row: dict, metric: str) -> tuple[float | None, list]:
+def image_score(row: EvaluationRow, metric: str) -> tuple[float | None, list]:
     """(value on all test maps, values on the resamples) of an image score; (None, []) when the row has none."""
-    if metric.startswith("semantic_"):
-        block, key = row.get("semantic") or {}, metric.removeprefix("semantic_")
-    else:
-        block, key = row.get("quality") or {}, metric
-    return block.get(key), block.get("bootstrap", {}).get(key, [])
+    block = row.semantic if metric.startswith("semantic_") else row.quality
+    key = metric.removeprefix("semantic_")
+    if block is None:
+        return None, []
+    return getattr(block, key), block.bootstrap.get(key, [])
 
 
-def compare(a: str, b: str, rows: dict, level: float, image: bool, kind: str) -> list[Comparison]:
+def compare(a: str, b: str, rows: dict[str, EvaluationRow], level: float, image: bool, kind: str) -> list[Comparison]:
     """A against B on the downstream scores (and, with ``image``, the image scores)."""
     out = []
     for m in DOWNSTREAM:
-        r = paired_seeds(per_seed(rows[a], m), per_seed(rows[b], m), m, level)
+        r = paired_seeds(rows[a].downstream.by_seed(m), rows[b].downstream.by_seed(m), m, level)
         if r is not None:
             out.append(Comparison.of(a, b, f"downstream_{m}", kind, r))
     for m in IMAGE if image else ():
         (pa, ra), (pb, rb) = image_score(rows[a], m), image_score(rows[b], m)
-        extractor = lambda name: (rows[name].get("quality") or {}).get("extractor")
+        extractor = lambda name: rows[name].quality and rows[name].quality.extractor
         same_features = m.startswith("semantic") or extractor(a) == extractor(b)  # FIDs of two extractors: no pair
         r = paired_bootstrap(ra, rb, None if pa is None or pb is None else pa - pb, m, level) if same_features else None
         if r is not None:
@@ -48,7 +42,7 @@ def compare(a: str, b: str, rows: dict, level: float, image: bool, kind: str) ->
     return out
 
 
-def comparisons(rows: dict, roles: dict[str, str], ladder: list[str], level: float) -> list[Comparison]:
+def comparisons(rows: dict[str, EvaluationRow], roles: dict[str, str], ladder: list[str], level: float) -> list[Comparison]:
     """Every comparison, in reading order: rows vs references, the method vs the others, the ladder."""
     out = []
     for name in rows:

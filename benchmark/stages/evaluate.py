@@ -29,7 +29,7 @@ from torch.utils.data import Subset
 from benchmark.config import Params
 from benchmark.data.classes import ClassTable
 from benchmark.devices import device
-from benchmark.downstream import (
+from benchmark.metrics.downstream import (
     GeneratedDataset,
     build_segmenter,
     downstream,
@@ -52,7 +52,7 @@ from benchmark.metrics.quality import (
 from benchmark.metrics.segmentation import SegScores, miou_from_confusion
 from benchmark.metrics.stats import bootstrap_indices, percentile
 from benchmark.provenance import dataset_hash
-from benchmark.results import MapScores
+from benchmark.results import EvaluationRow, MapScores
 
 
 def extractor(params: Params) -> Extractor:
@@ -130,10 +130,10 @@ def aligned(real: dict, ids: list[str], where: Path) -> np.ndarray:
     return real["features"][[pos[i] for i in ids]]
 
 
-def write_plot(path: Path, table: ClassTable, result: dict) -> None:
+def write_plot(path: Path, table: ClassTable, result: EvaluationRow) -> None:
     """Per-class CSV (DVC plots): semantic IoU and downstream IoU/Dice with spreads; absent = empty."""
     cell = lambda v: "" if v is None else f"{v:.6f}"
-    sem, down = (result.get("semantic") or {}).get("iou", {}), result["downstream"]["per_class"]
+    sem, down = result.semantic.iou if result.semantic else {}, result.downstream.per_class
     write_csv(path, ["class", "rare", "semantic_iou", "downstream_iou", "downstream_iou_std", "downstream_dice",
                      "downstream_dice_std"],
               [{"class": c.name, "rare": int(c.rare), "semantic_iou": cell(sem.get(c.name)),
@@ -141,12 +141,21 @@ def write_plot(path: Path, table: ClassTable, result: dict) -> None:
                for c in table.classes])
 
 
+def finish(params_row: dict, t0: float, metrics: Path, plot: Path, table: ClassTable) -> EvaluationRow:
+    """The row typed (a part of the wrong shape fails here, not in the leaderboard), timed (the report's
+    protocol card shows it) and written: metrics JSON and the per-class plot."""
+    result = EvaluationRow.model_validate({**params_row, "seconds": time.perf_counter() - t0})
+    write_json(metrics, result.to_json())
+    write_plot(plot, table, result)
+    return result
+
+
 def row(name: str, role: str, test: PreparedDataset, train_images: dict, **parts) -> dict:
     return {"model": name, "role": role, "rare_classes": test.table.rare_names, "train_images": train_images, **parts}
 
 
 def evaluate_real(params: Params, data_dir: Path, features: Path, judge_dir: Path, metrics: Path, plot: Path,
-                  log=print) -> dict:
+                  log=print) -> EvaluationRow:
     """The real-only row (with the image-quality floor of real training images), and the
     semantic-fidelity judge saved for every model's stage."""
     t0 = time.perf_counter()
@@ -163,10 +172,7 @@ def evaluate_real(params: Params, data_dir: Path, features: Path, judge_dir: Pat
     log(f"downstream, real only: {len(train)} images")
     result = row("real", "reference", test, {"real": len(train), "synthetic": 0}, quality=floor, semantic=ceiling,
                  judge=judge_label(sem), downstream=downstream(params.evaluate.downstream, [train], test, log))
-    result["seconds"] = time.perf_counter() - t0  # the report's protocol card shows it
-    write_json(metrics, result)
-    write_plot(plot, test.table, result)
-    return result
+    return finish(result, t0, metrics, plot, test.table)
 
 
 def train_judge(params: Params, data_dir: Path, judge_dir: Path, log=print) -> torch.nn.Module:
@@ -187,12 +193,12 @@ def train_judge(params: Params, data_dir: Path, judge_dir: Path, log=print) -> t
 
 
 def judge_label(sem) -> str:
-    from benchmark.downstream import segmenter_label
+    from benchmark.metrics.downstream import segmenter_label
 
     return f"{segmenter_label(sem.segmenter, sem.encoder_weights)}, {sem.steps} steps on the real training split"
 
 
-def evaluate_control(params: Params, data_dir: Path, metrics: Path, plot: Path, log=print) -> dict:
+def evaluate_control(params: Params, data_dir: Path, metrics: Path, plot: Path, log=print) -> EvaluationRow:
     """The size-matched control: real + the real images of the training maps every model's synthetic
     training set is drawn from (``sample.train_maps``, ``sample.train_selection``), same seeds and budget."""
     t0 = time.perf_counter()
@@ -204,14 +210,11 @@ def evaluate_control(params: Params, data_dir: Path, metrics: Path, plot: Path, 
         f"{len(picked)} images")
     result = row("real+control", "control", test, {"real": len(train), "synthetic": 0, "repeated_real": len(picked)},
                  downstream=downstream(params.evaluate.downstream, [train, picked], test, log))
-    result["seconds"] = time.perf_counter() - t0  # the report's protocol card shows it
-    write_json(metrics, result)
-    write_plot(plot, test.table, result)
-    return result
+    return finish(result, t0, metrics, plot, test.table)
 
 
 def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, features: Path, judge_dir: Path,
-                   metrics: Path, plot: Path, log=print) -> dict:
+                   metrics: Path, plot: Path, log=print) -> EvaluationRow:
     """One model's row: image quality, semantic fidelity, downstream with its synthetic pairs."""
     t0 = time.perf_counter()
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
@@ -232,14 +235,11 @@ def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, fea
     result = row(name, params.models[name].role, test, {"real": len(train), "synthetic": len(generated_train)},
                  quality=quality, semantic=semantic, judge=judge_label(params.evaluate.semantic),
                  downstream=downstream(params.evaluate.downstream, [train, generated_train], test, log))
-    result["seconds"] = time.perf_counter() - t0  # the report's protocol card shows it
-    write_json(metrics, result)
-    write_plot(plot, test.table, result)
-    return result
+    return finish(result, t0, metrics, plot, test.table)
 
 
 def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path, metrics: Path, plot: Path,
-                  log=print) -> dict:
+                  log=print) -> EvaluationRow:
     """The "real + generated maps" row: downstream segmenters on real + (generated map, image) pairs;
     the judge's IoU of the images against the generated maps that made them; the generator's metrics."""
     t0 = time.perf_counter()
@@ -255,7 +255,4 @@ def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path
                  maps={who: MapScores.of(maps_metrics[who]).model_dump() for who in ("generator", "baseline")},
                  text_encoder=maps_metrics["text_encoder"],
                  downstream=downstream(params.evaluate.downstream, [train, pairs], test, log))
-    result["seconds"] = time.perf_counter() - t0  # the report's protocol card shows it
-    write_json(metrics, result)
-    write_plot(plot, test.table, result)
-    return result
+    return finish(result, t0, metrics, plot, test.table)

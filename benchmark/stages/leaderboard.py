@@ -1,0 +1,204 @@
+"""The leaderboard stage: every evaluated row in one table, with every comparison's interval and
+verdict, as DVC metrics and plots, a markdown report, and MLflow (a leaderboard run holding the table;
+each model's training run gets its numbers).
+
+Rows: ``real`` (real only; its FID/KID/PRDC are real training images against the test images, the floor
+for this extractor and image count; its semantic mIoU is the judge on real test images, the ceiling),
+``real+control`` (real + the real images of the sampled training maps: the size-matched control), the
+models of params.yaml, the generated-maps row. Columns carry their extractor
+(``fid:efficientnet_lite0:blocks.4``), so FIDs from different extractors never share a column.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from benchmark.stages.comparisons import comparisons
+from benchmark.config import Params
+from benchmark.metrics.downstream import SCALARS
+from benchmark.io import write_csv, write_json, write_text
+from benchmark.report.tables import markdown
+from benchmark.results import CONTROL, REAL, Column, Comparison, Estimate, EvaluationRow, LeaderboardRow, MapScores, columns_of
+
+MAPS = "maps"  # metrics/evaluate/maps.json: the "real + generated maps" row (evaluate-maps)
+MAP_COLUMNS = tuple(MapScores.model_fields)  # adherence, rare_presence, cooccurrence_l1, area_w1, diversity
+PRDC = ("precision", "recall", "density", "coverage")
+REFS = {"delta": REAL, "vs_control": CONTROL}  # column prefix -> the row compared with
+STAGES = {REAL: "evaluate-real", CONTROL: "evaluate-control", MAPS: "evaluate-maps"}
+INTERVAL, SPREAD, VERDICT = ("low", "high"), ("std",), ("low", "high", "verdict")
+
+
+def load_rows(folder: Path, params: Params, train_folder: Path | None = None) -> dict[str, EvaluationRow]:
+    """metrics/evaluate/*.json in leaderboard order: real, the control, params.yaml's models, the
+    generated-maps row (named ``<image model>+maps``); each model with its training budget
+    (``train_folder``/<model>.json: map-conditioned steps, images seen)."""
+    folder = Path(folder)
+    rows = {}
+    for name in [REAL, CONTROL, *params.models, MAPS]:
+        path = folder / f"{name}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; run `dvc repro {STAGES.get(name, f'evaluate@{name}')}`")
+        row = json.loads(path.read_text())
+        trained = Path(train_folder or "") / f"{name}.json"
+        if train_folder is not None and name in params.models:
+            if not trained.exists():
+                raise FileNotFoundError(f"{trained}: missing; run `dvc repro train@{name}`")
+            row["training"] = json.loads(trained.read_text())
+        try:
+            typed = EvaluationRow.model_validate(row)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not an evaluation row ({exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}); "
+                             f"run `dvc repro {STAGES.get(name, f'evaluate@{name}')}` again") from None
+        rows[typed.model if name == MAPS else name] = typed
+    return rows
+
+
+def columns_for(rows: dict[str, EvaluationRow]) -> list[Column]:
+    """The leaderboard's columns, in the file's order, each with the parts its cells carry."""
+    extractors = sorted({r.quality.extractor for r in rows.values() if r.quality})
+    columns = []
+    for ex in extractors:
+        columns += [Column(name=f"{m}:{ex}", parts=INTERVAL) for m in ("fid", "kid")]
+        columns += [Column(name=f"{m}:{ex}") for m in PRDC]
+    columns += [Column(name="colour_shift")]
+    columns += [Column(name=f"semantic_{m}", parts=INTERVAL) for m in ("miou", "rare_miou")]
+    columns += [Column(name=f"downstream_{k}", parts=SPREAD) for k in SCALARS]
+    columns += [Column(name=f"{p}_{m}", parts=VERDICT) for p in REFS for m in ("miou", "rare_miou")]
+    columns += [Column(name=n) for n in ("map_conditioned_steps", "images_seen", "downstream_segmenter")]
+    if any(r.maps for r in rows.values()):
+        columns += [Column(name=f"maps_{k}") for k in MAP_COLUMNS] + [Column(name=f"maps_baseline_{k}")
+                                                                        for k in MAP_COLUMNS]
+    return columns
+
+
+def cells_of(name: str, r: EvaluationRow, by: dict[tuple, Comparison], with_maps: bool) -> dict[str, Estimate]:
+    """One row's cells: its own scores, and its comparisons against real only and the control."""
+    cells: dict[str, Estimate] = {}
+    if r.quality:
+        ex = r.quality.extractor
+        cells.update({f"{m}:{ex}": r.quality.estimate(m) for m in ("fid", "kid")})
+        cells.update({f"{m}:{ex}": Estimate(value=r.quality.prdc.get(m)) for m in PRDC})
+        cells["colour_shift"] = Estimate(value=(r.quality.colour or {}).get("colour_shift"))
+    if r.semantic:
+        cells.update({f"semantic_{m}": r.semantic.estimate(m) for m in ("miou", "rare_miou")})
+    cells.update({f"downstream_{k}": r.downstream.estimate(k) for k in SCALARS})
+    for prefix, ref in REFS.items():
+        for m in ("miou", "rare_miou"):
+            c = by.get((name, ref, f"downstream_{m}"))
+            if c is not None:
+                cells[f"{prefix}_{m}"] = Estimate(value=c.delta, low=c.low, high=c.high, verdict=c.verdict)
+    trained = r.training or {}
+    cells["map_conditioned_steps"] = Estimate(value=trained.get("map_conditioned_steps"))
+    cells["images_seen"] = Estimate(value=trained.get("images_seen"))
+    cells["downstream_segmenter"] = Estimate(value="; ".join(r.downstream.segmenter_labels.values()) or None)
+    if with_maps:  # the map generator's own scores, and the retrieval baseline's
+        for who, prefix in (("generator", "maps_"), ("baseline", "maps_baseline_")):
+            scores = (r.maps or {}).get(who)
+            cells.update({prefix + k: Estimate(value=None if scores is None else getattr(scores, k))
+                          for k in MAP_COLUMNS})
+    return cells
+
+
+def build(rows: dict[str, EvaluationRow], found: list[Comparison]) -> tuple[list[Column], list[LeaderboardRow]]:
+    """(columns, table rows) from the evaluation results and the comparisons."""
+    columns = columns_for(rows)
+    with_maps = any(c.name.startswith("maps_") for c in columns)
+    by = {(c.a, c.b, c.metric): c for c in found}
+    return columns, [LeaderboardRow(model=name, role=r.role, cells=cells_of(name, r, by, with_maps))
+                     for name, r in rows.items()]
+
+
+def sort_rows(table: list[LeaderboardRow], primary: str, order: str, columns: list[Column]) -> list[LeaderboardRow]:
+    names = [c.name for c in columns]
+    if primary not in names:
+        raise ValueError(f"leaderboard.primary {primary!r} is not a leaderboard column; expected one of "
+                         f"{', '.join(names)}")
+    present = [r for r in table if r.value(primary) is not None]
+    missing = [r for r in table if r.value(primary) is None]
+    return sorted(present, key=lambda r: r.value(primary), reverse=order == "desc") + missing
+
+
+def flat_table(columns: list[Column], table: list[LeaderboardRow]) -> tuple[list[str], list[dict]]:
+    """The table as the files hold it: one flat dict per row, its parts as ``<column>_<part>``."""
+    return ["model", "role", *(n for c in columns for n in c.flat_names())], [r.flat(columns) for r in table]
+
+
+def write_outputs(params: Params, rows: dict[str, EvaluationRow], metrics: Path, plots: Path, report: Path,
+                  comparisons_file: Path) -> tuple[list[dict], list[Comparison]]:
+    roles = {n: e.role for n, e in params.models.items()}
+    found = comparisons(rows, roles, params.leaderboard.ladder, params.evaluate.bootstrap.level)
+    columns, typed = build(rows, found)
+    typed = sort_rows(typed, params.leaderboard.primary, params.leaderboard.sort, columns)
+    names, table = flat_table(columns, typed)
+    write_json(metrics, {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table})
+    write_json(comparisons_file, [c.to_json() for c in found])
+    write_csv(Path(plots) / "summary.csv", names, table)
+    write_csv(Path(plots) / "per_class.csv", ["model", "class", "rare", "iou", "iou_std", "dice", "dice_std"],
+              [{"model": model, "class": cls, "rare": int(cls in r.rare_classes), **d}
+               for model, r in rows.items() for cls, d in r.downstream.per_class.items()])
+    write_csv(Path(plots) / "comparisons.csv", ["kind", "a", "b", "metric", "delta", "low", "high", "verdict", "n",
+                                                "method", "note"], [c.to_json() for c in found])
+    write_text(Path(report), markdown(columns, typed, f"{params.report.title}: leaderboard", found))
+    return table, found
+
+
+def log_mlflow(params: Params, table: list[dict], rows: dict[str, EvaluationRow], report: Path,
+               found: list[Comparison]) -> str:
+    """A leaderboard run with the table artifact; each model's training run gets its numbers."""
+    import mlflow
+
+    from benchmark.kinds.registry import training_config
+    from benchmark.provenance import git_commit, hash_json
+    from benchmark.tracking import connect, flatten, owner_tags
+
+    exp = connect(params.tracking)
+    numeric = lambda r: {k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and v is not None}
+    client = mlflow.MlflowClient()
+    linked, now = {}, int(time.time() * 1000)
+    for name in params.models:
+        config_hash = hash_json(training_config(params, name))
+        runs = client.search_runs([exp.experiment_id], f"tags.model = '{name}' and tags.params_hash = '{config_hash}' "
+                                  "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
+                                  max_results=1)
+        if runs:
+            row = next(r for r in table if r["model"] == name)
+            client.log_batch(runs[0].info.run_id, [mlflow.entities.Metric(f"eval/{k}", v, now, 0)
+                                                   for k, v in numeric(row).items()])
+            linked[name] = runs[0].info.run_id
+    with mlflow.start_run(run_name="leaderboard") as run:
+        mlflow.set_tags({**owner_tags(), "kind": "leaderboard", "git_commit": git_commit(), "primary": params.leaderboard.primary,
+                         "params_hash": hash_json(params.model_dump(mode="json"))})
+        mlflow.log_params({"primary": params.leaderboard.primary, "sort": params.leaderboard.sort,
+                           **{f"run/{k}": v for k, v in linked.items()}})
+        mlflow.log_table({c: [r.get(c) for r in table] for c in table[0]}, artifact_file="leaderboard.json")
+        mlflow.log_artifact(str(report))
+        for r in table:
+            key = r["model"].replace("+", "_plus_")  # MLflow metric names allow no "+" ("casdm+maps")
+            mlflow.log_metrics({f"{key}/{k}": v for k, v in numeric(r).items()})
+        mlflow.log_dict({n: flatten(r.downstream.per_class) for n, r in rows.items()}, "per_class.json")
+        mlflow.log_dict([c.to_json() for c in found], "comparisons.json")
+        # what `casdm report compare RUN_ID ...` reads back: the rows as metrics/leaderboard.json holds them, the params
+        mlflow.log_dict({r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table}, "leaderboard_rows.json")
+        mlflow.log_dict(params.model_dump(mode="json"), "params.json")
+        return run.info.run_id
+
+
+def latest_table(params: Params) -> tuple[str, list[Column], list[LeaderboardRow]]:
+    """The newest leaderboard run's id, columns and rows, read back from its MLflow table."""
+    import mlflow
+
+    from benchmark.tracking import connect
+
+    exp = connect(params.tracking)
+    runs = mlflow.MlflowClient().search_runs(
+        [exp.experiment_id], "tags.kind = 'leaderboard' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise LookupError(f"no leaderboard run in MLflow experiment {params.tracking.experiment!r} at "
+                          f"{mlflow.get_tracking_uri()}; run `dvc repro leaderboard` first")
+    run_id = runs[0].info.run_id
+    df = mlflow.MlflowClient().load_table(exp.experiment_id, "leaderboard.json", run_ids=[run_id])
+    records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items() if k != "run_id"}
+               for rec in df.to_dict("records")]  # MLflow's table holds a missing value as NaN
+    return run_id, columns_of(records[0]), [LeaderboardRow.from_flat(rec["model"], rec) for rec in records]
