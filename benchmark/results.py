@@ -18,12 +18,15 @@ class Difference(BaseModel):
     low: float | None
     high: float | None
     n: int  # seeds paired, or bootstrap resamples
-    method: str  # how the interval was made
-    verdict: str  # better | worse | indistinguishable (metrics/stats.py)
+    method: str  # the interval and the test: paired t over seeds | paired bootstrap over test clips
+    p: float | None = None  # two-sided, unadjusted; None: no test (one seed)
+    mde: float | None = None  # minimum detectable effect: the |A - B| this test sees with 80 % power
+    verdict: str  # better | worse | indistinguishable (metrics/stats.py), from the test as adjusted
 
 
 class Comparison(BaseModel):
-    """One line of metrics/comparisons.json: row ``a`` against row ``b`` on ``metric``."""
+    """One line of metrics/comparisons.json: row ``a`` against row ``b`` on ``metric``, tested within
+    its ``family`` (its p Holm-adjusted against the family's other tests; the verdict read from that)."""
 
     model_config = ConfigDict(extra="forbid")
     a: str
@@ -34,13 +37,18 @@ class Comparison(BaseModel):
     high: float | None
     n: int
     method: str
+    p: float | None = None
+    mde: float | None = None
     verdict: str
-    kind: str  # vs real | vs real+control | method vs ablation | method vs baseline | ladder step
+    kind: str  # control vs real | vs real | vs real+control | method vs ablation | method vs baseline | ladder step
+    family: str = ""  # the family its p is adjusted in (Holm): the kind, e.g. "method vs baseline"
+    p_adjusted: float | None = None
+    scope: str = "weights"  # weights: one training seed (a difference between these weights) | method: >= 3 seeds | data: no trained model
     note: str | None = None  # e.g. "selection effect: ..."; absent from the file when there is none
 
     @classmethod
     def of(cls, a: str, b: str, metric: str, kind: str, d: Difference) -> "Comparison":
-        return cls(a=a, b=b, metric=metric, kind=kind, **d.model_dump())
+        return cls(a=a, b=b, metric=metric, kind=kind, family=kind, **d.model_dump())
 
     @property
     def step(self) -> str:
@@ -229,6 +237,7 @@ class EvaluationRow(BaseModel):
     maps: dict[str, MapScores] | None = None  # the map generator's and the retrieval baseline's scores
     text_encoder: str | None = None
     downstream: Downstream
+    training_seeds: list[int] | None = None  # the training seeds its images come from (none: real images)
     seconds: float | None = None
     training: dict | None = None  # the leaderboard adds train@<model>'s budget (metrics/train/<model>.json)
 

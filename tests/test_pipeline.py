@@ -105,15 +105,20 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(tiny):
         else:
             assert row["maps_adherence"] is None, name
         if name not in ("real+control", "casdm+maps"):  # the real row has the reference FID (the floor)
-            numbers += [row[f"fid:{ex}"], row[f"fid:{ex}_low"], row[f"kid:{ex}"], row[f"precision:{ex}"],
-                        row["semantic_miou"], row["semantic_miou_low"]]
+            numbers += [row[f"fid:{ex}"], row[f"fid:{ex}_low"], row[f"kid:{ex}"], row["semantic_miou"],
+                        row["semantic_miou_low"]]
+            withheld = "precision / recall / density / coverage withheld" in (repo / "reports" / "leaderboard.md").read_text()
+            assert (row[f"precision:{ex}"] is None) == withheld  # shown only when real vs real passes the check
         if name in models:
             assert row["images_seen"] == 4 * 4 and row["map_conditioned_steps"] == (2 if name == "controlnet" else 4)
         assert all(isinstance(v, float) and math.isfinite(v) for v in numbers), (name, row)
     assert board["real"]["delta_miou"] is None and board["real+control"][f"fid:{ex}"] is None
     found = json.loads((repo / "metrics" / "comparisons.json").read_text())
     kinds = {c["kind"] for c in found}
-    assert {"vs real", "vs real+control", "method vs ablation", "method vs baseline", "ladder step"} <= kinds
+    assert {"control vs real", "vs real", "vs real+control", "method vs ablation", "method vs baseline",
+            "ladder step"} <= kinds
+    assert all(c["family"] and c["scope"] == ("data" if c["kind"] == "control vs real" else "weights") for c in found)
+    assert all(c["mde"] is not None for c in found if c["metric"].startswith("downstream_") and c["n"] > 1)
     ladder = {(c["a"], c["b"]) for c in found if c["kind"] == "ladder step"}
     assert ladder == {("casdm-camse", "casdm-mse"), ("casdm", "casdm-camse")}
     assert {c["metric"] for c in found if c["kind"] == "ladder step"} >= {"downstream_miou", "fid", "semantic_miou"}

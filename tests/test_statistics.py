@@ -32,14 +32,20 @@ def test_paired_seed_interval_and_verdict_match_a_hand_computation():
 
 def test_lower_is_better_for_fid_and_kid():
     assert verdict(-3.0, -1.0, higher_better=False) == "better"
-    r = paired_bootstrap([10.0, 11.0, 12.0, 9.0], [20.0, 22.0, 19.0, 21.0], -10.0, "fid")
-    assert r.high < 0 and r.verdict == "better"  # A has the lower FID on every resample
-    assert paired_bootstrap([0.5, 0.6, 0.55], [0.4, 0.45, 0.42], 0.12, "semantic_miou").verdict == "better"
+    rng = np.random.default_rng(0)
+    a, b = list(rng.normal(10, 1, 200)), list(rng.normal(20, 1, 200))
+    r = paired_bootstrap(a, b, -10.0, "fid")
+    assert r.high < 0 and r.p < 0.01 and r.verdict == "better"  # A has the lower FID on every resample
+    assert paired_bootstrap(list(rng.normal(0.55, 0.02, 200)), list(rng.normal(0.42, 0.02, 200)), 0.12,
+                            "semantic_miou").verdict == "better"
+    few = paired_bootstrap([10.0, 11.0, 12.0, 9.0], [20.0, 22.0, 19.0, 21.0], -10.0, "fid")
+    assert few.p == pytest.approx(0.2) and few.verdict == "indistinguishable"  # 4 resamples: p >= 1 / 5
 
 
 def test_bootstrap_resamples_are_shared_and_percentiles_are_numpys():
-    a, b = bootstrap_indices(10, 50, seed=3), bootstrap_indices(10, 50, seed=3)
-    assert a.shape == (50, 10) and np.array_equal(a, b) and a.max() < 10
+    a, b = bootstrap_indices(list(range(10)), 50, seed=3), bootstrap_indices(list(range(10)), 50, seed=3)
+    assert len(a) == 50 and all(len(x) == 10 and np.array_equal(x, y) for x, y in zip(a, b))  # one unit per frame
+    assert max(x.max() for x in a) < 10
     vals = list(np.linspace(0, 1, 101))
     assert percentile(vals, 0.9) == (pytest.approx(0.05), pytest.approx(0.95))
 

@@ -213,9 +213,12 @@ class DownstreamConfig(SegmenterRecipe):
 
 
 class BootstrapConfig(Section):
-    """Intervals of the image scores: resamples of the test maps (the same for every model)."""
+    """Intervals of the image scores: resamples of the test set by its unit of independence (the same
+    for every model)."""
 
     resamples: int = Field(ge=2)
+    unit: Literal["clip", "video", "frame"] = Field(description="what a resample draws with replacement: whole "
+                                                    "clips (frames of one clip are near copies), videos, or frames")
     seed: int
     level: float = Field(gt=0, lt=1, description="coverage of every interval (also the seeds' t intervals)")
 

@@ -40,6 +40,14 @@ class PreparedDataset(Dataset):
         fid = self.rows[i]["id"]
         return {**load_pair(self.root / "images" / f"{fid}.png", self.root / "masks" / f"{fid}.png"), "id": fid}
 
+    def units(self, unit: str, ids: list[str] | None = None) -> list[str]:
+        """The unit of independence of each frame (of ``ids``, default the split's rows in order): its
+        ``clip`` (video and clip), its ``video``, or the ``frame`` itself: what a bootstrap resamples."""
+        by = {r["id"]: r for r in self.rows}
+        label = {"clip": lambda r: f"{r['video']}/{r['clip']}", "video": lambda r: str(r["video"]),
+                 "frame": lambda r: r["id"]}[unit]
+        return [label(by[i]) for i in (ids if ids is not None else [r["id"] for r in self.rows])]
+
     def masks(self) -> list[np.ndarray]:
         """Every class-id map of the split, in row order (prompts, map statistics, map selection)."""
         return [np.asarray(Image.open(self.root / "masks" / f"{r['id']}.png")) for r in self.rows]

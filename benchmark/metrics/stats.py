@@ -1,14 +1,22 @@
-"""Intervals and verdicts: every comparison the leaderboard shows carries a 95 % interval and one word.
+"""Intervals, tests and verdicts: every comparison the leaderboard shows carries a 95 % interval, a
+p-value (raw and Holm-adjusted within its family), the smallest effect it could have seen, and one word.
 
 - Downstream scores are paired by seed (the same segmenter seeds train every row): the interval is
-  Student's t interval of the mean per-seed difference, mean +- t(level, n - 1) * sd / sqrt(n).
-- Image scores (FID, KID, semantic mIoU) are bootstrapped over the test images: one set of resamples
-  (test-map indices drawn with replacement, seeded) serves every model, so a difference between two
-  models is computed resample by resample and its percentile interval is paired too.
+  Student's t interval of the mean per-seed difference, mean +- t(level, n - 1) * sd / sqrt(n), the
+  test the paired t test, the minimum detectable effect (80 % power, two-sided at 1 - level)
+  (t(1 - alpha/2, n - 1) + t(power, n - 1)) * sd / sqrt(n) at the observed sd.
+- Image scores (FID, KID, semantic mIoU) are bootstrapped over the test set by its unit of
+  independence (``evaluate.bootstrap.unit``: whole clips, or videos, drawn with replacement; frames of
+  one clip are near copies of one another, so drawing frames as if independent makes every interval
+  too narrow). One set of resamples serves every model, so a difference is computed resample by
+  resample and stays paired. FID on a resample is biased upwards (a resample holds fewer distinct
+  images: a noisier covariance), so intervals are bias-corrected: the percentile interval shifted by
+  (mean of the resamples - the point value), which keeps the point value inside it; the p-value is read
+  from the same shifted distribution, the minimum detectable effect from its standard deviation.
 
-Verdict: ``better`` or ``worse`` when the interval of the difference excludes 0, else
-``indistinguishable`` (at this budget: more seeds or images may separate them). With one seed there is
-no interval and the verdict is ``indistinguishable``.
+Verdict: ``better`` or ``worse`` when the Holm-adjusted p of the comparison's family is below
+1 - level (the interval is the unadjusted one), else ``indistinguishable`` (at this budget: more seeds,
+clips or images may separate them). With one seed there is no interval and no test.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import numpy as np
 from benchmark.results import Difference
 
 BETTER, WORSE, SAME = "better", "worse", "indistinguishable"
+POWER = 0.8  # the power at which a minimum detectable effect is stated
 HIGHER_IS_BETTER = {"fid": False, "kid": False, "colour_shift": False}  # every other score: higher is better
 
 
@@ -32,6 +41,24 @@ def verdict(low: float | None, high: float | None, higher_better: bool = True) -
     if low is None or high is None or low <= 0 <= high:
         return SAME
     return BETTER if (low > 0) == higher_better else WORSE
+
+
+def decide(delta: float, p: float | None, alpha: float, higher_better: bool = True) -> str:
+    """The word for a difference (A - B) and its (adjusted) p-value: does A beat B?"""
+    if p is None or p >= alpha:
+        return SAME
+    return BETTER if (delta > 0) == higher_better else WORSE
+
+
+def holm(ps: list[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family's p-values (None: no test; it takes no part)."""
+    order = sorted((p, i) for i, p in enumerate(ps) if p is not None)
+    out: list[float | None] = [None] * len(ps)
+    running, m = 0.0, len(order)
+    for rank, (p, i) in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
 
 
 def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float | None, float | None, float | None]:
@@ -47,19 +74,43 @@ def t_interval(diffs: list[float], level: float = 0.95) -> tuple[float | None, f
     return mean, mean - half, mean + half
 
 
+def t_test(diffs: list[float], level: float = 0.95, power: float = POWER) -> tuple[float | None, float | None]:
+    """(two-sided p of the paired t test, minimum detectable effect) of paired differences."""
+    from scipy.stats import t
+
+    n = len(diffs)
+    if n < 2:
+        return None, None
+    se = statistics.stdev(diffs) / math.sqrt(n)
+    mde = (t.ppf(0.5 + level / 2, n - 1) + t.ppf(power, n - 1)) * se
+    if se == 0:
+        return (1.0 if statistics.fmean(diffs) == 0 else 0.0), mde
+    return float(2 * t.sf(abs(statistics.fmean(diffs)) / se, n - 1)), float(mde)
+
+
 def paired_seeds(ours: dict, theirs: dict, metric: str, level: float = 0.95) -> Difference | None:
     """A - B over the seeds both have (``{seed: value}``); None when a seed's score is absent."""
     common = sorted(set(ours) & set(theirs))
     if not common or any(ours[s] is None or theirs[s] is None for s in common):
         return None
-    mean, low, high = t_interval([ours[s] - theirs[s] for s in common], level)
-    return Difference(delta=mean, low=low, high=high, n=len(common), method="paired t over seeds",
-                      verdict=verdict(low, high, higher_is_better(metric)))
+    diffs = [ours[s] - theirs[s] for s in common]
+    mean, low, high = t_interval(diffs, level)
+    p, mde = t_test(diffs, level)
+    return Difference(delta=mean, low=low, high=high, n=len(common), method="paired t over seeds", p=p, mde=mde,
+                      verdict=decide(mean, p, 1 - level, higher_is_better(metric)))
 
 
-def bootstrap_indices(n: int, resamples: int, seed: int) -> np.ndarray:
-    """[resamples, n] indices into the test images, drawn with replacement: the same for every model."""
-    return np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+def bootstrap_indices(groups: list, resamples: int, seed: int) -> list[np.ndarray]:
+    """Resamples of the test images by their unit of independence: ``groups[i]`` names image i's unit
+    (its clip, its video, or the image itself); each resample draws as many units as there are, with
+    replacement, and holds every image of each drawn unit. Seeded: the same for every model."""
+    units: dict = {}
+    for i, g in enumerate(groups):
+        units.setdefault(g, []).append(i)
+    members = [np.array(v) for v in units.values()]
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([members[k] for k in rng.integers(0, len(members), size=len(members))])
+            for _ in range(resamples)]
 
 
 def percentile(values: list[float | None], level: float = 0.95) -> tuple[float | None, float | None]:
@@ -70,12 +121,44 @@ def percentile(values: list[float | None], level: float = 0.95) -> tuple[float |
     return float(lo), float(hi)
 
 
+def centred(values: list[float | None], point: float | None) -> list[float]:
+    """The finite resample values shifted so that their mean is the point value (the bias correction)."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if point is None or not vals:
+        return vals
+    shift = statistics.fmean(vals) - point
+    return [v - shift for v in vals]
+
+
+def corrected_interval(values: list[float | None], point: float | None,
+                       level: float = 0.95) -> tuple[float | None, float | None]:
+    """The bias-corrected percentile interval of one row's score (it holds the point value)."""
+    return percentile(centred(values, point), level)
+
+
+def bootstrap_test(values: list[float], point: float, level: float = 0.95,
+                   power: float = POWER) -> tuple[float | None, float | None]:
+    """(two-sided p, minimum detectable effect) of a difference from its centred resample values: p is
+    twice the smaller share of resamples on either side of 0 after re-centring on 0 under the null
+    ((count + 1) / (B + 1), never 0), the effect (z(1 - alpha/2) + z(power)) * sd of the resamples."""
+    from scipy.stats import norm
+
+    if len(values) < 2:
+        return None, None
+    null = np.asarray(values) - point  # the difference's distribution moved to 0
+    extreme = int(np.sum(np.abs(null) >= abs(point)))
+    p = min(1.0, (extreme + 1) / (len(values) + 1))
+    sd = float(np.std(values, ddof=1))
+    return p, float((norm.ppf(0.5 + level / 2) + norm.ppf(power)) * sd)
+
+
 def paired_bootstrap(ours: list, theirs: list, point: float | None, metric: str,
-                     level: float = 0.95) -> Difference | None:
+                     level: float = 0.95, unit: str = "clip") -> Difference | None:
     """A - B from two models' values on the same resamples; ``point`` is the difference on all images."""
     if point is None or not ours or len(ours) != len(theirs):
         return None
-    low, high = percentile([a - b if a is not None and b is not None else None for a, b in zip(ours, theirs)],
-                           level)
-    return Difference(delta=point, low=low, high=high, n=len(ours), method="paired bootstrap over test images",
-                      verdict=verdict(low, high, higher_is_better(metric)))
+    diffs = centred([a - b if a is not None and b is not None else None for a, b in zip(ours, theirs)], point)
+    low, high = percentile(diffs, level)
+    p, mde = bootstrap_test(diffs, point, level)
+    return Difference(delta=point, low=low, high=high, n=len(ours), method=f"paired bootstrap over test {unit}s",
+                      p=p, mde=mde, verdict=decide(point, p, 1 - level, higher_is_better(metric)))

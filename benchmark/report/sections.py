@@ -15,7 +15,7 @@ from benchmark.metrics.stats import higher_is_better
 from benchmark.provenance import dataset_hash, git_commit
 from benchmark.report import figures
 from benchmark.report.inputs import Inputs, file_hash
-from benchmark.report.tables import fmt
+from benchmark.report.tables import VERDICT_RULE, fmt
 from benchmark.results import CONTROL, REAL, Comparison, Difference
 from benchmark.tracking import flatten
 
@@ -52,7 +52,9 @@ def protocol(inp: Inputs) -> dict:
                   "judge": (any_row.judge if any_row else None) or "-",
                   "segmenter": "; ".join(ds.segmenter_labels.values()) if ds and ds.segmenter_labels else "-",
                   "downstream_seeds": ds.seeds if ds else None, "downstream_steps": p.evaluate.downstream.steps,
-                  "bootstrap": f"{p.evaluate.bootstrap.resamples} resamples, {p.evaluate.bootstrap.level:.0%} intervals",
+                  "bootstrap": f"{p.evaluate.bootstrap.resamples} resamples by {p.evaluate.bootstrap.unit}, "
+                               f"{p.evaluate.bootstrap.level:.0%} bias-corrected intervals; verdicts Holm-adjusted "
+                               "within each comparison family",
                   "train_seed": p.train.seed, "sample_seed": p.sample.seed}
     provenance = {"git_commit": git_commit(), "dvc_lock": file_hash(inp.paths.lock) or "no dvc.lock"}
     return {"data": data, "models": models, "evaluation": evaluation, "provenance": provenance}
@@ -66,7 +68,15 @@ def _delta_text(c: Comparison | Difference | None, metric: str) -> str:
     if c is None:
         return "no comparison"
     interval = "" if c.low is None else f" [{c.low:+.3f}, {c.high:+.3f}]"
-    return f"{c.delta:+.3f}{interval}, {c.verdict}"
+    text = f"{c.delta:+.3f}{interval}, {c.verdict}"
+    if isinstance(c, Comparison):
+        if c.p_adjusted is not None:
+            text += f" (Holm-adjusted p {c.p_adjusted:.3f} in its family)"
+        if c.verdict == "indistinguishable" and c.mde is not None:
+            text += f", detectable effect {c.mde:.3f}"
+        if c.scope == "weights":
+            text += "; one training seed: a difference between these weights, not a method's win"
+    return text
 
 
 def headline(inp: Inputs) -> dict:
@@ -118,7 +128,7 @@ def ladder(inp: Inputs, assets: dict) -> dict:
     metrics = [m for m in LADDER_METRICS if any(c.metric == m for c in steps)]
     assets["ladder"] = figures.forest(steps, metrics)
     return {"steps": [{"step": c.step, "metric": c.metric, "text": _delta_text(c, c.metric), "verdict": c.verdict}
-                      for c in steps if c.metric in metrics]}
+                      for c in steps if c.metric in metrics], "rule": VERDICT_RULE}
 
 
 def per_class(inp: Inputs, assets: dict) -> dict:

@@ -37,18 +37,32 @@ def shown_columns(columns: list[Column]) -> list[str]:
     return [c.name for c in columns if c.name not in HIDDEN]
 
 
+def p_text(p: float | None) -> str:
+    return "-" if p is None else f"{p:.3f}" if p >= 0.001 else "< 0.001"
+
+
+VERDICT_RULE = ("Verdicts are read from p-values Holm-adjusted within each family (the `comparison` column); "
+                "intervals are unadjusted. `weights`: one training seed, a difference between these trained "
+                "weights, not a method's win; `method`: >= 3 training seeds pooled. MDE: the smallest |A - B| "
+                "the test would detect with 80 % power at the observed spread: an `indistinguishable` smaller "
+                "than it says nothing either way.")
+
+
 def comparison_lines(found: list[Comparison]) -> list[str]:
-    lines = ["| comparison | A | B | metric | A - B | 95 % interval | verdict | interval from | note |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| comparison | A | B | metric | A - B | 95 % interval | p | p (Holm) | MDE | verdict | scope | "
+             "interval from | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in found:
         d = digits(c.metric + ":")
         interval = "-" if c.low is None else f"[{c.low:.{d}f}, {c.high:.{d}f}]"
-        lines.append(f"| {c.kind} | {c.a} | {c.b} | {c.metric} | {c.delta:+.{d}f} | {interval} | "
-                     f"{c.verdict} | {c.method} (n = {c.n}) | {c.note or ''} |")
+        mde = "-" if c.mde is None else f"{c.mde:.{d}f}"
+        lines.append(f"| {c.kind} | {c.a} | {c.b} | {c.metric} | {c.delta:+.{d}f} | {interval} | {p_text(c.p)} | "
+                     f"{p_text(c.p_adjusted)} | {mde} | {c.verdict} | {c.scope} | {c.method} (n = {c.n}) | "
+                     f"{c.note or ''} |")
     return lines
 
 
-def markdown(columns: list[Column], table: list[LeaderboardRow], title: str, found: list[Comparison] = ()) -> str:
+def markdown(columns: list[Column], table: list[LeaderboardRow], title: str, found: list[Comparison] = (),
+             prdc_withheld: str | None = None) -> str:
     cols = shown_columns(columns)
     lines = [f"# {title}", "", "| " + " | ".join(["model", "role", *cols]) + " |", "|" + "---|" * (len(cols) + 2)]
     lines += ["| " + " | ".join([r.model, r.role, *(fmt(r.cells.get(c), c) for c in cols)]) + " |"
@@ -56,13 +70,15 @@ def markdown(columns: list[Column], table: list[LeaderboardRow], title: str, fou
     segmenters = {r.value("downstream_segmenter") for r in table if r.value("downstream_segmenter")}
     lines += ["", "Downstream columns: mean ± sample std over segmenter seeds; `delta_*` (against real only) and "
               "`vs_control_*` (against the size-matched control) are paired by seed: mean [95 % t interval] and the "
-              "verdict. FID, KID and semantic mIoU: the value on all test maps [95 % bootstrap percentile interval "
-              "over test maps, the same resamples for every row]. precision / recall / density / coverage: PRDC on "
+              "verdict (Holm-adjusted, see below). FID, KID and semantic mIoU: the value on all test maps [95 % "
+              "bias-corrected bootstrap interval over the test set by `evaluate.bootstrap.unit`, the same resamples for every row]. precision / recall / density / coverage: PRDC on "
               "the FID features. `real`: FID/KID/PRDC of real training images against the test images (the floor "
               "for this extractor and image count), semantic mIoU of the judge on real test images (the ceiling). "
               "`real+control`: real + the real images of the training maps every model's synthetic set is drawn "
               "from. `-`: not applicable or absent (a class with no test pixel never enters a mean).",
               "", "Downstream segmenter: " + " | ".join(sorted(segmenters))]
+    if prdc_withheld:
+        lines += ["", f"precision / recall / density / coverage withheld (`-`): {prdc_withheld}."]
     if any(c.startswith("maps_") for c in cols):
         lines += ["", "`maps_*`: the text-prompted map generator's maps (row `<image model>+maps`), "
                   "`maps_baseline_*`: a random real training map with the prompt's class set. adherence: mean of "
@@ -70,7 +86,7 @@ def markdown(columns: list[Column], table: list[LeaderboardRow], title: str, fou
                   "to the real training maps (lower = more realistic); diversity: pixel disagreement between "
                   "maps of one prompt."]
     if found:
-        lines += ["", "## Comparisons", "", *comparison_lines(found)]
+        lines += ["", "## Comparisons", "", VERDICT_RULE, "", *comparison_lines(found)]
     return "\n".join(lines) + "\n"
 
 

@@ -50,7 +50,7 @@ from benchmark.metrics.quality import (
     prdc,
 )
 from benchmark.metrics.segmentation import SegScores, miou_from_confusion
-from benchmark.metrics.stats import bootstrap_indices, percentile
+from benchmark.metrics.stats import bootstrap_indices, corrected_interval
 from benchmark.provenance import dataset_hash
 from benchmark.results import EvaluationRow, MapScores
 
@@ -97,26 +97,27 @@ def load_real_features(folder: Path, ex: Extractor, data_dir: Path) -> dict[str,
     return dict(np.load(path))
 
 
-def image_quality(params: Params, generated: np.ndarray, real: np.ndarray, ex: Extractor) -> dict:
-    """FID/KID, PRDC, and their bootstrap over the test maps (rows of both sets are aligned by map)."""
+def image_quality(params: Params, generated: np.ndarray, real: np.ndarray, ex: Extractor, units: list[str]) -> dict:
+    """FID/KID, PRDC, and their bootstrap over the test set's units (``units[i]``: the clip of map i;
+    rows of both sets are aligned by map), with bias-corrected intervals."""
     b = params.evaluate.bootstrap
     q = fid_kid(generated, real, ex)
     q["prdc"] = prdc(generated, real, params.evaluate.prdc_k)
-    q["bootstrap"] = bootstrap_fid_kid(generated, real, bootstrap_indices(len(generated), b.resamples, b.seed))
+    q["bootstrap"] = bootstrap_fid_kid(generated, real, bootstrap_indices(units, b.resamples, b.seed))
     for k in ("fid", "kid"):
-        q[f"{k}_low"], q[f"{k}_high"] = percentile(q["bootstrap"][k], b.level)
+        q[f"{k}_low"], q[f"{k}_high"] = corrected_interval(q["bootstrap"][k], q[k], b.level)
     return q
 
 
-def semantic_summary(params: Params, scores: SegScores, table: ClassTable) -> dict:
+def semantic_summary(params: Params, scores: SegScores, table: ClassTable, units: list[str]) -> dict:
     """The judge's scores on a set of test-map images, with mIoU bootstrapped on the same resamples."""
     b = params.evaluate.bootstrap
     out = scores.summary()
     boots = [miou_from_confusion(scores.per_image[idx].sum(0), table.rare_ids)
-             for idx in bootstrap_indices(len(scores.per_image), b.resamples, b.seed)]
+             for idx in bootstrap_indices(units, b.resamples, b.seed)]
     out["bootstrap"] = {"miou": [m for m, _ in boots], "rare_miou": [r for _, r in boots]}
     for k in ("miou", "rare_miou"):
-        out[f"{k}_low"], out[f"{k}_high"] = percentile(out["bootstrap"][k], b.level)
+        out[f"{k}_low"], out[f"{k}_high"] = corrected_interval(out["bootstrap"][k], out[k], b.level)
     return out
 
 
@@ -162,11 +163,14 @@ def evaluate_real(params: Params, data_dir: Path, features: Path, judge_dir: Pat
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
     sem = params.evaluate.semantic
     judge = train_judge(params, data_dir, judge_dir, log)
-    ceiling = semantic_summary(params, evaluate_segmenter(judge, test, test.table, device=device()), test.table)
+    unit = params.evaluate.bootstrap.unit
+    ceiling = semantic_summary(params, evaluate_segmenter(judge, test, test.table, device=device()), test.table,
+                               test.units(unit))
     ex = extractor(params)
     real = load_real_features(features, ex, data_dir)
     n = min(len(real["reference"]), len(real["features"]))
-    floor = image_quality(params, real["reference"][:n], real["features"][:n], ex)
+    floor = image_quality(params, real["reference"][:n], real["features"][:n], ex,
+                          test.units(unit, real["ids"][:n].tolist()))
     log(f"reference: real training vs test images, FID {floor['fid']:.3f} ({ex.name}, {n} images each); judge on "
         f"real test images, mIoU {ceiling['miou']:.3f}")
     log(f"downstream, real only: {len(train)} images")
@@ -222,19 +226,21 @@ def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, fea
     ex = extractor(params)
     real = aligned(load_real_features(features, ex, data_dir), [r.id for r in generated_test.records], samples)
     generated = files_features(generated_test.image_files, ex, device(), params.evaluate.fid.batch_size)
-    quality = image_quality(params, generated, real, ex)
+    units = test.units(params.evaluate.bootstrap.unit, [r.id for r in generated_test.records])
+    quality = image_quality(params, generated, real, ex, units)
     quality["colour"] = colour_cast(generated_test.image_files,
                                     [test.root / "images" / f"{r.id}.png" for r in generated_test.records])
     log(f"{name}: FID {quality['fid']:.3f}, KID {quality['kid']:.4f} ({ex.name}, {len(generated_test)} images), "
         f"precision {quality['prdc']['precision']:.3f}, recall {quality['prdc']['recall']:.3f}, "
         f"colour shift {quality['colour']['colour_shift']:.3f}")
     semantic = semantic_summary(params, evaluate_segmenter(load_judge(judge_dir), generated_test, test.table,
-                                                           device=device()), test.table)
+                                                           device=device()), test.table, units)
     log(f"{name}: semantic mIoU {semantic['miou']:.3f}")
     log(f"downstream, real + {name}: {len(train)} + {len(generated_train)} images")
     result = row(name, params.models[name].role, test, {"real": len(train), "synthetic": len(generated_train)},
                  quality=quality, semantic=semantic, judge=judge_label(params.evaluate.semantic),
-                 downstream=downstream(params.evaluate.downstream, [train, generated_train], test, log))
+                 downstream=downstream(params.evaluate.downstream, [train, generated_train], test, log),
+                 training_seeds=[params.train.seed])
     return finish(result, t0, metrics, plot, test.table)
 
 
@@ -254,5 +260,6 @@ def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path
                  judge=judge_label(params.evaluate.semantic),
                  maps={who: MapScores.of(maps_metrics[who]).model_dump() for who in ("generator", "baseline")},
                  text_encoder=maps_metrics["text_encoder"],
-                 downstream=downstream(params.evaluate.downstream, [train, pairs], test, log))
+                 downstream=downstream(params.evaluate.downstream, [train, pairs], test, log),
+                 training_seeds=[params.train.seed])
     return finish(result, t0, metrics, plot, test.table)

@@ -27,6 +27,22 @@ PRDC = ("precision", "recall", "density", "coverage")
 REFS = {"delta": REAL, "vs_control": CONTROL}  # column prefix -> the row compared with
 STAGES = {REAL: "evaluate-real", CONTROL: "evaluate-control", MAPS: "evaluate-maps"}
 INTERVAL, SPREAD, VERDICT = ("low", "high"), ("std",), ("low", "high", "verdict")
+PRDC_VALID = 0.5  # real vs real precision and recall below this: PRDC cannot tell a model from the data
+
+
+def prdc_withheld(rows: dict[str, EvaluationRow]) -> str | None:
+    """Why the PRDC columns are withheld (None: they are shown): real training images against real test
+    images must score precision and recall >= 0.5, or the k-NN manifolds are too sparse (too few images
+    for the feature dimension, or k too small) for any model's PRDC to mean something."""
+    ref = rows.get(REAL)
+    if ref is None or ref.quality is None or not ref.quality.prdc:
+        return "no real-vs-real PRDC to check them against"
+    pr = ref.quality.prdc
+    if min(pr.get("precision", 0), pr.get("recall", 0)) >= PRDC_VALID:
+        return None
+    return (f"real training vs real test images score precision {pr.get('precision', 0):.2f}, recall "
+            f"{pr.get('recall', 0):.2f} (< {PRDC_VALID}) with {ref.quality.images_real} images of "
+            f"{ref.quality.extractor} features: at this scale PRDC cannot tell a model from the data")
 
 
 def load_rows(folder: Path, params: Params, train_folder: Path | None = None) -> dict[str, EvaluationRow]:
@@ -72,13 +88,14 @@ def columns_for(rows: dict[str, EvaluationRow]) -> list[Column]:
     return columns
 
 
-def cells_of(name: str, r: EvaluationRow, by: dict[tuple, Comparison], with_maps: bool) -> dict[str, Estimate]:
+def cells_of(name: str, r: EvaluationRow, by: dict[tuple, Comparison], with_maps: bool,
+             show_prdc: bool = True) -> dict[str, Estimate]:
     """One row's cells: its own scores, and its comparisons against real only and the control."""
     cells: dict[str, Estimate] = {}
     if r.quality:
         ex = r.quality.extractor
         cells.update({f"{m}:{ex}": r.quality.estimate(m) for m in ("fid", "kid")})
-        cells.update({f"{m}:{ex}": Estimate(value=r.quality.prdc.get(m)) for m in PRDC})
+        cells.update({f"{m}:{ex}": Estimate(value=r.quality.prdc.get(m) if show_prdc else None) for m in PRDC})
         cells["colour_shift"] = Estimate(value=(r.quality.colour or {}).get("colour_shift"))
     if r.semantic:
         cells.update({f"semantic_{m}": r.semantic.estimate(m) for m in ("miou", "rare_miou")})
@@ -105,7 +122,8 @@ def build(rows: dict[str, EvaluationRow], found: list[Comparison]) -> tuple[list
     columns = columns_for(rows)
     with_maps = any(c.name.startswith("maps_") for c in columns)
     by = {(c.a, c.b, c.metric): c for c in found}
-    return columns, [LeaderboardRow(model=name, role=r.role, cells=cells_of(name, r, by, with_maps))
+    show_prdc = prdc_withheld(rows) is None
+    return columns, [LeaderboardRow(model=name, role=r.role, cells=cells_of(name, r, by, with_maps, show_prdc))
                      for name, r in rows.items()]
 
 
@@ -127,7 +145,8 @@ def flat_table(columns: list[Column], table: list[LeaderboardRow]) -> tuple[list
 def write_outputs(params: Params, rows: dict[str, EvaluationRow], metrics: Path, plots: Path, report: Path,
                   comparisons_file: Path) -> tuple[list[dict], list[Comparison]]:
     roles = {n: e.role for n, e in params.models.items()}
-    found = comparisons(rows, roles, params.leaderboard.ladder, params.evaluate.bootstrap.level)
+    found = comparisons(rows, roles, params.leaderboard.ladder, params.evaluate.bootstrap.level,
+                        params.evaluate.bootstrap.unit)
     columns, typed = build(rows, found)
     typed = sort_rows(typed, params.leaderboard.primary, params.leaderboard.sort, columns)
     names, table = flat_table(columns, typed)
@@ -139,7 +158,8 @@ def write_outputs(params: Params, rows: dict[str, EvaluationRow], metrics: Path,
                for model, r in rows.items() for cls, d in r.downstream.per_class.items()])
     write_csv(Path(plots) / "comparisons.csv", ["kind", "a", "b", "metric", "delta", "low", "high", "verdict", "n",
                                                 "method", "note"], [c.to_json() for c in found])
-    write_text(Path(report), markdown(columns, typed, f"{params.report.title}: leaderboard", found))
+    write_text(Path(report), markdown(columns, typed, f"{params.report.title}: leaderboard", found,
+                                      prdc_withheld(rows)))
     return table, found
 
 

@@ -40,7 +40,7 @@ class Scorer:
         # the semantic objectives on the same resamples of the evaluation maps for every trial, so the
         # report can pair the best trial with trial 0 (the configured weights) and give a verdict
         b = params.evaluate.bootstrap
-        self.resamples = bootstrap_indices(n, b.resamples, b.seed)
+        self.resamples = bootstrap_indices(data.units(b.unit)[:n], b.resamples, b.seed)
         self.last_bootstrap: dict[str, list] = {}
         if any(o in ("fid", "kid") for o in s.objectives):
             f = params.evaluate.fid
