@@ -136,3 +136,20 @@ def test_bad_profile_leaves_params_untouched(tmp_path, monkeypatch):
 def test_missing_params_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_params(tmp_path / "params.yaml")
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_does_bf16_in_hardware(tmp_path, monkeypatch):
+    import torch
+
+    from benchmark import devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
+    monkeypatch.setattr(devices, "CPUINFO", info)
+    assert devices.mixed_precision("auto") == "no"  # AVX2 only: bf16 would be emulated (28x slower)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert devices.mixed_precision("auto") == "bf16"
+    assert devices.mixed_precision("bf16") == "bf16" and devices.mixed_precision("no") == "no"  # explicit wins
+    monkeypatch.setattr(devices, "CPUINFO", tmp_path / "absent")
+    assert devices.cpu_flags() == set() and devices.mixed_precision("auto") == "no"  # unreadable: the safe choice
