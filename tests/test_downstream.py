@@ -69,3 +69,17 @@ def test_missing_manifest_or_split_is_named(prepared, tmp_path):
     (folder / "manifest.json").write_text(json.dumps({"images": []}))
     with pytest.raises(ValueError, match=r"manifest\.json: not a manifest of generated images"):
         GeneratedDataset(folder, "test")
+
+
+def test_a_scarce_real_set_is_whole_clips_nested_across_fractions(prepared):
+    from benchmark.metrics.downstream import real_subset
+
+    train = PreparedDataset(prepared, "train")
+    units = train.units("clip")
+    kept = {f: set(real_subset(train, f, seed=0).indices) for f in (0.25, 0.5)}
+    assert real_subset(train, 1.0, seed=0) is train  # the whole split, untouched
+    assert kept[0.25] < kept[0.5] < set(range(len(train)))  # nested, and scarcer than the whole
+    for idx in kept.values():  # never part of a clip: every frame of a kept clip is kept
+        clips = {units[i] for i in idx}
+        assert idx == {i for i, u in enumerate(units) if u in clips}
+    assert kept[0.25] != set(real_subset(train, 0.25, seed=1).indices) or len(set(units)) < 3  # the seed picks

@@ -210,6 +210,10 @@ class DownstreamConfig(SegmenterRecipe):
 
     segmenters: list[Literal["segformer", "unet"]] = Field(min_length=1)
     seeds: list[int] = Field(min_length=1)
+    real_fraction: float = Field(gt=0, le=1, description="share of the real training clips every row's segmenters "
+                                 "see (whole clips, nested across fractions, fixed by subset_seed): a data-scarce "
+                                 "real set is where synthetic data can show a gain")
+    subset_seed: int
 
 
 class BootstrapConfig(Section):

@@ -7,12 +7,14 @@ usable offline) or ``imagenet`` (smp's download: needs the network, fails at onc
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from benchmark.data.classes import IGNORE_INDEX, ClassTable
 from benchmark.devices import device
@@ -78,6 +80,20 @@ def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none", 
                                "use 'efficientnet_lite0' (offline ImageNet weights) or 'none'")
         return getattr(smp, cls)(encoder_name=encoder, encoder_weights="imagenet", classes=num_classes)
     raise ValueError(f"unknown encoder weights {encoder_weights!r}; expected none, efficientnet_lite0 or imagenet")
+
+
+def real_subset(train, fraction: float, seed: int):
+    """The real training set every row's segmenters see: the first ``fraction`` of the training clips in
+    one seeded order (whole clips: frames of a clip are near copies, so a share of frames drawn from
+    every clip would not make the set scarce; one order, so a smaller fraction's clips are inside a
+    larger one's). ``fraction`` 1 is the whole split."""
+    if fraction >= 1:
+        return train
+    units = train.units("clip")
+    clips = sorted(set(units))
+    order = [clips[i] for i in np.random.default_rng(seed).permutation(len(clips))]
+    kept = set(order[:max(1, math.ceil(fraction * len(clips)))])
+    return Subset(train, [i for i, u in enumerate(units) if u in kept])
 
 
 def train_segmenter(model: torch.nn.Module, datasets: list[Dataset], steps: int, batch_size: int, lr: float,

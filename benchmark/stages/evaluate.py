@@ -35,6 +35,7 @@ from benchmark.metrics.downstream import (
     downstream,
     evaluate_segmenter,
     load_judge,
+    real_subset,
     train_segmenter,
 )
 from benchmark.engine.data import PreparedDataset
@@ -142,6 +143,12 @@ def write_plot(path: Path, table: ClassTable, result: EvaluationRow) -> None:
                for c in table.classes])
 
 
+def scarce(params: Params, train: PreparedDataset):
+    """The real training frames every row's segmenters see (``evaluate.downstream.real_fraction``)."""
+    d = params.evaluate.downstream
+    return real_subset(train, d.real_fraction, d.subset_seed)
+
+
 def finish(params_row: dict, t0: float, metrics: Path, plot: Path, table: ClassTable) -> EvaluationRow:
     """The row typed (a part of the wrong shape fails here, not in the leaderboard), timed (the report's
     protocol card shows it) and written: metrics JSON and the per-class plot."""
@@ -161,6 +168,7 @@ def evaluate_real(params: Params, data_dir: Path, features: Path, judge_dir: Pat
     semantic-fidelity judge saved for every model's stage."""
     t0 = time.perf_counter()
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
+    real_set = scarce(params, train)
     sem = params.evaluate.semantic
     judge = train_judge(params, data_dir, judge_dir, log)
     unit = params.evaluate.bootstrap.unit
@@ -173,9 +181,9 @@ def evaluate_real(params: Params, data_dir: Path, features: Path, judge_dir: Pat
                           test.units(unit, real["ids"][:n].tolist()))
     log(f"reference: real training vs test images, FID {floor['fid']:.3f} ({ex.name}, {n} images each); judge on "
         f"real test images, mIoU {ceiling['miou']:.3f}")
-    log(f"downstream, real only: {len(train)} images")
-    result = row("real", "reference", test, {"real": len(train), "synthetic": 0}, quality=floor, semantic=ceiling,
-                 judge=judge_label(sem), downstream=downstream(params.evaluate.downstream, [train], test, log))
+    log(f"downstream, real only: {len(real_set)} images")
+    result = row("real", "reference", test, {"real": len(real_set), "synthetic": 0}, quality=floor, semantic=ceiling,
+                 judge=judge_label(sem), downstream=downstream(params.evaluate.downstream, [real_set], test, log))
     return finish(result, t0, metrics, plot, test.table)
 
 
@@ -207,13 +215,14 @@ def evaluate_control(params: Params, data_dir: Path, metrics: Path, plot: Path, 
     training set is drawn from (``sample.train_maps``, ``sample.train_selection``), same seeds and budget."""
     t0 = time.perf_counter()
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
+    real_set = scarce(params, train)
     picked = Subset(train, pick_train_maps(train, params.sample))
     if not len(picked):
         raise ValueError("sample.train_maps is 0: no synthetic training images, so no size-matched control")
-    log(f"downstream, real + the real images of the {len(picked)} sampled training maps: {len(train)} + "
+    log(f"downstream, real + the real images of the {len(picked)} sampled training maps: {len(real_set)} + "
         f"{len(picked)} images")
-    result = row("real+control", "control", test, {"real": len(train), "synthetic": 0, "repeated_real": len(picked)},
-                 downstream=downstream(params.evaluate.downstream, [train, picked], test, log))
+    result = row("real+control", "control", test, {"real": len(real_set), "synthetic": 0, "repeated_real": len(picked)},
+                 downstream=downstream(params.evaluate.downstream, [real_set, picked], test, log))
     return finish(result, t0, metrics, plot, test.table)
 
 
@@ -222,6 +231,7 @@ def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, fea
     """One model's row: image quality, semantic fidelity, downstream with its synthetic pairs."""
     t0 = time.perf_counter()
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
+    real_set = scarce(params, train)
     generated_test, generated_train = GeneratedDataset(samples, "test"), GeneratedDataset(samples, "train")
     ex = extractor(params)
     real = aligned(load_real_features(features, ex, data_dir), [r.id for r in generated_test.records], samples)
@@ -236,10 +246,10 @@ def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, fea
     semantic = semantic_summary(params, evaluate_segmenter(load_judge(judge_dir), generated_test, test.table,
                                                            device=device()), test.table, units)
     log(f"{name}: semantic mIoU {semantic['miou']:.3f}")
-    log(f"downstream, real + {name}: {len(train)} + {len(generated_train)} images")
-    result = row(name, params.models[name].role, test, {"real": len(train), "synthetic": len(generated_train)},
+    log(f"downstream, real + {name}: {len(real_set)} + {len(generated_train)} images")
+    result = row(name, params.models[name].role, test, {"real": len(real_set), "synthetic": len(generated_train)},
                  quality=quality, semantic=semantic, judge=judge_label(params.evaluate.semantic),
-                 downstream=downstream(params.evaluate.downstream, [train, generated_train], test, log),
+                 downstream=downstream(params.evaluate.downstream, [real_set, generated_train], test, log),
                  training_seeds=[params.train.seed])
     return finish(result, t0, metrics, plot, test.table)
 
@@ -250,16 +260,17 @@ def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path
     the judge's IoU of the images against the generated maps that made them; the generator's metrics."""
     t0 = time.perf_counter()
     train, test = PreparedDataset(data_dir, "train"), PreparedDataset(data_dir, "test")
+    real_set = scarce(params, train)
     pairs = GeneratedDataset(samples, "train")
     maps_metrics = json.loads((Path(samples) / "metrics.json").read_text())
     name = f"{maps_metrics['image_model']}+maps"
     semantic = evaluate_segmenter(load_judge(judge_dir), pairs, test.table, device=device())
     log(f"{name}: judge on images of generated maps, mIoU {semantic.miou:.3f}")
-    log(f"downstream, real + {name}: {len(train)} + {len(pairs)} images")
-    result = row(name, "generated", test, {"real": len(train), "synthetic": len(pairs)}, semantic=semantic.summary(),
+    log(f"downstream, real + {name}: {len(real_set)} + {len(pairs)} images")
+    result = row(name, "generated", test, {"real": len(real_set), "synthetic": len(pairs)}, semantic=semantic.summary(),
                  judge=judge_label(params.evaluate.semantic),
                  maps={who: MapScores.of(maps_metrics[who]).model_dump() for who in ("generator", "baseline")},
                  text_encoder=maps_metrics["text_encoder"],
-                 downstream=downstream(params.evaluate.downstream, [train, pairs], test, log),
+                 downstream=downstream(params.evaluate.downstream, [real_set, pairs], test, log),
                  training_seeds=[params.train.seed])
     return finish(result, t0, metrics, plot, test.table)
