@@ -38,8 +38,14 @@ def test_lower_is_better_for_fid_and_kid():
     assert r.high < 0 and r.p < 0.01 and r.verdict == "better"  # A has the lower FID on every resample
     assert paired_bootstrap(list(rng.normal(0.55, 0.02, 200)), list(rng.normal(0.42, 0.02, 200)), 0.12,
                             "semantic_miou").verdict == "better"
+    # the p is a normal test against the resamples' sd: no floor at 1 / (resamples + 1)
+    diffs = np.array([10.0, 11.0, 12.0, 9.0]) - np.array([20.0, 22.0, 19.0, 21.0])
     few = paired_bootstrap([10.0, 11.0, 12.0, 9.0], [20.0, 22.0, 19.0, 21.0], -10.0, "fid")
-    assert few.p == pytest.approx(0.2) and few.verdict == "indistinguishable"  # 4 resamples: p >= 1 / 5
+    from scipy.stats import norm
+    assert few.p == pytest.approx(2 * norm.sf(10.0 / np.std(diffs, ddof=1))) and few.p < 1 / 5
+    assert few.mde == pytest.approx((1.959964 + 0.841621) * np.std(diffs, ddof=1), rel=1e-5)
+    same = paired_bootstrap([10.0, 11.0, 12.0], [10.5, 10.5, 11.5], 0.1, "fid")
+    assert same.p > 0.5 and same.verdict == "indistinguishable"
 
 
 def test_bootstrap_resamples_are_shared_and_percentiles_are_numpys():
