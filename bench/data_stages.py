@@ -1,11 +1,12 @@
 """Time the data stages: ``dvc repro`` of synth + prepare from scratch, then again (must be a no-op).
 
-Run from the repo root with the venv active: ``python -m bench.data_stages``. It works on a
+Run from the repo root with the venv active: ``python -m bench.data_stages [PROFILE]``. It works on a
 scratch copy of the project, so the working tree's data and dvc.lock are left alone. Prints a table
 and writes ``bench/results/data_stages.json``.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -51,4 +52,6 @@ def main(profile: str | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else None)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("profile", nargs="?", default=None, help="a params profile (tiny, cpu-long, paper); default: none")
+    main(ap.parse_args().profile)
