@@ -179,10 +179,15 @@ def test_the_control_row_re_shows_exactly_the_sampled_training_maps(prepared, tm
 
     monkeypatch.setattr(ev, "downstream", spy)
     r = ev.evaluate_control(params, prepared, tmp_path / "c.json", tmp_path / "c.csv", log=lambda *a: None)
+    from benchmark.metrics.downstream import real_subset
+
     train = PreparedDataset(prepared, "train")
     picked = pick_train_maps(train, params.sample)
-    assert seen["ids"] == [train.rows[i]["id"] for i in picked] and seen["sizes"] == [len(train), len(picked)]
+    d = params.evaluate.downstream
+    real = real_subset(train, d.real_fraction, d.subset_seed)  # the scarce real set every row shares
+    assert seen["ids"] == [train.rows[i]["id"] for i in picked] and seen["sizes"] == [len(real), len(picked)]
     assert r.model == "real+control" and r.train_images["repeated_real"] == len(picked) == 8
+    assert r.train_images["real"] == len(real)  # the real set the segmenters saw, not the whole split
     assert json.loads((tmp_path / "c.json").read_text())["downstream"]["seeds"] == [0]
     with pytest.raises(ValueError, match="sample.train_maps is 0"):
         ev.evaluate_control(tiny_params(sample={"train_maps": 0}), prepared, tmp_path / "d.json", tmp_path / "d.csv")
@@ -202,3 +207,10 @@ def test_prdc_is_shown_only_when_real_against_real_passes(precision, shown):
     assert (casdm.value(f"precision:{ex}") == 0.0) if shown else casdm.value(f"precision:{ex}") is None
     md = markdown(columns, typed, "t", [], prdc_withheld(rows))
     assert ("withheld" in md) != shown and (shown or "precision 0.08, recall 0.60 (< 0.5)" in md)
+
+
+def test_the_comparisons_csv_has_a_column_for_every_field_of_a_comparison():
+    from benchmark.results import Comparison
+    from benchmark.stages.leaderboard import COMPARISON_COLUMNS
+
+    assert sorted(COMPARISON_COLUMNS) == sorted(Comparison.model_fields)  # a new field without a column fails here

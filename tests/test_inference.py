@@ -46,7 +46,7 @@ def simulate(unit: str, sets: int = 200, resamples: int = 100) -> tuple[float, f
         point = fid(a, real)
         d = paired_bootstrap(fa, fb, point - fid(b, real), "fid", 0.95, unit)
         covered += d.low <= 0 <= d.high
-        low, high = corrected_interval(fa, point)
+        low, high = corrected_interval(fa, point, positive=True)  # as the evaluate stage does for FID
         held += low <= point <= high
     return covered / sets, held / sets
 
@@ -70,6 +70,11 @@ def test_a_resample_holds_whole_clips_and_is_shared():
     values = list(np.linspace(11.0, 14.0, 50))
     low, high = corrected_interval(values, 10.0)
     assert low <= 10.0 <= high and high - low == pytest.approx(np.percentile(values, 97.5) - np.percentile(values, 2.5))
+    # a skewed, biased FID (few clips): a shift would cross 0, the scaled interval stays above it
+    skewed = [12.0, 13.0, 14.0, 15.0, 60.0, 70.0]
+    assert corrected_interval(skewed, 10.0)[0] < 0
+    low, high = corrected_interval(skewed, 10.0, positive=True)
+    assert 0 < low <= 10.0 <= high
 
 
 def test_holm_matches_a_hand_computation():

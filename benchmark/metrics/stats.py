@@ -131,9 +131,16 @@ def centred(values: list[float | None], point: float | None) -> list[float]:
     return [v - shift for v in vals]
 
 
-def corrected_interval(values: list[float | None], point: float | None,
-                       level: float = 0.95) -> tuple[float | None, float | None]:
-    """The bias-corrected percentile interval of one row's score (it holds the point value)."""
+def corrected_interval(values: list[float | None], point: float | None, level: float = 0.95,
+                       positive: bool = False) -> tuple[float | None, float | None]:
+    """The bias-corrected percentile interval of one row's score (it holds the point value). For a
+    score that cannot go below 0 (FID) the correction scales rather than shifts (the percentiles times
+    point / mean of the resamples): a shift moved the tiny profile's real-row FID interval below 0."""
+    vals = [v for v in values if v is not None and math.isfinite(v)]
+    if positive and vals and point is not None and point > 0 and min(vals) > 0:
+        ratio = point / statistics.fmean(vals)
+        low, high = percentile(vals, level)
+        return (None, None) if low is None else (low * ratio, high * ratio)
     return percentile(centred(values, point), level)
 
 

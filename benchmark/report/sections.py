@@ -128,7 +128,7 @@ def ladder(inp: Inputs, assets: dict) -> dict:
     metrics = [m for m in LADDER_METRICS if any(c.metric == m for c in steps)]
     assets["ladder"] = figures.forest(steps, metrics)
     return {"steps": [{"step": c.step, "metric": c.metric, "text": _delta_text(c, c.metric), "verdict": c.verdict}
-                      for c in steps if c.metric in metrics], "rule": VERDICT_RULE}
+                      for c in steps if c.metric in metrics], "rule": VERDICT_RULE.replace("`", "")}
 
 
 def per_class(inp: Inputs, assets: dict) -> dict:

@@ -106,7 +106,7 @@ def image_quality(params: Params, generated: np.ndarray, real: np.ndarray, ex: E
     q["prdc"] = prdc(generated, real, params.evaluate.prdc_k)
     q["bootstrap"] = bootstrap_fid_kid(generated, real, bootstrap_indices(units, b.resamples, b.seed))
     for k in ("fid", "kid"):
-        q[f"{k}_low"], q[f"{k}_high"] = corrected_interval(q["bootstrap"][k], q[k], b.level)
+        q[f"{k}_low"], q[f"{k}_high"] = corrected_interval(q["bootstrap"][k], q[k], b.level, positive=k == "fid")
     return q
 
 

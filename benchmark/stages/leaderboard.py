@@ -27,6 +27,9 @@ PRDC = ("precision", "recall", "density", "coverage")
 REFS = {"delta": REAL, "vs_control": CONTROL}  # column prefix -> the row compared with
 STAGES = {REAL: "evaluate-real", CONTROL: "evaluate-control", MAPS: "evaluate-maps"}
 INTERVAL, SPREAD, VERDICT = ("low", "high"), ("std",), ("low", "high", "verdict")
+# plots/leaderboard/comparisons.csv: every field of a Comparison (a test holds the two together)
+COMPARISON_COLUMNS = ["kind", "a", "b", "metric", "delta", "low", "high", "verdict", "n", "method", "p", "p_adjusted",
+                      "mde", "family", "scope", "note"]
 PRDC_VALID = 0.5  # real vs real precision and recall below this: PRDC cannot tell a model from the data
 
 
@@ -156,8 +159,7 @@ def write_outputs(params: Params, rows: dict[str, EvaluationRow], metrics: Path,
     write_csv(Path(plots) / "per_class.csv", ["model", "class", "rare", "iou", "iou_std", "dice", "dice_std"],
               [{"model": model, "class": cls, "rare": int(cls in r.rare_classes), **d}
                for model, r in rows.items() for cls, d in r.downstream.per_class.items()])
-    write_csv(Path(plots) / "comparisons.csv", ["kind", "a", "b", "metric", "delta", "low", "high", "verdict", "n",
-                                                "method", "note"], [c.to_json() for c in found])
+    write_csv(Path(plots) / "comparisons.csv", COMPARISON_COLUMNS, [c.to_json() for c in found])
     write_text(Path(report), markdown(columns, typed, f"{params.report.title}: leaderboard", found,
                                       prdc_withheld(rows)))
     return table, found
