@@ -145,7 +145,16 @@ def columns_of(flat: dict) -> list[Column]:
             for k in keys if k not in part_of]
 
 
-class Quality(BaseModel):
+class Bootstrapped(BaseModel):
+    """A block of scores each stored beside its bootstrap interval (``<metric>_low``, ``<metric>_high``)."""
+
+    def estimate(self, metric: str) -> Estimate:
+        """The score with its bias-corrected bootstrap interval (none for a row scored without one)."""
+        return Estimate(value=getattr(self, metric), low=getattr(self, f"{metric}_low"),
+                        high=getattr(self, f"{metric}_high"))
+
+
+class Quality(Bootstrapped):
     """Image quality of one row's test-map images: FID/KID with their bootstrap over the test maps, PRDC,
     and (for a model) the colour cast against the real images of the same maps."""
 
@@ -163,13 +172,8 @@ class Quality(BaseModel):
     kid_high: float | None = None
     colour: dict | None = None
 
-    def estimate(self, metric: str) -> Estimate:
-        """``fid`` or ``kid`` with its bootstrap percentile interval."""
-        return Estimate(value=getattr(self, metric), low=getattr(self, f"{metric}_low"),
-                        high=getattr(self, f"{metric}_high"))
 
-
-class Semantic(BaseModel):
+class Semantic(Bootstrapped):
     """The semantic-fidelity judge's scores on one row's images (per class, and mIoU bootstrapped)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -185,11 +189,6 @@ class Semantic(BaseModel):
     miou_high: float | None = None
     rare_miou_low: float | None = None
     rare_miou_high: float | None = None
-
-    def estimate(self, metric: str) -> Estimate:
-        """``miou`` or ``rare_miou`` with its bootstrap interval (none for a row scored without one)."""
-        return Estimate(value=getattr(self, metric), low=getattr(self, f"{metric}_low"),
-                        high=getattr(self, f"{metric}_high"))
 
 
 class Downstream(BaseModel):
