@@ -13,6 +13,7 @@ one run per trial tagged ``mlflow.parentRunId``, so workers in other processes n
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import optuna
@@ -212,8 +213,15 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if finished:
         best = study.best_trials if len(s.objectives) > 1 else [study.best_trial]
-        client.set_tag(parent, "best_trials", ",".join(str(t.number) for t in best))
-        for i, o in enumerate(s.objectives):
-            client.log_metric(parent, f"best_{o}", (max if s.directions[i] == "maximize" else min)(
-                t.values[i] for t in finished))
+        for attempt in (0, 1):
+            try:
+                client.set_tag(parent, "best_trials", ",".join(str(t.number) for t in best))
+                for i, o in enumerate(s.objectives):
+                    client.log_metric(parent, f"best_{o}", (max if s.directions[i] == "maximize" else min)(
+                        t.values[i] for t in finished))
+                break
+            except Exception:  # noqa: BLE001 - workers finishing together race to insert the same tag or
+                if attempt:  # latest-metric row (an IntegrityError on PostgreSQL); the row now exists: retry once
+                    raise
+                time.sleep(0.5)
     return study
