@@ -9,7 +9,7 @@ import torch
 
 from benchmark.metrics.quality import bootstrap_fid_kid, fid_kid, prdc
 from benchmark.metrics.segmentation import SegmentationMeter, miou_from_confusion
-from benchmark.metrics.stats import bootstrap_indices, paired_bootstrap, paired_seeds, percentile, verdict
+from benchmark.metrics.stats import bootstrap_indices, paired_bootstrap, paired_seeds, percentile, decide
 
 
 def test_paired_seed_interval_and_verdict_match_a_hand_computation():
@@ -31,7 +31,7 @@ def test_paired_seed_interval_and_verdict_match_a_hand_computation():
 
 
 def test_lower_is_better_for_fid_and_kid():
-    assert verdict(-3.0, -1.0, higher_better=False) == "better"
+    assert decide(-2.0, 0.001, 0.05, higher_better=False) == "better"  # a lower FID is the better one
     rng = np.random.default_rng(0)
     a, b = list(rng.normal(10, 1, 200)), list(rng.normal(20, 1, 200))
     r = paired_bootstrap(a, b, -10.0, "fid")

@@ -37,13 +37,6 @@ def higher_is_better(metric: str) -> bool:
     return HIGHER_IS_BETTER.get(metric.split(":")[0].removeprefix("delta_"), True)
 
 
-def verdict(low: float | None, high: float | None, higher_better: bool = True) -> str:
-    """The word for an interval of a difference (A - B): does A beat B?"""
-    if low is None or high is None or low <= 0 <= high:
-        return SAME
-    return BETTER if (low > 0) == higher_better else WORSE
-
-
 def decide(delta: float, p: float | None, alpha: float, higher_better: bool = True) -> str:
     """The word for a difference (A - B) and its (adjusted) p-value: does A beat B?"""
     if p is None or p >= alpha:
