@@ -81,7 +81,7 @@ def main() -> dict:
     if a.in_place:
         import shutil
 
-        for ckpt in (REPO / "runs").glob("*/checkpoints"):  # a from-scratch run must not resume
+        for ckpt in (REPO / "runs").glob("**/checkpoints"):  # a from-scratch run must not resume (runs/<model>/seed<N>/)
             shutil.rmtree(ckpt)
         result = run(REPO, a.profile, force=True)
     elif a.keep:

@@ -21,6 +21,7 @@ class Difference(BaseModel):
     method: str  # the interval and the test: paired t over seeds | paired bootstrap over test clips
     p: float | None = None  # two-sided, unadjusted; None: no test (one seed)
     mde: float | None = None  # minimum detectable effect: the |A - B| this test sees with 80 % power
+    seed_sd: float | None = None  # sd over training seeds of the per-seed differences (>= 2 seeds), else None
     verdict: str  # better | worse | indistinguishable (metrics/stats.py), from the test as adjusted
 
 
@@ -44,6 +45,8 @@ class Comparison(BaseModel):
     family: str = ""  # the family its p is adjusted in (Holm): the kind, e.g. "method vs baseline"
     p_adjusted: float | None = None
     scope: str = "weights"  # weights: one training seed (a difference between these weights) | method: >= 3 seeds | data: no trained model
+    seed_sd: float | None = None  # the sd over training seeds of the per-seed difference A - B (none: not measured)
+    seed_sd_from: str | None = None  # where seed_sd was measured: "this run" (>= 2 seeds) or the multi-seed run's file
     note: str | None = None  # e.g. "selection effect: ..."; absent from the file when there is none
 
     @classmethod
@@ -238,7 +241,8 @@ class EvaluationRow(BaseModel):
     downstream: Downstream
     training_seeds: list[int] | None = None  # the training seeds its images come from (none: real images)
     seconds: float | None = None
-    training: dict | None = None  # the leaderboard adds train@<model>'s budget (metrics/train/<model>.json)
+    training: dict | None = None  # the leaderboard adds train@<model>-<seed>'s budget (metrics/train/<model>/seed<N>.json)
+    replicates: list["EvaluationRow"] = []  # a row pooled over training seeds (metrics/pooling.py): the seeds' rows
 
     def to_json(self) -> dict:
-        return self.model_dump(mode="json", exclude_unset=True)
+        return self.model_dump(mode="json", exclude_unset=True, exclude={"replicates"})

@@ -98,7 +98,7 @@ def test_leaderboard_rows_columns_intervals_and_verdicts():
     md = markdown(columns, ordered, "t", found)
     assert "| casdm | method | 12.00 | 0.1200 |" in md and "0.623 ± 0.075" in md
     assert (f"| vs real | casdm | real | downstream_miou | +0.073 | [0.011, 0.136] | {c.p:.3f} | {c.p_adjusted:.3f} | "
-            f"{c.mde:.3f} | indistinguishable | weights |") in md
+            f"{c.mde:.3f} | - | indistinguishable | weights |") in md
     assert "Holm-adjusted within each family" in md
 
 
@@ -123,7 +123,7 @@ def test_missing_evaluation_is_named_with_its_stage(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"real\+control\.json: missing; run `dvc repro evaluate-control`"):
         load_rows(tmp_path, params)
     (tmp_path / "real+control.json").write_text(json.dumps(result(CONTROL, "control", {0: 0.5, 1: 0.6})))
-    with pytest.raises(FileNotFoundError, match=r"casdm\.json: missing; run `dvc repro evaluate@casdm`"):
+    with pytest.raises(FileNotFoundError, match=r"casdm/seed0\.json: missing; run `dvc repro evaluate@casdm-0`"):
         load_rows(tmp_path, params)
 
 

@@ -58,7 +58,7 @@ def test_two_processes_train_and_sample_like_one(repo_copy):
     one, m1 = train("one")
     settings(runtime={"num_processes": 2})
     two, m2 = train("two")
-    settings({"seed": 1}, runtime={"num_processes": 1})
+    settings({"seeds": [1]}, runtime={"num_processes": 1})
     other, _ = train("other")
     assert m1["processes"] == 1 and m2["processes"] == 2
     assert m1["images_seen"] == m2["images_seen"] == 4 * 4  # batch_size is the global batch either way
@@ -68,7 +68,7 @@ def test_two_processes_train_and_sample_like_one(repo_copy):
     assert m2["first_loss"] == pytest.approx(m1["first_loss"], rel=1e-4)
 
     for n in (1, 2):
-        settings({"seed": 0}, {"num_processes": n})
+        settings({"seeds": [0]}, {"num_processes": n})
         run("casdm", "sample", "casdm", "--data", "data/prepared", "--model", "models/one", "--out", f"samples/{n}",
             "--metrics", f"metrics/sample-{n}.json")
     first, second = (json.loads((repo_copy / "samples" / str(n) / "manifest.json").read_text()) for n in (1, 2))

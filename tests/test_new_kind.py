@@ -47,12 +47,12 @@ def test_a_kind_with_a_new_loss_trains_through_dvc_repro(repo_copy):
     update_params({"models": {"l1": {"kind": "spade-l1", "role": "baseline", "training": {"loss": "l1", "drop_rate": 0.0},
                                      "sampling": {"scheduler": "ddpm", "num_inference_steps": 2, "guidance_scale": 1.0}}}},
                   repo_copy / "params.yaml")
-    out = run("dvc", "repro", "sample@l1")
+    out = run("dvc", "repro", "sample@l1-0")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert {"train@l1", "sample@l1"} <= set(l.split("'")[1] for l in out.stdout.splitlines() if "Running stage" in l)
-    assert json.loads((repo_copy / "metrics" / "train" / "l1.json").read_text())["steps"] == 4
-    assert (repo_copy / "plots" / "train" / "l1.csv").read_text().splitlines()[0].split(",")[:3] == ["step", "l1", "loss"]
-    assert json.loads((repo_copy / "metrics" / "sample" / "l1.json").read_text())["test_images"] == 24
+    assert {"train@l1-0", "sample@l1-0"} <= set(l.split("'")[1] for l in out.stdout.splitlines() if "Running stage" in l)
+    assert json.loads((repo_copy / "metrics" / "train" / "l1" / "seed0.json").read_text())["steps"] == 4
+    assert (repo_copy / "plots" / "train" / "l1" / "seed0.csv").read_text().splitlines()[0].split(",")[:3] == ["step", "l1", "loss"]
+    assert json.loads((repo_copy / "metrics" / "sample" / "l1" / "seed0.json").read_text())["test_images"] == 24
     # a loss the kind does not declare is refused before anything trains, naming the key
     update_params({"models": {"l1": {"training": {"loss": "l2"}}}}, repo_copy / "params.yaml")
     bad = run("casdm", "params", "check")

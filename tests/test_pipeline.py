@@ -241,8 +241,8 @@ def _temps(repo: Path) -> list[str]:
 
 # one stage of each kind, and where it dies: just before it publishes its output (the output is written
 # in full to a temp folder or file beside it), or for training at its first checkpoint
-FAULTS = [("prepare", "publish:prepared"), ("train@casdm-mse", "publish:step-2"),
-          ("sample@casdm-mse", "publish:casdm-mse"), ("evaluate@casdm-mse", "publish:casdm-mse.json"),
+FAULTS = [("prepare", "publish:prepared"), ("train@casdm-mse-0", "publish:step-2"),
+          ("sample@casdm-mse-0", "publish:seed0"), ("evaluate@casdm-mse-0", "publish:seed0.json"),
           ("leaderboard", "publish:leaderboard.json"), ("report", "publish:assets")]
 
 
@@ -263,7 +263,7 @@ def test_each_stage_killed_part_way_then_rerun_gives_the_same_outputs(tiny):
     experiment = client.get_experiment_by_name("casdm-bench").experiment_id
     for stage, point in FAULTS:
         if stage.startswith("train@"):  # a first training run, not a resume of the finished one
-            shutil.rmtree(tiny.repo / "runs" / stage.split("@")[1])
+            shutil.rmtree(tiny.repo / "runs" / "casdm-mse" / "seed0")
         _forget(tiny.repo, stage)
         killed = tiny.dvc("repro", "-s", stage, env={**tiny.env, "CASDM_KILL_AT": point})
         assert killed.returncode != 0 and ("-9" in killed.stderr + killed.stdout or "137" in killed.stderr + killed.stdout
@@ -285,7 +285,7 @@ def test_each_stage_killed_part_way_then_rerun_gives_the_same_outputs(tiny):
 
 def test_a_full_disk_fails_naming_the_file_and_publishes_nothing(tiny):
     """RLIMIT_FSIZE stands in for a full disk: the first write past 1 KiB fails (EFBIG)."""
-    cmd = ["casdm", "sample", "casdm-mse", "--data", "data/prepared", "--model", "models/casdm-mse",
+    cmd = ["casdm", "sample", "casdm-mse", "--data", "data/prepared", "--model", "models/casdm-mse/seed0",
            "--out", "samples/full", "--metrics", "metrics/full.json"]
     limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
     out = tiny.run(*cmd, preexec_fn=limit)
@@ -351,13 +351,13 @@ def test_params_changes_rerun_only_what_they_touch(tiny):
     third = dvc("repro")
     assert third.returncode == 0, third.stderr
     ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
-    assert ran == {"sample@casdm", "evaluate@casdm", "maps", "evaluate-maps", "leaderboard", "report"}  # maps: casdm draws them
+    assert ran == {"sample@casdm-0", "evaluate@casdm-0", "maps", "evaluate-maps", "leaderboard", "report"}  # maps: casdm draws them
     _git(repo, "add", "-A")
     _git(repo, "commit", "-qm", "dpm sampler")
     exp = dvc("exp", "run", "-n", "no-maps", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
     assert exp.returncode == 0, exp.stdout + exp.stderr
     ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
-    assert ran == {"train@sdm", "sample@sdm", "evaluate@sdm", "leaderboard", "report"}, exp.stdout
+    assert ran == {"train@sdm-0", "sample@sdm-0", "evaluate@sdm-0", "leaderboard", "report"}, exp.stdout
     check_compare(repo, env, leader.info.run_id)
 
 

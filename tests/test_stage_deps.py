@@ -13,6 +13,7 @@ say how a stage runs and where it logs, not what it computes (changing ``log_eve
 from __future__ import annotations
 
 import ast
+import re
 import inspect
 import textwrap
 
@@ -27,7 +28,8 @@ PLUMBING = {"benchmark.commands.common"}
 # the map generator's stages read ``models`` of the params that ``benchmark.stages.mapgen.generator_params`` derives
 # (its one entry is built from ``maps:``), not params.yaml's models
 DERIVED = {"train-maps": {"models"}, "maps": {"models"}}  # read_params checks a model name exists; it computes nothing
-PARAMS_NAMES = {"params", "p", "gp"}  # how the code names a Params object
+PARAMS_NAMES = {"params", "p", "gp"}
+SET_BY_OPTION = {"train.seed": "--seed"}  # a value the stage's command passes (the matrix's seed): no param to list  # how the code names a Params object
 
 
 def cli_commands() -> dict[tuple[str, ...], object]:
@@ -108,29 +110,40 @@ def params_read(fn, modules: dict) -> set[str]:
     return out
 
 
-def resolve(text: str, key: str, params: dict) -> str:
-    """dvc.yaml's ``${key}`` and ``${a.b}`` templating."""
-    text = text.replace("${key}", key)
+def resolve(text: str, item: dict, params: dict) -> str:
+    """dvc.yaml's ``${item.<name>}`` (a matrix entry), ``${a.b}`` and ``${a.b[0]}`` templating."""
+    for k, v in item.items():
+        text = text.replace(f"${{item.{k}}}", str(v))
     while "${" in text:
         start = text.index("${")
         end = text.index("}", start)
         value = params
         for part in text[start + 2:end].split("."):
-            value = value[part]
+            m = re.fullmatch(r"(\w[\w-]*)\[(\d+)\]", part)
+            value = value[m.group(1)][int(m.group(2))] if m else value[part]
         text = text[:start] + str(value) + text[end + 1:]
     return text
 
 
 def stages() -> list[tuple[str, dict, str]]:
-    """(stage name, its body with ${...} resolved for one model, the command)."""
+    """(stage name, its body with ${...} resolved for the first entry of its matrix, the command)."""
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     out = []
     for name, st in yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"].items():
-        body, key = (st["do"], next(iter(params["models"]))) if "foreach" in st else (st, "")
-        deps = [resolve(d, key, params) for d in body.get("deps", [])]
-        keys = [resolve(k, key, params) for k in body.get("params", [])]
-        out.append((name, {"deps": deps, "params": keys}, resolve(body["cmd"], key, params)))
+        assert "foreach" not in st, f"{name}: stages iterate with matrix (model x seed), not foreach"
+        item = {k: next(iter(resolve_value(v, params))) for k, v in st.get("matrix", {}).items()}
+        deps = [resolve(d, item, params) for d in st.get("deps", [])]
+        keys = [resolve(k, item, params) for k in st.get("params", [])]
+        out.append((name, {"deps": deps, "params": keys}, resolve(st["cmd"], item, params)))
     return out
+
+
+def resolve_value(text: str, params: dict):
+    """A matrix axis (``${models}``, ``${train.seeds}``): its value in params.yaml."""
+    value = params
+    for part in text.strip("${}").split("."):
+        value = value[part]
+    return value
 
 
 def covered(path: str, deps: list[str]) -> bool:
@@ -161,6 +174,7 @@ def test_each_stage_lists_the_code_it_imports_and_the_params_it_reads(name, body
     missing = [f for f in files if not covered(f, body["deps"])]
     assert missing == [], f"dvc.yaml stage {name!r} does not list code it imports: {missing}"
     reads = {r for r in params_read(fn, modules) if r.split(".")[0] not in OPERATIONAL} - DERIVED.get(name, set())
+    reads -= {k for k, option in SET_BY_OPTION.items() if option in words}  # the command line carries it
     unlisted = sorted(r for r in reads if not key_covered(r, body["params"]))
     assert unlisted == [], f"dvc.yaml stage {name!r} does not list params it reads: {unlisted}"
 
@@ -187,12 +201,17 @@ def test_changing_log_every_retrains_nothing(repo_copy):
     run = lambda *a: subprocess.run(a, cwd=repo_copy, env=env, capture_output=True, text=True)
     assert run("casdm", "params", "profile", "tiny").returncode == 0
     update_params({"train": {"steps": 1}}, repo_copy / "params.yaml")
-    targets = ["train@casdm", "train-maps"]
+    targets = ["train@casdm-0", "train-maps"]
     out = run("dvc", "repro", *targets)
     assert out.returncode == 0, out.stdout + out.stderr
     update_params({"runtime": {"log_every": 7, "checkpoint_every": 3, "sample_every": 5}}, repo_copy / "params.yaml")
     status = run("dvc", "status", *targets)
     assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
+    # a second training seed adds its own stages and leaves the first seed's (and the map generator's) clean
+    update_params({"train": {"seeds": [0, 1]}}, repo_copy / "params.yaml")
+    status = run("dvc", "status", *targets)
+    assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
+    assert "train@casdm-1" in run("dvc", "status", "train@casdm-1").stdout
     # the control: a value of train: does re-train
     update_params({"train": {"lr": 0.002}}, repo_copy / "params.yaml")
-    assert "train@casdm" in run("dvc", "status", *targets).stdout
+    assert "train@casdm-0" in run("dvc", "status", *targets).stdout

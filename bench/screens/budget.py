@@ -28,6 +28,7 @@ import yaml
 
 from bench.pipeline import env_for, timed_repro
 from benchmark.io import write_json
+from benchmark.seeds import seed_path
 from benchmark.provenance import copy_project, git_commit
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,13 +50,13 @@ def parse_set(items: list[str], flag: str = "--set") -> dict:
     return out
 
 
-def point(dst: Path, model: str, steps: int, stages: dict) -> dict:
-    """One budget's scores, with the references they are read against."""
-    ev = json.loads((dst / "metrics" / "evaluate" / f"{model}.json").read_text())
+def point(dst: Path, model: str, steps: int, stages: dict, seed: int = 0) -> dict:
+    """One budget's scores (training seed ``seed``), with the references they are read against."""
+    ev = json.loads(seed_path(dst / "metrics" / "evaluate", model, seed, ".json").read_text())
     real = json.loads((dst / "metrics" / "evaluate" / "real.json").read_text())
-    tr = json.loads((dst / "metrics" / "train" / f"{model}.json").read_text())
+    tr = json.loads(seed_path(dst / "metrics" / "train", model, seed, ".json").read_text())
     q, rq, sem, ds = ev["quality"], real["quality"], ev["semantic"], ev["downstream"]
-    cpu_s = stages.get(f"train@{model}", 0) + stages.get(f"sample@{model}", 0)
+    cpu_s = stages.get(f"train@{model}-{seed}", 0) + stages.get(f"sample@{model}-{seed}", 0)
     return {
         "steps": steps, "stage_s": stages, "model_cpu_min": round(cpu_s / 60, 2), "s_per_step": tr["s_per_step"],
         "fid": q["fid"], "fid_low": q.get("fid_low"), "fid_high": q.get("fid_high"), "reference_fid": rq["fid"],
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (samples, logs); a folder kept "
                     "from an earlier run is reused: its data, features and judge are not made again")
     a = ap.parse_args(argv)
-    from benchmark.config import update_params
+    from benchmark.config import load_params, update_params
 
     tag = a.tag or a.model
     override = parse_set(a.sets)
@@ -131,8 +132,9 @@ def main(argv: list[str] | None = None) -> dict:
         with (dst / f"budget_{tag}.log").open("w") as log:
             for steps in a.steps:
                 update_params({"train": {"steps": steps}}, dst / "params.yaml")
-                stages = timed_repro(dst, log, f"evaluate@{a.model}")
-                p = point(dst, a.model, steps, stages)
+                seed = load_params(dst / "params.yaml").train.seeds[0]
+                stages = timed_repro(dst, log, f"evaluate@{a.model}-{seed}")
+                p = point(dst, a.model, steps, stages, seed)
                 result["points"].append(p)
                 print(f"{a.model} {steps} steps: {p['model_cpu_min']:.1f} CPU-min, FID {p['fid']:.1f} "
                       f"({p['fid_x_reference']:.1f}x ref), semantic {p['semantic_miou']:.3f} "

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from benchmark.io import write_json
+from benchmark.seeds import seed_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -58,7 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
         p = base.model_copy(update={"models": models, "sample": base.sample.model_copy(update={"train_maps": 0})})
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            r = sample(p, a.model, root / "models" / a.model, data, Path(tmp) / "s", Path(tmp) / "m.json")
+            r = sample(p, a.model, seed_path(root / "models", a.model, p.train.seed), data, Path(tmp) / "s",
+                       Path(tmp) / "m.json")
             seconds = time.perf_counter() - t0
             gen = GeneratedDataset(Path(tmp) / "s", "test")
             real = aligned(load_real_features(root / "features" / "real", ex, data), [x.id for x in gen.records], gen.folder)

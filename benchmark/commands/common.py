@@ -16,6 +16,7 @@ from rich.console import Console
 console = Console(width=None if sys.stdout.isatty() else 120)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 120)
 PARAMS = typer.Option(Path("params.yaml"), "--params", help="parameters file")
+SEED = typer.Option(None, "--seed", help="the training seed (one of params.yaml train.seeds; default: the first)")
 ERRORS = (ValueError, FileNotFoundError, RuntimeError)  # what a stage reports as a one-line error
 
 
@@ -68,3 +69,12 @@ def read_params(path: Path, model: str | None = None):
     if model is not None and model not in p.models:
         fail(f"unknown model {model!r}; params.yaml models: {', '.join(p.models)}")
     return p
+
+
+def with_seed(params, seed: int | None):
+    """The params of one training seed's run (``--seed``): ``train.seed`` set, checked against ``train.seeds``."""
+    if seed is None:
+        return params
+    if seed not in params.train.seeds:
+        fail(f"--seed {seed}: not one of params.yaml train.seeds {params.train.seeds}")
+    return params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})

@@ -101,6 +101,8 @@ def leaderboard_build(params: Path = PARAMS, rows: Path = path_option("folder of
                       comparisons: Path = path_option("every comparison's interval and verdict, JSON"),
                       plots: Path = path_option("folder of the leaderboard's plot CSVs"),
                       report: Path = path_option("the markdown leaderboard"),
+                      seed_spread: Path | None = typer.Option(None, help="a multi-seed run's comparisons.json: its "
+                                                              "seed-to-seed spread is shown beside one-seed differences"),
                       mlflow_log: bool = typer.Option(True, "--mlflow/--no-mlflow")) -> None:
     """The DVC stage: gather the rows' metrics into metrics, plots, a report and MLflow."""
     from benchmark.stages.leaderboard import load_rows, log_mlflow, write_outputs
@@ -109,7 +111,7 @@ def leaderboard_build(params: Path = PARAMS, rows: Path = path_option("folder of
     if mlflow_log:
         need_tracking(p)
     loaded = or_fail(load_rows, rows, p, train_metrics)
-    table, found = or_fail(write_outputs, p, loaded, metrics, plots, report, comparisons)
+    table, found = or_fail(write_outputs, p, loaded, metrics, plots, report, comparisons, seed_spread)
     if mlflow_log:
         err.print(f"MLflow leaderboard run {or_fail(log_mlflow, p, table, loaded, report, found)}")
     console.print(report.read_text(), markup=False, highlight=False)

@@ -9,6 +9,7 @@ import typer
 from benchmark.commands.common import (
     ERRORS,
     PARAMS,
+    SEED,
     console,
     err,
     fail,
@@ -16,6 +17,7 @@ from benchmark.commands.common import (
     or_fail,
     path_option,
     read_params,
+    with_seed,
 )
 
 maps_app = typer.Typer(help="Text-prompted segmentation-map generator: train, build (stages), generate, prompts.",
@@ -27,13 +29,14 @@ DATA = typer.Option(Path("data/prepared"), "--data", help="prepared dataset")
 def maps_train(params: Path = PARAMS, data: Path = path_option("the prepared dataset"),
                checkpoints: Path = path_option("checkpoint folder (kept between runs: re-running resumes)"),
                out: Path = path_option("folder of the trained generator"),
-               metrics: Path = path_option("training metrics JSON"), plot: Path = path_option("loss-curve CSV")) -> None:
+               metrics: Path = path_option("training metrics JSON"), plot: Path = path_option("loss-curve CSV"),
+               seed: int | None = SEED) -> None:
     """The DVC stage train-maps: the generator on the shared trainer (re-running resumes)."""
     from benchmark.engine.trainer import RunPaths
     from benchmark.stages.mapgen import train_generator
 
     paths = RunPaths(data=data, checkpoints=checkpoints, model=out, metrics=metrics, plot=plot)
-    m = or_fail(train_generator, read_params(params), paths, console=err)
+    m = or_fail(train_generator, with_seed(read_params(params), seed), paths, console=err)
     console.print(f"mapgen: {m['steps']} steps, loss {m['first_loss']:.4g} -> {m['final_loss']:.4g}, "
                   f"{m['s_per_step']:.3f} s/step, {m['num_parameters'] / 1e6:.2f} M parameters")
 
@@ -43,11 +46,12 @@ def maps_build(params: Path = PARAMS, data: Path = path_option("the prepared dat
                generator: Path = path_option("the trained map generator"),
                image_model: Path = path_option("the trained pipeline of maps.generate.image_model"),
                out: Path = path_option("folder of the generated maps and images"),
-               metrics: Path = path_option("the generator's metrics JSON")) -> None:
+               metrics: Path = path_option("the generator's metrics JSON"),
+               seed: int | None = SEED) -> None:
     """The DVC stage maps: maps for the prompt set, images by maps.generate.image_model, metrics."""
     from benchmark.stages.mapgen import build_maps
 
-    p = read_params(params)
+    p = with_seed(read_params(params), seed)
     need_tracking(p)
     r = or_fail(build_maps, p, data, generator, image_model, out, metrics, log=err.print)
     for who in ("generator", "baseline"):
@@ -66,7 +70,7 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
                                               "with maps.generate.image_model"),
                   seed: int = typer.Option(0, "--seed"), params: Path = PARAMS, data: Path = DATA,
                   generator: Path = typer.Option(Path("models/mapgen"), help="the trained map generator"),
-                  models: Path = typer.Option(Path("models"), help="folder of the trained image models")) -> None:
+                  models: Path = typer.Option(Path("models"), help="folder of the trained image models (<model>/seed<N>, the first of train.seeds)")) -> None:
     """Maps for one prompt (class-id PNGs, coloured previews, optionally images) and how well they follow it."""
     from PIL import Image
 
@@ -75,7 +79,7 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
     from benchmark.kinds.registry import make_kind
     from benchmark.stages.mapgen import draw_images, generate, load_generator
     from benchmark.metrics.maps import adherence
-    from benchmark.seeds import derive_seed
+    from benchmark.seeds import derive_seed, seed_path
     from casdm.prompts import PromptError, describe_map, format_prompt, parse_prompt
 
     p = read_params(params)
@@ -91,7 +95,7 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
     pictures = None
     if images:
         name = p.maps.generate.image_model
-        image_pipe = make_kind(p, name, table).load_pipeline(models / name, p.sample.use_ema)
+        image_pipe = make_kind(p, name, table).load_pipeline(seed_path(models, name, p.train.seed), p.sample.use_ema)
         pictures = draw_images(image_pipe, maps, seeds, p.sample.batch_size, p.models[name].sampling,
                                p.sample.mixed_precision)
     with atomic_dir(out) as tmp:

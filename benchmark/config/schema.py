@@ -125,7 +125,25 @@ class TrainConfig(Section):
     ema_decay: float = Field(ge=0, lt=1)
     mixed_precision: Precision
     augment: bool
-    seed: int
+    seeds: list[int] = Field(min_length=1, description="training seeds: each model is trained, sampled and evaluated "
+                             "once per seed (dvc.yaml's matrix); a row is the mean over its seeds")
+    seed: int | None = Field(None, description="this run's seed, one of seeds (set by a stage's --seed); "
+                             "unset: the first of seeds")
+
+    @model_validator(mode="after")
+    def _seed_of_seeds(self):
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"train.seeds {self.seeds}: a seed is listed twice; expected distinct seeds")
+        if self.seed is None:
+            object.__setattr__(self, "seed", self.seeds[0])
+        elif self.seed not in self.seeds:
+            raise ValueError(f"seed {self.seed} is not one of train.seeds {self.seeds}")
+        return self
+
+    def run_config(self) -> dict:
+        """What determines one seed's training run (hashed to resume it and to find its MLflow run):
+        the other seeds of the list are not part of it, so adding a seed resumes or reuses the others."""
+        return self.model_dump(exclude={"seeds"})
 
 
 class RuntimeConfig(Section):

@@ -21,7 +21,7 @@ from benchmark.engine.data import PreparedDataset
 from benchmark.io import atomic_dir, write_json
 from benchmark.kinds.registry import make_kind
 from benchmark.manifest import ImageRecord, Manifest
-from benchmark.seeds import TEST_IMAGES, TRAIN_IMAGES, derive_seed
+from benchmark.seeds import TEST_IMAGES, TRAIN_IMAGES, image_seed
 from casdm.pipeline import to_uint8
 
 
@@ -46,7 +46,8 @@ def autocast(setting: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16 if setting == "bf16" else torch.float16)
 
 
-def _draw(pipe, recipe, sc, jobs: dict, data_dir: Path, folder: Path, rank: int, world: int) -> list:
+def _draw(pipe, recipe, sc, jobs: dict, data_dir: Path, folder: Path, rank: int, world: int,
+          training_seed: int) -> list:
     """This process's images: batch k of each split when k % world == rank. Batches are cut exactly
     as one process cuts them and every image's seed is its index's, so the images do not depend on
     the number of processes. Returns (position, record) pairs for the manifest's order."""
@@ -58,8 +59,8 @@ def _draw(pipe, recipe, sc, jobs: dict, data_dir: Path, folder: Path, rank: int,
                 continue
             items = [data[i] for i in indices[s: s + sc.batch_size]]
             labels = torch.stack([it["labels"] for it in items]).to(pipe.device)
-            # seeds differ between splits and images, and do not depend on the batch size
-            seeds = [derive_seed(sc.seed, s + j, stream) for j in range(len(items))]
+            # seeds differ between splits, images and training seeds, and do not depend on the batch size
+            seeds = [image_seed(sc.seed, s + j, stream, training_seed) for j in range(len(items))]
             gens = [torch.Generator(device=pipe.device).manual_seed(seed) for seed in seeds]
             with autocast(sc.mixed_precision, pipe.device):
                 images = pipe(labels, recipe.num_inference_steps, recipe.guidance_scale, generator=gens,
@@ -99,7 +100,7 @@ def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path
     t0 = time.perf_counter()
     with (atomic_dir(out) if main else nullcontext()) as tmp:
         folder = Path(broadcast_object_list([str(tmp) if main else None])[0]) if world > 1 else tmp
-        mine = _draw(pipe, recipe, sc, jobs, data_dir, folder, rank, world)
+        mine = _draw(pipe, recipe, sc, jobs, data_dir, folder, rank, world, params.train.seed)
         pairs = gather_object(mine) if world > 1 else mine  # every process's, in one list
         if not main:
             return {}
@@ -108,11 +109,11 @@ def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path
         Manifest(model=name, images=records, made_with={
             "scheduler": recipe.scheduler, "num_inference_steps": recipe.num_inference_steps,
             "guidance_scale": recipe.guidance_scale, "use_ema": sc.use_ema,
-            "mixed_precision": sc.mixed_precision}).write(tmp)
+            "mixed_precision": sc.mixed_precision, "training_seed": params.train.seed}).write(tmp)
     counts = {split: sum(r.split == split for r in records) for split in jobs}
     result = {"images": len(records), "test_images": counts["test"], "train_images": counts["train"],
               "s_per_image": seconds / max(len(records), 1), "scheduler": recipe.scheduler,
               "num_inference_steps": recipe.num_inference_steps, "processes": world,
-              "mixed_precision": sc.mixed_precision}
+              "mixed_precision": sc.mixed_precision, "training_seed": params.train.seed}
     write_json(Path(metrics), result)
     return result

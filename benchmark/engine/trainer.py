@@ -96,7 +96,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
 
     tags = {"model": name, "kind": entry.kind, "role": entry.role, "loss": kind.options.loss,
             "dataset": data.stats.get("source", "?"), "dataset_hash": dataset_hash(paths.data),
-            "params_hash": config_hash, "mixed_precision": accelerator.mixed_precision}
+            "params_hash": config_hash, "mixed_precision": accelerator.mixed_precision, "seed": str(tc.seed)}
     tracker = Tracker(accelerator.is_main_process and track)
     tracker.start(params.tracking, name, tags, config, run_id)
     if run_id is None:

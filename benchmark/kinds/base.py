@@ -38,6 +38,7 @@ class KindContext:
     diffusion: DiffusionConfig
     sampling: SamplingRecipe  # models.<name>.sampling
     preset: UNetPreset  # presets[train.preset]: the network widths
+    seed: int = 0  # train.seed: the training seed of this run (its DVC stage is train@<name>-<seed>)
 
 
 class ModelKind:
@@ -70,7 +71,7 @@ class ModelKind:
     @property
     def train_stage(self) -> str:
         """The DVC stage that trains this model (named in 'not trained yet' errors)."""
-        return f"train@{self.name}"
+        return f"train@{self.name}-{self.ctx.seed}"
 
     def prepare(self, data) -> None:
         """Learn what the kind needs from the training split before ``build`` (the map generator fits

@@ -60,7 +60,8 @@ def make_kind(params: Params, model_name: str, table: ClassTable) -> ModelKind:
     options = model_options(params, model_name)
     entry = params.models[model_name]
     ctx = KindContext(name=model_name, table=table, resolution=params.data.resolution, steps=params.train.steps,
-                      diffusion=params.diffusion, sampling=entry.sampling, preset=params.presets[params.train.preset])
+                      diffusion=params.diffusion, sampling=entry.sampling, preset=params.presets[params.train.preset],
+                      seed=params.train.seed)
     return get_kind(entry.kind)(options, ctx)
 
 
@@ -70,5 +71,5 @@ def training_config(params: Params, name: str) -> dict:
     entry = params.models[name]
     return {"kind": entry.kind, "training": model_options(params, name).model_dump(),  # params.runtime: not here
             "preset": params.presets[params.train.preset].model_dump(),
-            "train": params.train.model_dump(), "diffusion": params.diffusion.model_dump(),
+            "train": params.train.run_config(), "diffusion": params.diffusion.model_dump(),
             "resolution": params.data.resolution}

@@ -15,6 +15,15 @@ p-value (raw and Holm-adjusted within its family), the smallest effect it could 
   normal test of the point difference against the resamples' standard deviation (no floor at
   1 / resamples), the minimum detectable effect the same standard deviation's.
 
+- A model trained with several seeds (``train.seeds``) is compared over its training seeds: per seed,
+  the difference d_s (downstream: the mean over segmenter seeds; image scores: on all test images),
+  and a t test of their mean with S - 1 degrees of freedom whose standard error holds the seeds'
+  spread (sd(d) / sqrt(S)) and, for image scores, the test set's too (the standard deviation of the
+  seed-mean difference over the shared bootstrap resamples, added in quadrature): a difference between
+  methods must be larger than both what another training seed and what other test clips would give.
+  Two seeds of a model pair by seed value (seed s of A against seed s of B); a reference row (real
+  only, the control) is a constant.
+
 Verdict: ``better`` or ``worse`` when the Holm-adjusted p of the comparison's family is below
 1 - level (the interval is the unadjusted one), else ``indistinguishable`` (at this budget: more seeds,
 clips or images may separate them). With one seed there is no interval and no test.
@@ -165,3 +174,36 @@ def paired_bootstrap(ours: list, theirs: list, point: float | None, metric: str,
     p, mde = bootstrap_test(diffs, point, level)
     return Difference(delta=point, low=low, high=high, n=len(ours), method=f"paired bootstrap over test {unit}s",
                       p=p, mde=mde, verdict=decide(point, p, 1 - level, higher_is_better(metric)))
+
+
+def seed_half_width(values: list[float | None], level: float = 0.95) -> float | None:
+    """Student's t half-width of the mean of per-seed values (None: fewer than two)."""
+    from scipy.stats import t
+
+    vals = [v for v in values if v is not None]
+    if len(vals) < 2:
+        return None
+    return float(t.ppf(0.5 + level / 2, len(vals) - 1) * statistics.stdev(vals) / math.sqrt(len(vals)))
+
+
+def over_training_seeds(diffs: list[float], metric: str, level: float = 0.95, boot: list | None = None,
+                        power: float = POWER) -> Difference | None:
+    """A - B from per-training-seed differences ``diffs`` (>= 2); ``boot``: the seed-mean difference on
+    each shared bootstrap resample (image scores), whose variance joins the seeds' in the standard error."""
+    from scipy.stats import t
+
+    n = len(diffs)
+    if n < 2 or any(d is None for d in diffs):
+        return None
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    var = sd ** 2 / n
+    vals = [b for b in (boot or []) if b is not None and math.isfinite(b)]
+    if len(vals) >= 2:
+        var += float(np.var(vals, ddof=1))
+    se = math.sqrt(var)
+    crit = t.ppf(0.5 + level / 2, n - 1)
+    mde = float((crit + t.ppf(power, n - 1)) * se)
+    p = (1.0 if mean == 0 else 0.0) if se == 0 else float(2 * t.sf(abs(mean) / se, n - 1))
+    method = "t over training seeds" + (" + test-set bootstrap" if len(vals) >= 2 else " (each the mean over segmenter seeds)")
+    return Difference(delta=mean, low=mean - crit * se, high=mean + crit * se, n=n, method=method, p=p, mde=mde,
+                      seed_sd=sd, verdict=decide(mean, p, 1 - level, higher_is_better(metric)))

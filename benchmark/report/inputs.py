@@ -14,7 +14,9 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from benchmark.config import Params
+from benchmark.metrics.pooling import pool
 from benchmark.results import Comparison, EvaluationRow, LeaderboardRow
+from benchmark.seeds import seed_path
 
 
 @dataclass
@@ -50,6 +52,14 @@ def _folder_json(folder: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
 
 
+def _row(path: Path) -> EvaluationRow:
+    try:
+        return EvaluationRow.model_validate(json.loads(path.read_text()))
+    except ValidationError as exc:
+        raise ValueError(f"{path}: not an evaluation row ({exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}); "
+                         "run `dvc repro` again") from None
+
+
 def file_hash(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else None
 
@@ -74,8 +84,17 @@ class Inputs:
         """params.yaml's models that have a leaderboard row, in params order."""
         return [m for m in self.params.models if m in self.leaderboard]
 
+    @property
+    def first_seed(self) -> int:
+        """The training seed whose samples, loss curves and grids the report shows (the first of train.seeds)."""
+        return self.params.train.seeds[0]
+
+    def of_seed(self, root: Path, name: str, suffix: str = "") -> Path:
+        """``root/<model>/seed<N><suffix>`` of the first training seed."""
+        return seed_path(root, name, self.first_seed, suffix)
+
     def samples_of(self, name: str) -> Path | None:
-        folder = self.paths.samples / name
+        folder = self.of_seed(self.paths.samples, name)
         return folder if (folder / "manifest.json").exists() else None
 
 
@@ -94,16 +113,17 @@ def load(params: Params, paths: ReportPaths) -> Inputs:
     except (ValidationError, AttributeError) as exc:
         raise ValueError(f"{paths.leaderboard}: not the leaderboard stage's rows ({exc}); run `dvc repro "
                          "leaderboard`") from None
-    rows = {}
-    for name, r in _folder_json(paths.rows).items():
-        try:
-            rows[name] = EvaluationRow.model_validate(r)
-        except ValidationError as exc:
-            raise ValueError(f"{paths.rows / (name + '.json')}: not an evaluation row ({exc.errors()[0]['loc']}: "
-                             f"{exc.errors()[0]['msg']}); run `dvc repro` again") from None
+    level = params.evaluate.bootstrap.level
+    rows = {name: _row(paths.rows / f"{name}.json") for name in _folder_json(paths.rows)}  # real, control, maps
+    for name in params.models:  # each model's seeds, pooled as the leaderboard pools them
+        seeds = [seed_path(paths.rows, name, s, ".json") for s in params.train.seeds]
+        if all(f.exists() for f in seeds):
+            rows[name] = pool([_row(f) for f in seeds], level)
+    first = params.train.seeds[0]
+    per_model = lambda folder: {**_folder_json(folder), **{  # the first seed's metrics of each model
+        n: json.loads(f.read_text()) for n in params.models if (f := seed_path(folder, n, first, ".json")).exists()}}
     inp = Inputs(params=params, paths=paths, leaderboard=board, comparisons=found,
-                 rows=rows, train=_folder_json(paths.train_metrics),
-                 sample=_folder_json(paths.sample_metrics))
+                 rows=rows, train=per_model(paths.train_metrics), sample=per_model(paths.sample_metrics))
     stats = paths.data / "stats.json"
     if stats.exists():
         inp.data_stats = json.loads(stats.read_text())

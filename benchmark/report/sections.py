@@ -55,7 +55,7 @@ def protocol(inp: Inputs) -> dict:
                   "bootstrap": f"{p.evaluate.bootstrap.resamples} resamples by {p.evaluate.bootstrap.unit}, "
                                f"{p.evaluate.bootstrap.level:.0%} bias-corrected intervals; verdicts Holm-adjusted "
                                "within each comparison family",
-                  "train_seed": p.train.seed, "sample_seed": p.sample.seed}
+                  "train_seeds": p.train.seeds, "sample_seed": p.sample.seed}
     provenance = {"git_commit": git_commit(), "dvc_lock": file_hash(inp.paths.lock) or "no dvc.lock"}
     return {"data": data, "models": models, "evaluation": evaluation, "provenance": provenance}
 
@@ -76,6 +76,8 @@ def _delta_text(c: Comparison | Difference | None, metric: str) -> str:
             text += f", detectable effect {c.mde:.3f}"
         if c.scope == "weights":
             text += "; one training seed: a difference between these weights, not a method's win"
+            if c.seed_sd is not None and c.seed_sd_from != "this run":
+                text += f" (seed-to-seed sd of this difference in the {c.seed_sd_from} run: {c.seed_sd:.3f})"
     return text
 
 
@@ -202,7 +204,7 @@ def samples(inp: Inputs, assets: dict) -> dict:
 def training(inp: Inputs, assets: dict) -> dict:
     curves = {}
     for name in [*inp.models, "mapgen"]:
-        f = inp.paths.train_plots / f"{name}.csv"
+        f = inp.paths.train_plots / f"{name}.csv" if name == "mapgen" else inp.of_seed(inp.paths.train_plots, name, ".csv")
         if f.exists():
             with f.open() as fh:
                 rows = [r for r in csv.DictReader(fh) if r.get("loss")]
@@ -213,7 +215,7 @@ def training(inp: Inputs, assets: dict) -> dict:
     speeds = {n: 1 / t["s_per_step"] for n, t in inp.train.items() if t.get("s_per_step")}
     grids = []
     for name in inp.models:
-        g = inp.paths.models / name / "last_grid.png"
+        g = inp.of_seed(inp.paths.models, name) / "last_grid.png"
         if g.exists():
             assets[f"grid_{name}"] = figures.png_file(g)
             grids.append(name)

@@ -45,18 +45,21 @@ VERDICT_RULE = ("Verdicts are read from p-values Holm-adjusted within each famil
                 "intervals are unadjusted. `weights`: one training seed, a difference between these trained "
                 "weights, not a method's win; `method`: >= 3 training seeds pooled. MDE: the smallest |A - B| "
                 "the test would detect with 80 % power at the observed spread: an `indistinguishable` smaller "
-                "than it says nothing either way.")
+                "than it says nothing either way. Seed sd: the spread over training seeds of the per-seed "
+                "difference (this run's when it has >= 2 seeds, else the multi-seed run named beside it): a "
+                "one-seed difference smaller than it could be another seed's.")
 
 
 def comparison_lines(found: list[Comparison]) -> list[str]:
-    lines = ["| comparison | A | B | metric | A - B | 95 % interval | p | p (Holm) | MDE | verdict | scope | "
-             "interval from | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| comparison | A | B | metric | A - B | 95 % interval | p | p (Holm) | MDE | seed sd | verdict | scope | "
+             "interval from | note |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in found:
         d = digits(c.metric + ":")
         interval = "-" if c.low is None else f"[{c.low:.{d}f}, {c.high:.{d}f}]"
         mde = "-" if c.mde is None else f"{c.mde:.{d}f}"
+        spread = "-" if c.seed_sd is None else f"{c.seed_sd:.{d}f} ({c.seed_sd_from})"
         lines.append(f"| {c.kind} | {c.a} | {c.b} | {c.metric} | {c.delta:+.{d}f} | {interval} | {p_text(c.p)} | "
-                     f"{p_text(c.p_adjusted)} | {mde} | {c.verdict} | {c.scope} | {c.method} (n = {c.n}) | "
+                     f"{p_text(c.p_adjusted)} | {mde} | {spread} | {c.verdict} | {c.scope} | {c.method} (n = {c.n}) | "
                      f"{c.note or ''} |")
     return lines
 

@@ -5,12 +5,26 @@
   (MSE -> CA-MSE -> CA-MSE + CA-SP) against the step before: downstream (paired by seed) and image
   scores (FID, KID, semantic mIoU: paired bootstrap over the same test-map resamples).
 
-A row that beats real only but not the control owes its gain to re-showing the selected (rare-first)
-training frames, not to synthesis: such comparisons carry the note ``selection effect``.
+A model trained with several seeds is compared over its seeds (``stats.over_training_seeds``); a
+one-seed comparison carries the seed-to-seed spread (``seed_sd``) a multi-seed run measured of the same
+pair and score (``leaderboard.seed_spread``), so a reader sees whether one difference is larger than
+what another training seed gives.
+
+A row that beats real only but not the control, when the control itself beats real only, owes its gain
+to re-showing the selected (rare-first) training frames: such comparisons carry the note ``selection
+effect``; when the control's gain is not detectable they are ``not attributable``.
 """
 from __future__ import annotations
 
-from benchmark.metrics.stats import BETTER, decide, higher_is_better, holm, paired_bootstrap, paired_seeds
+from benchmark.metrics.stats import (
+    BETTER,
+    decide,
+    higher_is_better,
+    holm,
+    over_training_seeds,
+    paired_bootstrap,
+    paired_seeds,
+)
 from benchmark.results import CONTROL, REAL, Comparison, EvaluationRow
 DOWNSTREAM = ("miou", "rare_miou")  # the downstream scores compared (per seed)
 IMAGE = ("fid", "kid", "semantic_miou", "semantic_rare_miou")  # the image scores compared (bootstrap)
@@ -26,9 +40,49 @@ def image_score(row: EvaluationRow, metric: str) -> tuple[float | None, list]:
     return getattr(block, key), block.bootstrap.get(key, [])
 
 
+def replicates(row: EvaluationRow) -> dict[int, EvaluationRow]:
+    """A row pooled over >= 2 training seeds: its seeds' rows by seed; else {} (one seed, or a reference)."""
+    return {r.training_seeds[0]: r for r in row.replicates} if len(row.replicates) >= 2 else {}
+
+
+def minus(x: float | None, y: float | None) -> float | None:
+    return None if x is None or y is None else x - y
+
+
+def compare_seeds(a: str, b: str, rows: dict[str, EvaluationRow], level: float, image: bool,
+                  kind: str) -> list[Comparison]:
+    """A against B over training seeds: per seed the difference, tested with ``over_training_seeds``."""
+    ra, rb = replicates(rows[a]), replicates(rows[b])
+    seeds = sorted(set(ra) & set(rb)) if ra and rb else sorted(ra or rb)
+    at = lambda reps, name, s: reps[s] if reps else rows[name]  # a one-row side is the same for every seed
+    out = []
+    for m in DOWNSTREAM:
+        diffs = [minus(getattr(at(ra, a, s).downstream, m), getattr(at(rb, b, s).downstream, m)) for s in seeds]
+        r = over_training_seeds(diffs, m, level)
+        if r is not None:
+            out.append(Comparison.of(a, b, f"downstream_{m}", kind, r))
+    for m in IMAGE if image else ():
+        if not m.startswith("semantic") and rows[a].quality and rows[b].quality \
+                and rows[a].quality.extractor != rows[b].quality.extractor:
+            continue
+        diffs = [minus(image_score(at(ra, a, s), m)[0], image_score(at(rb, b, s), m)[0]) for s in seeds]
+        (_, boot_a), (_, boot_b) = image_score(rows[a], m), image_score(rows[b], m)
+        boot = [minus(x, y) for x, y in zip(boot_a, boot_b)] if len(boot_a) == len(boot_b) else []
+        r = over_training_seeds(diffs, m, level, boot)
+        if r is not None:
+            out.append(Comparison.of(a, b, m, kind, r))
+    return out
+
+
 def compare(a: str, b: str, rows: dict[str, EvaluationRow], level: float, image: bool, kind: str,
             unit: str = "clip") -> list[Comparison]:
-    """A against B on the downstream scores (and, with ``image``, the image scores)."""
+    """A against B on the downstream scores (and, with ``image``, the image scores): over training seeds
+    when either row pools several, else paired by segmenter seed and by the shared test-set resamples."""
+    if replicates(rows[a]) or replicates(rows[b]):
+        found = compare_seeds(a, b, rows, level, image, kind)
+        for c in found:
+            c.seed_sd_from = "this run"
+        return found
     out = []
     for m in DOWNSTREAM:
         r = paired_seeds(rows[a].downstream.by_seed(m), rows[b].downstream.by_seed(m), m, level)
@@ -87,6 +141,15 @@ def comparisons(rows: dict[str, EvaluationRow], roles: dict[str, str], ladder: l
     adjust(out, level)
     flag_selection_effects(out)
     return out
+
+
+def attach_seed_spread(found: list[Comparison], reference: list[Comparison], source: str) -> None:
+    """Beside each comparison that has no spread of its own (one training seed), the seed-to-seed sd a
+    multi-seed run measured of the same pair and score."""
+    measured = {(c.a, c.b, c.metric): c.seed_sd for c in reference if c.seed_sd is not None}
+    for c in found:
+        if c.seed_sd is None and (c.a, c.b, c.metric) in measured:
+            c.seed_sd, c.seed_sd_from = measured[(c.a, c.b, c.metric)], source
 
 
 def flag_selection_effects(found: list[Comparison]) -> None:

@@ -226,6 +226,16 @@ def evaluate_control(params: Params, data_dir: Path, metrics: Path, plot: Path, 
     return finish(result, t0, metrics, plot, test.table)
 
 
+def training_seeds(samples: GeneratedDataset) -> list[int]:
+    """The training seed of the weights that drew these images, as the sample stage recorded it: the row
+    says which seed it is, and the leaderboard pools a model's rows over its seeds."""
+    seed = samples.manifest.made_with.get("training_seed")
+    if seed is None:
+        raise ValueError(f"{samples.folder / 'manifest.json'}: no training_seed (written before training seeds "
+                         "were recorded); run the sample stage again")
+    return [int(seed)]
+
+
 def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, features: Path, judge_dir: Path,
                    metrics: Path, plot: Path, log=print) -> EvaluationRow:
     """One model's row: image quality, semantic fidelity, downstream with its synthetic pairs."""
@@ -250,7 +260,7 @@ def evaluate_model(params: Params, name: str, data_dir: Path, samples: Path, fea
     result = row(name, params.models[name].role, test, {"real": len(real_set), "synthetic": len(generated_train)},
                  quality=quality, semantic=semantic, judge=judge_label(params.evaluate.semantic),
                  downstream=downstream(params.evaluate.downstream, [real_set, generated_train], test, log),
-                 training_seeds=[params.train.seed])
+                 training_seeds=training_seeds(generated_test))
     return finish(result, t0, metrics, plot, test.table)
 
 
@@ -272,5 +282,5 @@ def evaluate_maps(params: Params, data_dir: Path, samples: Path, judge_dir: Path
                  maps={who: MapScores.of(maps_metrics[who]).model_dump() for who in ("generator", "baseline")},
                  text_encoder=maps_metrics["text_encoder"],
                  downstream=downstream(params.evaluate.downstream, [real_set, pairs], test, log),
-                 training_seeds=[params.train.seed])
+                 training_seeds=training_seeds(pairs))
     return finish(result, t0, metrics, plot, test.table)

@@ -14,9 +14,11 @@ import json
 import time
 from pathlib import Path
 
-from benchmark.stages.comparisons import comparisons
+from benchmark.seeds import seed_path
+from benchmark.stages.comparisons import attach_seed_spread, comparisons
 from benchmark.config import Params
 from benchmark.metrics.downstream import SCALARS
+from benchmark.metrics.pooling import pool
 from benchmark.io import write_csv, write_json, write_text
 from benchmark.report.tables import markdown
 from benchmark.results import CONTROL, REAL, Column, Comparison, Estimate, EvaluationRow, LeaderboardRow, MapScores, columns_of
@@ -29,7 +31,7 @@ STAGES = {REAL: "evaluate-real", CONTROL: "evaluate-control", MAPS: "evaluate-ma
 INTERVAL, SPREAD, VERDICT = ("low", "high"), ("std",), ("low", "high", "verdict")
 # plots/leaderboard/comparisons.csv: every field of a Comparison (a test holds the two together)
 COMPARISON_COLUMNS = ["kind", "a", "b", "metric", "delta", "low", "high", "verdict", "n", "method", "p", "p_adjusted",
-                      "mde", "family", "scope", "note"]
+                      "mde", "seed_sd", "seed_sd_from", "family", "scope", "note"]
 PRDC_VALID = 0.5  # real vs real precision and recall below this: PRDC cannot tell a model from the data
 
 
@@ -48,29 +50,51 @@ def prdc_withheld(rows: dict[str, EvaluationRow]) -> str | None:
             f"{ref.quality.extractor} features: at this scale PRDC cannot tell a model from the data")
 
 
+def read_row(path: Path, stage: str, training: Path | None = None) -> EvaluationRow:
+    """One metrics/evaluate JSON as a typed row (with its training budget when ``training`` is given)."""
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; run `dvc repro {stage}`")
+    row = json.loads(path.read_text())
+    if training is not None:
+        if not training.exists():
+            raise FileNotFoundError(f"{training}: missing; run `dvc repro {stage.replace('evaluate@', 'train@')}`")
+        row["training"] = json.loads(training.read_text())
+    try:
+        return EvaluationRow.model_validate(row)
+    except ValueError as exc:
+        raise ValueError(f"{path}: not an evaluation row ({exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}); "
+                         f"run `dvc repro {stage}` again") from None
+
+
 def load_rows(folder: Path, params: Params, train_folder: Path | None = None) -> dict[str, EvaluationRow]:
-    """metrics/evaluate/*.json in leaderboard order: real, the control, params.yaml's models, the
-    generated-maps row (named ``<image model>+maps``); each model with its training budget
-    (``train_folder``/<model>.json: map-conditioned steps, images seen)."""
+    """metrics/evaluate/ in leaderboard order: real, the control, params.yaml's models (each pooled over
+    ``train.seeds`` from ``<model>/seed<N>.json``, with its training budget from ``train_folder``), the
+    generated-maps row (named ``<image model>+maps``)."""
     folder = Path(folder)
+    level = params.evaluate.bootstrap.level
     rows = {}
     for name in [REAL, CONTROL, *params.models, MAPS]:
-        path = folder / f"{name}.json"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run `dvc repro {STAGES.get(name, f'evaluate@{name}')}`")
-        row = json.loads(path.read_text())
-        trained = Path(train_folder or "") / f"{name}.json"
-        if train_folder is not None and name in params.models:
-            if not trained.exists():
-                raise FileNotFoundError(f"{trained}: missing; run `dvc repro train@{name}`")
-            row["training"] = json.loads(trained.read_text())
-        try:
-            typed = EvaluationRow.model_validate(row)
-        except ValueError as exc:
-            raise ValueError(f"{path}: not an evaluation row ({exc.errors()[0]['loc']}: {exc.errors()[0]['msg']}); "
-                             f"run `dvc repro {STAGES.get(name, f'evaluate@{name}')}` again") from None
-        rows[typed.model if name == MAPS else name] = typed
+        if name in params.models:
+            rows[name] = pool([read_row(seed_path(folder, name, s, ".json"), f"evaluate@{name}-{s}",
+                                        None if train_folder is None else seed_path(train_folder, name, s, ".json"))
+                               for s in params.train.seeds], level)
+        else:
+            typed = read_row(folder / f"{name}.json", STAGES[name])
+            rows[typed.model if name == MAPS else name] = typed
     return rows
+
+
+def read_seed_spread(path: Path | None) -> tuple[list[Comparison], str]:
+    """A multi-seed run's comparisons (its ``seed_sd``), and how a one-seed run names where they came from."""
+    if path is None:
+        return [], ""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: missing (a multi-seed run's comparisons.json, e.g. the cpu-seeds profile's)")
+    try:
+        found = [Comparison.model_validate(c) for c in json.loads(Path(path).read_text())]
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{path}: not a leaderboard's comparisons ({exc}); expected a comparisons.json") from None
+    return found, Path(path).stem.removeprefix("comparisons_")
 
 
 def columns_for(rows: dict[str, EvaluationRow]) -> list[Column]:
@@ -146,10 +170,11 @@ def flat_table(columns: list[Column], table: list[LeaderboardRow]) -> tuple[list
 
 
 def write_outputs(params: Params, rows: dict[str, EvaluationRow], metrics: Path, plots: Path, report: Path,
-                  comparisons_file: Path) -> tuple[list[dict], list[Comparison]]:
+                  comparisons_file: Path, seed_spread: Path | None = None) -> tuple[list[dict], list[Comparison]]:
     roles = {n: e.role for n, e in params.models.items()}
     found = comparisons(rows, roles, params.leaderboard.ladder, params.evaluate.bootstrap.level,
                         params.evaluate.bootstrap.unit)
+    attach_seed_spread(found, *read_seed_spread(seed_spread))
     columns, typed = build(rows, found)
     typed = sort_rows(typed, params.leaderboard.primary, params.leaderboard.sort, columns)
     names, table = flat_table(columns, typed)
@@ -178,16 +203,18 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, EvaluationRow]
     numeric = lambda r: {k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and v is not None}
     client = mlflow.MlflowClient()
     linked, now = {}, int(time.time() * 1000)
-    for name in params.models:
-        config_hash = hash_json(training_config(params, name))
-        runs = client.search_runs([exp.experiment_id], f"tags.model = '{name}' and tags.params_hash = '{config_hash}' "
-                                  "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"],
-                                  max_results=1)
-        if runs:
-            row = next(r for r in table if r["model"] == name)
-            client.log_batch(runs[0].info.run_id, [mlflow.entities.Metric(f"eval/{k}", v, now, 0)
-                                                   for k, v in numeric(row).items()])
-            linked[name] = runs[0].info.run_id
+    for name in params.models:  # every seed's training run gets its model's row (the mean over seeds)
+        for seed in params.train.seeds:
+            seeded = params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
+            config_hash = hash_json(training_config(seeded, name))
+            runs = client.search_runs([exp.experiment_id], f"tags.model = '{name}' and tags.params_hash = "
+                                      f"'{config_hash}' and attributes.status = 'FINISHED'",
+                                      order_by=["attributes.start_time DESC"], max_results=1)
+            if runs:
+                row = next(r for r in table if r["model"] == name)
+                client.log_batch(runs[0].info.run_id, [mlflow.entities.Metric(f"eval/{k}", v, now, 0)
+                                                       for k, v in numeric(row).items()])
+                linked[f"{name}-seed{seed}"] = runs[0].info.run_id
     with mlflow.start_run(run_name="leaderboard") as run:
         mlflow.set_tags({**owner_tags(), "kind": "leaderboard", "git_commit": git_commit(), "primary": params.leaderboard.primary,
                          "params_hash": hash_json(params.model_dump(mode="json"))})

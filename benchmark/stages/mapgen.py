@@ -178,7 +178,8 @@ def build_maps(params: Params, data_dir: Path, generator_dir: Path, image_model_
             records.append(ImageRecord(id=rid, split="train", image=f"train/{rid}.png", map=f"maps/{rid}.png",
                                        map_in_folder=True, prompt=format_prompt(prompt), seed=seed))
         Manifest(model=f"{g.image_model}+maps", images=records,
-                 made_with={"image_model": g.image_model, "generator": str(generator_dir)}).write(tmp)
+                 made_with={"image_model": g.image_model, "generator": str(generator_dir),
+                            "training_seed": params.train.seed}).write(tmp)
         write_json(tmp / "metrics.json", result)
     write_json(metrics, _flat_metrics(result))
     _log_mlflow(params, result, maps[:8], images[:8], prompts[:8], table)
