@@ -50,28 +50,41 @@ def posterior_terms(sched, t: torch.Tensor):
                 max_logvar=pick(torch.log(betas)), abar=pick(abar))
 
 
+def _image_mean(x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Per-image mean over channels and pixels; with ``keep`` ([B, H, W], 1 = counted) over kept pixels."""
+    if keep is None:
+        return x.mean(dim=(1, 2, 3))
+    k = keep.unsqueeze(1).to(x)
+    return (x * k).sum(dim=(1, 2, 3)) / (k.sum(dim=(1, 2, 3)) * x.shape[1]).clamp_min(1.0)
+
+
 def vb_term(sched, x0_pred: torch.Tensor, v: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
-            t: torch.Tensor) -> torch.Tensor:
+            t: torch.Tensor, ignore: torch.Tensor | None = None) -> torch.Tensor:
     """Variational-bound term per image, in bits per dimension; ``x0_pred`` (the model's clean-image
-    estimate, from epsilon or v) must already be detached: the bound trains only the variance ``v``."""
+    estimate, from epsilon or v) must already be detached: the bound trains only the variance ``v``.
+    ``ignore`` ([B, H, W] bool): pixels left out of the mean, as every model's loss leaves them out."""
     c = posterior_terms(sched, t)
     true_mean = c["coef_x0"] * x0 + c["coef_xt"] * x_t
     model_mean = c["coef_x0"] * x0_pred + c["coef_xt"] * x_t
     frac = (v + 1) / 2  # the model's output in [-1, 1] interpolates log-variance between the bounds
     model_logvar = frac * c["max_logvar"] + (1 - frac) * c["post_logvar"]
-    kl = normal_kl(true_mean, c["post_logvar"], model_mean, model_logvar).mean(dim=(1, 2, 3)) / math.log(2)
-    nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar).mean(dim=(1, 2, 3)) / math.log(2)
+    keep = None if ignore is None else ~ignore.bool()
+    kl = _image_mean(normal_kl(true_mean, c["post_logvar"], model_mean, model_logvar), keep) / math.log(2)
+    nll = -_image_mean(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar), keep) / math.log(2)
     return torch.where(t == 0, nll, kl)
 
 
 def hybrid_loss(sched, out: torch.Tensor, target: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor,
-                t: torch.Tensor, sample_weights: torch.Tensor | None = None) -> dict:
+                t: torch.Tensor, sample_weights: torch.Tensor | None = None,
+                ignore: torch.Tensor | None = None) -> dict:
     """L_simple + L_vb (Improved DDPM's hybrid objective with T = 1000, as SDM trains). ``target`` is
     the scheduler's training target (noise or velocity); the bound's mean comes from the clean-image
     estimate of the same prediction type. ``sample_weights`` (min-SNR) weight the simple term, as for
-    every other model; the bound, which trains only the variance, is left as published."""
+    every other model; the bound, which trains only the variance, is left as published. ``ignore``
+    pixels ([B, H, W]) count in neither term, as in every model's loss."""
     c = x0.shape[1]
     pred, v = out[:, :c].float(), out[:, c:].float()
     x0_pred = x0_from_output(sched, x_t, pred.detach(), t)
-    return {"mse": mse(pred, target, sample_weights=sample_weights),
-            "vb": vb_term(sched, x0_pred, v, x0.float(), x_t.float(), t).mean() * sched.config.num_train_timesteps / 1000}
+    return {"mse": mse(pred, target, ignore=ignore, sample_weights=sample_weights),
+            "vb": vb_term(sched, x0_pred, v, x0.float(), x_t.float(), t, ignore).mean()
+            * sched.config.num_train_timesteps / 1000}

@@ -138,7 +138,7 @@ def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
 
 def ca_sp(frozen: torch.nn.Module, x0: torch.Tensor, x0_hat: torch.Tensor, segmap: torch.Tensor,
           pixel_weights: torch.Tensor, scheduler, generator: BatchDraws | torch.Generator | None = None,
-          levels: int = 1) -> torch.Tensor:
+          levels: int = 1, snr_gamma: float | None = None) -> torch.Tensor:
     """Class-aware self-perceptual loss.
 
     Both the real x0 and the prediction x0_hat are re-noised at a fresh timestep t' with the *same
@@ -152,6 +152,11 @@ def ca_sp(frozen: torch.nn.Module, x0: torch.Tensor, x0_hat: torch.Tensor, segma
     pooling keeps each image's mean weight, so CA-SP is weighted on exactly CA-MSE's scale (``paper``:
     the class weights of an image sum to 1; ``balanced``: mean pixel weight 1) and lambda_SP means the
     same thing for both variants. The real branch needs no graph; the predicted one keeps it.
+
+    ``snr_gamma``: each image's comparison is weighted by ``timestep_weights`` at its own t', as CA-MSE
+    is at its t, so one timestep weighting runs through the whole objective (with min-SNR on, an
+    unweighted CA-SP acted ~5x stronger than lambda_SP says against the weighted CA-MSE, and mostly at
+    the high-noise steps where CA-MSE gives almost no signal); None: the loss as published.
     """
     b = x0.shape[0]
     T = scheduler.config.num_train_timesteps
@@ -169,8 +174,9 @@ def ca_sp(frozen: torch.nn.Module, x0: torch.Tensor, x0_hat: torch.Tensor, segma
                   return_dict=False)[1]
     if len(real) < levels or len(pred) < levels:
         raise ValueError(f"CA-SP: {levels} feature levels requested, the frozen denoiser returned {len(pred)}")
+    per_image = timestep_weights(scheduler, t2, snr_gamma)
     total = x0.new_zeros((), dtype=torch.float32)
     for fr, fp in list(zip(real, pred))[:levels]:
         w = F.adaptive_avg_pool2d(pixel_weights.float(), fr.shape[-2:])
-        total = total + (w * (fp.float() - fr.float()) ** 2).mean()
+        total = total + _per_sample(w * (fp.float() - fr.float()) ** 2, per_image).mean()
     return total / levels

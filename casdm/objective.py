@@ -143,7 +143,7 @@ class CASDMObjective:
             sp_draws = as_draws(draws).spawn(CA_SP_NOISE)  # t', e': a stream of its own
             with autocast():
                 terms["ca_sp"] = ca_sp(self.frozen, images, x0_hat, cond, weights, self.scheduler, sp_draws,
-                                       levels=self.sp_levels)
+                                       levels=self.sp_levels, snr_gamma=self.snr_gamma)
             loss = loss + self.lambda_sp * terms["ca_sp"]
             terms["sp_ratio"] = (self.lambda_sp * terms["ca_sp"] / terms["ca_mse"].clamp_min(1e-12)).detach()
         return loss, terms

@@ -188,3 +188,41 @@ def test_offset_noise_shifts_each_image_channel_by_one_draw():
     means = (shifted - plain).mean(dim=(2, 3))
     assert torch.allclose(shifted - plain, means[..., None, None].expand_as(plain), atol=1e-6)  # constant per channel
     assert 0.35 < means.std().item() < 0.65  # N(0, 0.5^2) per image and channel
+
+
+class IdentityFeatures(torch.nn.Module):
+    """A 'frozen denoiser' whose one feature level is its input: CA-SP becomes a hand computation."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
+
+    def forward(self, x, t, segmap, return_features=True, return_dict=False):
+        return x, [x]
+
+
+def test_ca_sp_is_weighted_by_the_same_timestep_weights_as_ca_mse():
+    """Two images, two drawn timesteps t': CA-SP = mean_b w(t'_b) * mean(pix_w * abar(t'_b) * (x0_hat - x0)^2)
+    (the same noise e' re-noises both, so only sqrt(abar) (x0_hat - x0) is left of the difference),
+    with w the min-SNR weights CA-MSE uses at its own t."""
+    from casdm.draws import as_draws
+    from casdm.losses import timestep_weights
+
+    sched = make_scheduler("ddpm", DIFFUSION.model_copy(update={"prediction_type": "v_prediction", "zero_snr": True}))
+    x0 = torch.rand(2, 3, 8, 8) * 2 - 1
+    x0_hat = x0 + torch.linspace(0.1, 0.6, 2).view(2, 1, 1, 1) * torch.randn(2, 3, 8, 8)
+    labels = torch.zeros(2, 8, 8, dtype=torch.long)
+    labels[:, :2] = 1
+    pix = class_pixel_weights(to_onehot(labels, 2))
+    frozen = IdentityFeatures()
+    t2 = as_draws(torch.Generator().manual_seed(3)).randint(sched.config.num_train_timesteps, (2,))
+    assert t2[0] != t2[1]
+    abar = sched.alphas_cumprod[t2].double()
+    per_image = [float((pix[b] * abar[b] * (x0_hat[b] - x0[b]).double() ** 2).mean()) for b in range(2)]
+    w = timestep_weights(sched, t2, 5.0).double()
+    weighted = ca_sp(frozen, x0, x0_hat, to_onehot(labels, 2), pix, sched, torch.Generator().manual_seed(3),
+                     snr_gamma=5.0)
+    assert abs(float(weighted) - float((w[0] * per_image[0] + w[1] * per_image[1]) / 2)) < 1e-6
+    plain = ca_sp(frozen, x0, x0_hat, to_onehot(labels, 2), pix, sched, torch.Generator().manual_seed(3))
+    assert abs(float(plain) - sum(per_image) / 2) < 1e-6  # snr_gamma None: the loss as published
+    assert abs(float(weighted) - float(plain)) > 1e-4  # the control: the weighting changes the value

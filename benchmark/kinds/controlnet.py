@@ -18,6 +18,7 @@ from baselines.controlnet import (
 )
 from benchmark.kinds.base import KindOptions, ModelKind
 from casdm.draws import as_draws
+from casdm.labels import IGNORE_INDEX
 from casdm.losses import mse
 from casdm.objective import noised_batch
 from casdm.schedulers import make_scheduler
@@ -87,7 +88,7 @@ class ControlNetKind(ModelKind):
         with accelerator.autocast():
             out = model(nb.x_t, nb.t, labels, drop_text=drop)
         name = "controlnet_mse" if accelerator.unwrap_model(model).use_control else "base_mse"
-        terms = {name: mse(out, nb.target, sample_weights=nb.sample_weights)}
+        terms = {name: mse(out, nb.target, ignore=labels == IGNORE_INDEX, sample_weights=nb.sample_weights)}
         return terms[name], terms
 
     def pipeline(self, model: ControlNetPair) -> ControlNetPixelPipeline:

@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionControlNetPipeline
 
 from baselines.controlnet_sd import PARTS, MapToImage, SDControlNet
 from benchmark.kinds.base import ModelKind
 from benchmark.kinds.controlnet import ControlNetOptions
 from casdm.draws import as_draws
+from casdm.labels import IGNORE_INDEX
 from casdm.losses import mse
 from casdm.objective import noised_batch
 from casdm.schedulers import scheduler_like
@@ -56,7 +58,9 @@ class ControlNetSDKind(ModelKind):
                                      conditioning_scale=self.options.conditioning_scale, return_dict=False)
             eps = m.unet(nb.x_t, nb.t, encoder_hidden_states=text, down_block_additional_residuals=down,
                          mid_block_additional_residual=mid).sample
-        terms = {"controlnet_mse": mse(eps, nb.target, sample_weights=nb.sample_weights)}
+        # a latent cell holding any ignore pixel is left out, as ignore pixels are by every model's loss
+        ignore = F.adaptive_max_pool2d((labels == IGNORE_INDEX).float().unsqueeze(1), eps.shape[-2:])[:, 0] > 0
+        terms = {"controlnet_mse": mse(eps, nb.target, ignore=ignore, sample_weights=nb.sample_weights)}
         return terms["controlnet_mse"], terms
 
     def pipeline(self, model: SDControlNet) -> MapToImage:

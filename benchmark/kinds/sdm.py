@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from baselines.sdm import hybrid_loss
 from benchmark.kinds.spade import SpadeKind
+from casdm.labels import IGNORE_INDEX
 
 
 class SDMKind(SpadeKind):
@@ -14,5 +15,6 @@ class SDMKind(SpadeKind):
     def loss(self, model, images, labels, g, accelerator):
         r = self.forward(model, images, labels, g, accelerator)
         nb = r.noised
-        terms = hybrid_loss(self.noise_scheduler, r.out, nb.target, images, nb.x_t, nb.t, nb.sample_weights)
+        terms = hybrid_loss(self.noise_scheduler, r.out, nb.target, images, nb.x_t, nb.t, nb.sample_weights,
+                            ignore=labels == IGNORE_INDEX)
         return terms["mse"] + terms["vb"], terms
