@@ -41,6 +41,8 @@ class SplitConfig(Section):
     kind: Literal["video", "random"]
     test_videos: list[int | str]
     val_videos: list[int | str]
+    exclude_videos: list[int | str] = Field(description="videos in no split (video split only): a screen's copy "
+                                            "holds the leaderboard's test videos out of everything it sees")
     test_fraction: float = Field(gt=0, lt=1, description="random split only")
     val_fraction: float = Field(ge=0, lt=1, description="random split only")
     seed: int
