@@ -1,6 +1,8 @@
 """params.yaml: one validated model; typos, wrong types and out-of-range values name the key."""
 from __future__ import annotations
 
+import math
+
 import shutil
 
 import pytest
@@ -43,7 +45,16 @@ def test_paper_profile_is_the_released_run():
     assert (t.batch_size, t.lr, t.steps, t.warmup_steps, t.ema_decay, t.mixed_precision) == (10, 1e-4, 343500, 500,
                                                                                             0.9999, "bf16")
     assert all((m.sampling.scheduler, m.sampling.num_inference_steps) == ("ddim", 50) for m in params.models.values())
-    assert params.models["casdm"].training["sp_start_step"] == 30 * 687 and params.maps.generator.training["block_out_channels"] == [128, 256, 512, 512]
+    assert params.maps.generator.training["block_out_channels"] == [128, 256, 512, 512]
+    # the released run's epoch arithmetic: CholecSeg8K's 8,080 frames, the random split's own counts
+    # (benchmark/data/splits.py rounds test and val frames), batch 10 with the last partial batch kept
+    split = params.data.split
+    train_frames = 8080 - round(split.test_fraction * 8080) - round(split.val_fraction * 8080)
+    per_epoch = math.ceil(train_frames / t.batch_size)
+    assert (train_frames, per_epoch) == (6868, 687)  # the run log's 6,868 / 10
+    assert t.steps == 500 * per_epoch  # num_epochs 500
+    for name in ("casdm", "casdm-mse", "casdm-camse"):  # CA-SP from the first epoch with index > 30
+        assert params.models[name].training["sp_start_step"] == 31 * per_epoch == 21297
     assert params.evaluate.downstream.encoder_weights == "imagenet" and params.evaluate.fid.extractor == "auto"
 
 
