@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from benchmark.provenance import git_commit
+from benchmark.provenance import git_commit, redact
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -36,7 +36,7 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
     except requests.RequestException as exc:
-        raise RuntimeError(f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}); start it "
+        raise RuntimeError(f"MLflow tracking server {redact(uri)} is not reachable ({type(exc).__name__}); start it "
                            "(docs/protocol.md: a shared tracking server) or unset MLFLOW_TRACKING_URI to log to "
                            f"params.yaml's tracking.uri") from None
 

@@ -97,3 +97,17 @@ def test_the_html_pages_escape_every_value_they_show(tmp_path):
     assert evil not in html and "&lt;svg/onload=alert(1)&gt;" in html
     assert evil in (tmp_path / "report.md").read_text()  # Markdown: plain text, as written
     assert escapes("report.html.j2") and escapes("compare.html.j2") and not escapes("report.md.j2")
+
+
+def test_a_storage_password_is_never_shown():
+    """A PostgreSQL study storage with a password: redacted in the report's params diff (and wherever
+    ``redact`` runs: the leaderboard's params.json in MLflow, error messages); the host stays readable."""
+    from benchmark.provenance import redact, redact_tree
+
+    url = "postgresql://casdm:s3cr3t-P%40ss@db.example.org:5432/optuna"
+    assert redact(url) == "postgresql://casdm:***@db.example.org:5432/optuna"
+    assert redact("sqlite:///studies/x.db") == "sqlite:///studies/x.db"  # nothing to hide: unchanged
+    assert redact(f"no study in {url}; run it") == "no study in postgresql://casdm:***@db.example.org:5432/optuna; run it"
+    diff = params_diff({"study": {"storage": None}}, {"study": {"storage": url}})
+    assert "s3cr3t" not in str(diff) and diff[0]["new"].startswith("postgresql://casdm:***@")
+    assert "s3cr3t" not in str(redact_tree({"study": {"storage": url}, "list": [url]}))
