@@ -89,6 +89,13 @@ def test_wrong_type_is_named():
     (("data", "split", "test_fraction"), 1.5, r"data\.split\.test_fraction"),
     (("data", "synthetic", "videos"), 40, r"data\.synthetic\.videos"),
     (("train", "preset"), "huge", r"train\.preset 'huge' is not in presets"),
+    (("models", "casdm", "sampling", "guidance_scale"), float("inf"), r"models\.casdm\.sampling\.guidance_scale: .*finite"),
+    (("models", "casdm", "sampling", "guidance_scale"), float("nan"), r"models\.casdm\.sampling\.guidance_scale"),
+    (("train", "lr"), float("inf"), r"train\.lr: .*finite"),
+    (("train", "weight_decay"), float("inf"), r"train\.weight_decay"),
+    (("train", "adam_betas"), [0.9, 1.0], r"train\.adam_betas\.1: .*less than 1"),
+    (("train", "steps"), 10 ** 9, r"train\.steps: .*less than or equal to 10000000"),
+    (("diffusion", "num_train_timesteps"), 10 ** 9, r"diffusion\.num_train_timesteps: .*less than or equal to 10000"),
 ])
 def test_out_of_range_values_are_named(path, value, key):
     d = raw()
@@ -164,3 +171,48 @@ def test_auto_precision_is_bf16_only_where_the_cpu_does_bf16_in_hardware(tmp_pat
     assert devices.mixed_precision("bf16") == "bf16" and devices.mixed_precision("no") == "no"  # explicit wins
     monkeypatch.setattr(devices, "CPUINFO", tmp_path / "absent")
     assert devices.cpu_flags() == set() and devices.mixed_precision("auto") == "no"  # unreadable: the safe choice
+
+
+def test_a_preset_deeper_than_the_resolution_allows_is_refused():
+    d = raw()
+    d["presets"]["cpu"]["channel_mult"], d["data"]["resolution"] = [1, 1, 2, 2, 4], 40  # five levels: 40 / 16
+    with pytest.raises(ConfigError, match=r"data\.resolution 40: preset 'cpu' halves it 4 times .*multiple of 16"):
+        parse_params(d)
+    d = raw()
+    d["train"]["preset"], d["data"]["resolution"] = "paper", 16  # six levels: halves it five times
+    with pytest.raises(ConfigError, match=r"data\.resolution 16: preset 'paper' halves it 5 times .*multiple of 32"):
+        parse_params(d)
+
+
+def test_ca_boost_is_bounded_and_its_class_names_are_checked(tmp_path):
+    import subprocess
+
+    from benchmark.kinds.registry import model_options
+    from tests.conftest import cli_env
+
+    for value in (float("nan"), -100, 0, 1000):
+        d = raw()
+        d["models"]["casdm"]["training"]["ca_boost"] = {"Blood": value}
+        with pytest.raises(ValueError, match=r"models\.casdm\.training\.ca_boost\.Blood"):
+            model_options(parse_params(d), "casdm")
+    d = raw()
+    d["models"]["casdm"]["training"]["ca_boost"] = {"Blod": 1.5}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
+    out = subprocess.run(["casdm", "params", "check", "--params", str(tmp_path / "params.yaml")], env=cli_env(),
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "models.casdm.training.ca_boost" in out.stderr and "Blod" in out.stderr, out.stderr
+
+
+def test_a_key_written_twice_a_directory_and_a_non_utf8_file_are_one_line_each(tmp_path):
+    from benchmark.config import load_params
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: not valid YAML: .*key 'lr' is written twice \(first on line 2\)"):
+        load_params(twice)
+    with pytest.raises(ConfigError, match=r": a directory; expected a YAML file"):
+        load_params(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("report: {title: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text"):
+        load_params(latin)

@@ -31,7 +31,16 @@ def params_check(params: Path = PARAMS) -> None:
 
     try:
         for name in p.models:
-            model_options(p, name)
+            options = model_options(p, name)
+            boost = getattr(options, "ca_boost", None)
+            if boost and p.data.source != "folder":  # a folder dataset names its classes in its classes.json
+                from benchmark.data.classes import CHOLECSEG8K
+                from casdm.objective import class_boost
+
+                try:
+                    class_boost(CHOLECSEG8K.names, boost)
+                except ValueError as exc:
+                    raise ValueError(f"models.{name}.training.ca_boost: {exc}") from None
         generator_options(p)
     except ValueError as exc:
         fail(str(exc))
