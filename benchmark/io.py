@@ -89,4 +89,18 @@ def atomic_dir(out: Path):
         shutil.rmtree(tmp, ignore_errors=True)
         _name(exc, out)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:  # a file stood where the folder goes: rmtree cannot remove it and left .NAME.old-* behind
+        old.unlink(missing_ok=True)
+
+
+def foreign_files(folder: Path, own: Iterable[str]) -> list[str]:
+    """Names in ``folder`` that match none of the glob patterns ``own`` (what a command writes there):
+    a command replaces a folder whole only when all it holds is its own earlier output."""
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    if not folder.is_dir() or folder.is_symlink():
+        return [folder.name]
+    return sorted(p.name for p in folder.iterdir() if not any(p.match(pattern) for pattern in own))

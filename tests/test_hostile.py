@@ -1,0 +1,36 @@
+"""Hostile but fair input: nothing the suite did not write is deleted, nothing half-written is left."""
+from __future__ import annotations
+
+from typer.testing import CliRunner
+
+from benchmark.cli import app
+from benchmark.io import atomic_dir, foreign_files
+
+
+def test_maps_generate_refuses_a_folder_holding_files_it_did_not_write(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("a colleague's notes")
+    r = CliRunner().invoke(app, ["maps", "generate", "--prompt", "Liver", "--out", str(out)])
+    assert r.exit_code == 1 and "holds notes.txt, which maps generate did not write" in r.output
+    assert (out / "notes.txt").read_text() == "a colleague's notes"  # untouched
+    r = CliRunner().invoke(app, ["maps", "generate", "--prompt", "Liver", "--out", "."])
+    assert r.exit_code == 1 and "is the working directory" in r.output
+    (tmp_path / "afile").write_text("x")
+    r = CliRunner().invoke(app, ["maps", "generate", "--prompt", "Liver", "--out", "afile"])
+    assert r.exit_code == 1 and "holds afile" in r.output and (tmp_path / "afile").read_text() == "x"
+    own = tmp_path / "earlier"
+    own.mkdir()
+    (own / "map-000.png").write_bytes(b"")
+    (own / "prompt.json").write_text("{}")
+    assert foreign_files(own, ("map-*.png", "image-*.png", "prompt.json")) == []  # its own output: replaceable
+
+
+def test_a_file_replaced_by_a_folder_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "out"
+    target.write_text("an old file")
+    with atomic_dir(target) as tmp:
+        (tmp / "a.txt").write_text("new")
+    assert (target / "a.txt").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .out.old-* left behind
