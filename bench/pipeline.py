@@ -4,7 +4,10 @@ Run from the repo root with the venv active: ``python -m bench.pipeline [tiny] [
 It works on a scratch copy of the project (the working tree's outputs and dvc.lock are left alone;
 ``--keep DIR`` keeps the copy, e.g. to read its leaderboard). ``--in-place`` times ``dvc repro --force``
 in the working tree itself, training checkpoints removed first: every stage runs from scratch and its
-outputs and dvc.lock become the committed default run (with the git commit it records). Budgets (issue 5): default profile
+outputs and dvc.lock become the committed default run (with the git commit it records). ``--on-top``
+applies the profile in the working tree and runs a plain ``dvc repro``: only what the profile adds or
+changes runs (``cpu-seeds`` after the default run: seeds 1 and 2), its whole-run time counted as the
+default run's reused stages plus these. Budgets (issue 5): default profile
 <= 30 min, tiny <= 5 min on 2 CPU cores. Writes ``bench/results/pipeline_<profile>.json``.
 """
 from __future__ import annotations
@@ -77,8 +80,21 @@ def main() -> dict:
     ap.add_argument("profile", nargs="?")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it")
     ap.add_argument("--in-place", action="store_true", help="dvc repro --force in the working tree itself")
+    ap.add_argument("--on-top", action="store_true", help="in the working tree, the profile applied, a plain "
+                    "dvc repro: only the stages the profile adds or changes run (cpu-seeds on a finished default "
+                    "run: the seeds it adds); the whole run's time is the earlier run's plus these stages'")
     a = ap.parse_args()
-    if a.in_place:
+    if a.on_top:
+        result = run(REPO, a.profile)
+        before = REPO / "bench" / "results" / "pipeline_default.json"
+        if before.exists():
+            import json
+
+            base = json.loads(before.read_text())
+            reused = {k: v for k, v in base["stages"].items() if k not in result["stages"]}
+            result.update(on_top_of=base["commit"], reused_stages_s=reused,
+                          whole_run_s=round(result["total_s"] + sum(reused.values()), 1))
+    elif a.in_place:
         import shutil
 
         for ckpt in (REPO / "runs").glob("**/checkpoints"):  # a from-scratch run must not resume (runs/<model>/seed<N>/)
