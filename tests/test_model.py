@@ -127,3 +127,26 @@ def test_wrong_number_of_classes_is_an_error():
     pipe = CASDMPipeline(small(), make_scheduler("ddim", DIFFUSION))
     with pytest.raises(ValueError, match="expects 5"):
         pipe(torch.zeros(1, 7, 16, 16), 2)
+
+
+def test_a_saved_pipeline_loads_in_a_fresh_interpreter_in_three_lines(tmp_path):
+    """What the README shows: `from casdm import CASDMPipeline; CASDMPipeline.from_pretrained(folder)`
+    in a process that imported nothing else (model_index.json names casdm.unet, which diffusers loads
+    only once it is imported)."""
+    import subprocess
+    import sys
+
+    from casdm.pipeline import CASDMPipeline
+    from casdm.schedulers import make_scheduler
+    from casdm.unet import SPADEUNet
+    from tests.conftest import cli_env, tiny_params
+
+    unet = SPADEUNet(sample_size=16, num_classes=4, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(), head_channels=8, spade_hidden=8)
+    CASDMPipeline(unet, make_scheduler("ddpm", tiny_params().diffusion)).save_pretrained(tmp_path / "p")
+    code = ("from casdm import CASDMPipeline; import torch\n"
+            f"pipe = CASDMPipeline.from_pretrained({str(tmp_path / 'p')!r})\n"
+            "print(pipe(torch.zeros(1, 16, 16, dtype=torch.long), 2, output_type='pt').images.shape)")
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torch.Size([1, 3, 16, 16])" in out.stdout
