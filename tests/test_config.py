@@ -216,3 +216,18 @@ def test_a_key_written_twice_a_directory_and_a_non_utf8_file_are_one_line_each(t
     latin.write_bytes("report: {title: caf\xe9}\n".encode("latin-1"))
     with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text"):
         load_params(latin)
+
+
+def test_a_profile_changes_only_its_own_lines(tmp_path):
+    """`casdm params profile` keeps params.yaml as written: `null` stays `null` (ruamel wrote an empty
+    value), a list stays on its line with its comment; only the profile's keys change."""
+    from benchmark.config import apply_profile
+    from tests.conftest import REPO
+
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO / "params.yaml").read_text())
+    apply_profile("cpu-seeds", target)
+    before, after = (REPO / "params.yaml").read_text().splitlines(), target.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(before) == len(after) and len(changed) == 1, changed
+    assert changed[0][1].startswith("  seeds: [0, 1, 2]") and "# training seeds" in changed[0][1]

@@ -84,6 +84,19 @@ def merge_into(node: dict, override: dict) -> dict:
     return node
 
 
+def flow_lists(node):
+    """Lists of scalars as one-line YAML sequences (how params.yaml writes them), recursively."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    if isinstance(node, dict):
+        return {k: flow_lists(v) for k, v in node.items()}
+    if isinstance(node, list) and all(not isinstance(v, (dict, list)) for v in node):
+        seq = CommentedSeq(node)
+        seq.fa.set_flow_style()
+        return seq
+    return node
+
+
 def deep_merge(base: dict, override: dict) -> dict:
     """``base`` with ``override`` merged in (``merge_into`` on a copy: ``base`` is left as it was)."""
     return merge_into(copy.deepcopy(base), override)
@@ -109,9 +122,11 @@ def update_params(override: dict, params_path: Path = Path("params.yaml"), sourc
 
     rt = YAML()
     rt.preserve_quotes = True
+    # as params.yaml writes them: `null`, not an empty value, and a short list on one line (`[0, 1, 2]`)
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = rt.load(Path(params_path).read_text())
 
-    merge_into(doc, override)
+    merge_into(doc, flow_lists(override))
     params = parse_params(deep_merge(read_yaml(params_path), override), source or str(params_path))
     tmp = Path(params_path).with_name(Path(params_path).name + ".tmp")
     with tmp.open("w") as fh:
