@@ -231,3 +231,15 @@ def test_a_profile_changes_only_its_own_lines(tmp_path):
     changed = [(a, b) for a, b in zip(before, after) if a != b]
     assert len(before) == len(after) and len(changed) == 1, changed
     assert changed[0][1].startswith("  seeds: [0, 1, 2]") and "# training seeds" in changed[0][1]
+
+
+def test_the_cli_says_its_version_and_lists_the_profiles():
+    from typer.testing import CliRunner
+
+    from benchmark.cli import app
+
+    out = CliRunner().invoke(app, ["--version"])
+    assert out.exit_code == 0 and out.output.startswith("casdm-bench ") and "commit" in out.output
+    listed = CliRunner().invoke(app, ["params", "profile"])
+    assert listed.exit_code == 0
+    assert {line.split()[0] for line in listed.output.splitlines() if line.strip()} >= {"tiny", "cpu-long", "cpu-seeds", "paper"}

@@ -265,6 +265,7 @@ def test_workers_on_one_storage_never_draw_the_same_trial(tmp_path):
         trial = workers[k % 2].ask()
         drawn.append(tuple(sorted(sample_values(trial, params.study.search_space).items())))
     assert len(set(drawn)) == 6, drawn
+    assert workers[0].metric_names == list(params.study.objectives)  # named in optuna-dashboard, not "Objective 0"
     again = [load_study(params)]  # a resumed run: new trial numbers, new values
     assert tuple(sorted(sample_values(again[0].ask(), params.study.search_space).items())) not in drawn
     plain = [optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)) for _ in range(2)]

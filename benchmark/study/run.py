@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -95,9 +96,14 @@ def load_study(params: Params, storage=None) -> optuna.Study:
     s = params.study
     for attempt in (0, 1):
         try:
-            return optuna.create_study(study_name=s.name, storage=storage_for(params, storage), load_if_exists=True,
-                                       directions=s.directions, sampler=make_sampler(params),
-                                       pruner=make_pruner(params))
+            study = optuna.create_study(study_name=s.name, storage=storage_for(params, storage), load_if_exists=True,
+                                        directions=s.directions, sampler=make_sampler(params),
+                                        pruner=make_pruner(params))
+            if study.metric_names != list(s.objectives):  # optuna-dashboard's axes: the objectives' names
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(list(s.objectives))
+            return study
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, optuna.exceptions.DuplicatedStudyError):
             if attempt:
                 raise
