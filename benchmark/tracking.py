@@ -108,7 +108,12 @@ def start_run(tracking, run_name: str, tags: dict, params: dict, run_id: str | N
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
     mlflow.set_tags(owner_tags())  # who holds it RUNNING now (a resumed run too)
     if run_id is None:
-        mlflow.set_tags({**tags, "git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")})
+        commit = git_commit()
+        # mlflow.source.git.commit: the tag MLflow's UI shows as the run's source version
+        extra = {"git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
+        if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run` only; an empty tag said nothing
+            extra["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+        mlflow.set_tags({**tags, **extra})
         flat = flatten(params)
         items = list(flat.items())
         for i in range(0, len(items), 100):
