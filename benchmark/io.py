@@ -56,6 +56,12 @@ def write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_dir(out: Path):
     """Yield a fresh temp folder beside ``out``; when the block succeeds it replaces ``out``, when it
@@ -71,6 +77,7 @@ def atomic_dir(out: Path):
     for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private (0700); an output folder is the umask's
     try:
         yield tmp
     except BaseException as exc:

@@ -34,3 +34,16 @@ def test_a_file_replaced_by_a_folder_leaves_nothing_behind(tmp_path):
         (tmp / "a.txt").write_text("new")
     assert (target / "a.txt").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no .out.old-* left behind
+
+
+def test_an_output_folder_gets_the_umasks_permissions(tmp_path):
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with atomic_dir(tmp_path / "model") as tmp:
+            (tmp / "w.bin").write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755  # not mkdtemp's private 0700

@@ -60,7 +60,6 @@ def write(out: Path, ctx: dict, assets: dict[str, bytes], html: str = "report.ht
     pages = {"index.html": env.get_template(html).render(**ctx, img={k: data_uri(v) for k, v in assets.items()}),
              "report.md": env.get_template(md).render(**ctx, img={k: f"assets/{k}.png" for k in assets})}
     with atomic_dir(out / "assets") as tmp:  # rendered first: a template error leaves the old report whole
-        tmp.chmod(0o755)  # mkdtemp makes it private; a report folder is for reading
         for name, png in assets.items():
             (tmp / f"{name}.png").write_bytes(png)
     for name in ("report.md", "index.html"):
