@@ -47,3 +47,17 @@ def test_an_output_folder_gets_the_umasks_permissions(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o755  # not mkdtemp's private 0700
+
+
+def test_data_prepared_at_another_resolution_is_refused_before_training(tmp_path, prepared):
+    import pytest
+
+    from benchmark.engine.trainer import RunPaths, train
+    from tests.conftest import tiny_params
+
+    p = tiny_params(data={"resolution": 48})  # the fixture was prepared at 32 px
+    paths = RunPaths(data=prepared, checkpoints=tmp_path / "c", model=tmp_path / "m", metrics=tmp_path / "m.json",
+                     plot=tmp_path / "p.csv")
+    with pytest.raises(ValueError, match=r"prepared at 32 px, params.yaml data.resolution is 48"):
+        train(p, "casdm", paths, track=False)
+    assert not (tmp_path / "m").exists() and not (tmp_path / "c").exists()

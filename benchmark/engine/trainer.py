@@ -72,7 +72,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     entry, tc, rc = params.models[name], params.train, params.runtime
     config = training_config(params, name)
     config_hash = hash_json(config)
-    data = PreparedDataset(paths.data, "train")
+    data = PreparedDataset(paths.data, "train").check_resolution(params.data.resolution)
     table = data.table
     kind = make_kind(params, name, table)  # a bad kind, loss or class name fails here, before anything starts
     kind.prepare(data)
