@@ -61,3 +61,15 @@ def test_data_prepared_at_another_resolution_is_refused_before_training(tmp_path
     with pytest.raises(ValueError, match=r"prepared at 32 px, params.yaml data.resolution is 48"):
         train(p, "casdm", paths, track=False)
     assert not (tmp_path / "m").exists() and not (tmp_path / "c").exists()
+
+
+def test_fp16_on_a_cpu_is_refused_not_misrecorded(monkeypatch):
+    import pytest
+    import torch
+
+    from benchmark.devices import mixed_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="mixed_precision fp16: needs a GPU"):
+        mixed_precision("fp16")
+    assert mixed_precision("bf16") == "bf16" and mixed_precision("no") == "no"
