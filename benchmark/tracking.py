@@ -4,6 +4,7 @@ overrides it."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from benchmark.provenance import git_commit, redact
 
@@ -29,6 +30,9 @@ def tracking_uri(tracking) -> str:
 def check_server(uri: str, timeout: float = 5.0) -> None:
     """Fail at once, naming the server, when an ``http(s)://`` tracking server does not answer: MLflow's
     own client retries with back-off for minutes before it gives up."""
+    if uri.startswith(("postgresql", "mysql", "mssql", "sqlite")):  # MLflow retries a database for minutes
+        check_database(uri, timeout)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     import requests
@@ -41,6 +45,25 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
                            f"params.yaml's tracking.uri") from None
 
 
+def check_database(uri: str, timeout: float = 5.0) -> None:
+    """A tracking database that does not answer within ``timeout`` seconds: one line naming it."""
+    import sqlalchemy
+
+    if uri.startswith("sqlite:///"):  # MLflow makes the file's folder; so does the check, then opens the file
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(timeout)} if uri.startswith(
+            "postgresql") else {})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - a driver's error is whatever the driver raises
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise RuntimeError(f"MLflow tracking database {redact(uri)} cannot be opened ({type(exc).__name__}: "
+                           f"{redact(first)[:200]}); check it is up and the URL (MLFLOW_TRACKING_URI, else "
+                           "params.yaml tracking.uri)") from None
+
+
 def connect(tracking):
     """Point MLflow at the tracking store (``MLFLOW_TRACKING_URI``, else ``tracking.uri``) and the
     suite's experiment; returns the experiment. Every stage that logs calls this, and only this."""
@@ -48,13 +71,18 @@ def connect(tracking):
 
     uri = tracking_uri(tracking)
     check_server(uri)
-    mlflow.set_tracking_uri(uri)
     try:
-        experiment = mlflow.set_experiment(tracking.experiment)
-    except Exception:  # noqa: BLE001 - two workers starting together both create it; the loser reads it
-        if mlflow.get_experiment_by_name(tracking.experiment) is None:
-            raise
-        experiment = mlflow.set_experiment(tracking.experiment)
+        mlflow.set_tracking_uri(uri)
+        try:
+            experiment = mlflow.set_experiment(tracking.experiment)
+        except Exception:  # noqa: BLE001 - two workers starting together both create it; the loser reads it
+            if mlflow.get_experiment_by_name(tracking.experiment) is None:
+                raise
+            experiment = mlflow.set_experiment(tracking.experiment)
+    except Exception as exc:  # noqa: BLE001 - a store that cannot be opened: one line naming it, not 244
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise RuntimeError(f"MLflow tracking store {redact(uri)} (MLFLOW_TRACKING_URI, else params.yaml tracking.uri) "
+                           f"cannot be used: {type(exc).__name__}: {redact(first)[:300]}") from None
     if EXPERIMENT_KIND[0] not in experiment.tags:
         client = mlflow.MlflowClient()
         try:

@@ -73,3 +73,18 @@ def test_fp16_on_a_cpu_is_refused_not_misrecorded(monkeypatch):
     with pytest.raises(ValueError, match="mixed_precision fp16: needs a GPU"):
         mixed_precision("fp16")
     assert mixed_precision("bf16") == "bf16" and mixed_precision("no") == "no"
+
+
+def test_a_tracking_store_that_cannot_be_used_is_one_line_naming_it(tmp_path, monkeypatch):
+    import pytest
+
+    from benchmark.tracking import connect
+    from tests.conftest import tiny_params
+
+    tracking = tiny_params().tracking
+    for uri in ("bogus://nowhere", f"sqlite:///{tmp_path}", "postgresql+psycopg://me:pw@127.0.0.1:1/mlflow"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)  # no scheme MLflow knows; a folder as the file; a port nobody serves
+        with pytest.raises(RuntimeError, match=r"MLflow tracking (store .* cannot be used|database .* cannot be opened)") as caught:
+            connect(tracking)
+        message = str(caught.value)
+        assert "\n" not in message and "pw@" not in message, message
