@@ -28,6 +28,22 @@ app.add_typer(maps_app, name="maps")
 app.add_typer(report_app, name="report")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        from benchmark.provenance import git_commit
+
+        typer.echo(f"casdm-bench {version('casdm-bench')} (commit {git_commit()})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="the installed version and the checkout's commit")) -> None:
+    """casdm-bench: mask-conditioned surgical image synthesis benchmark."""
+
+
 
 def main() -> None:
     """The ``casdm`` entry point. SIGTERM (what ``kill``, DVC's and CI's time-outs send) is raised as

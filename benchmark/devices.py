@@ -27,6 +27,10 @@ def mixed_precision(setting: str) -> str:
     """A ``mixed_precision`` setting (train or sample) with ``auto`` resolved: bf16 on a GPU that has it
     and on a CPU with bf16 in hardware, else no. (On an AVX2-only CPU bf16 autocast is emulated: the
     cpu preset's training step measured 28x slower than float32, docs/results.md.)"""
+    if setting == "fp16" and not torch.cuda.is_available():
+        # accelerate records fp16 on a CPU and then runs float32: a run would say what it did not do
+        raise ValueError("mixed_precision fp16: needs a GPU (float16 autocast is not applied on a CPU); use bf16, "
+                         "no or auto (train.mixed_precision / sample.mixed_precision)")
     if setting != "auto":
         return setting
     if torch.cuda.is_available():

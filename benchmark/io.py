@@ -56,6 +56,12 @@ def write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_dir(out: Path):
     """Yield a fresh temp folder beside ``out``; when the block succeeds it replaces ``out``, when it
@@ -71,6 +77,7 @@ def atomic_dir(out: Path):
     for stale in [*out.parent.glob(f".{out.name}.tmp-*"), *out.parent.glob(f".{out.name}.old-*")]:
         shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o777 & ~current_umask())  # mkdtemp makes it private (0700); an output folder is the umask's
     try:
         yield tmp
     except BaseException as exc:
@@ -89,4 +96,18 @@ def atomic_dir(out: Path):
         shutil.rmtree(tmp, ignore_errors=True)
         _name(exc, out)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:  # a file stood where the folder goes: rmtree cannot remove it and left .NAME.old-* behind
+        old.unlink(missing_ok=True)
+
+
+def foreign_files(folder: Path, own: Iterable[str]) -> list[str]:
+    """Names in ``folder`` that match none of the glob patterns ``own`` (what a command writes there):
+    a command replaces a folder whole only when all it holds is its own earlier output."""
+    folder = Path(folder)
+    if not folder.exists():
+        return []
+    if not folder.is_dir() or folder.is_symlink():
+        return [folder.name]
+    return sorted(p.name for p in folder.iterdir() if not any(p.match(pattern) for pattern in own))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,6 +13,26 @@ from pathlib import Path
 # What a running pipeline itself rewrites (dvc.lock, metrics, plots, the report): a change there is the
 # run's own output, not a change to what produced it, so it does not make the commit "dirty".
 PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots", "reports")
+
+
+SECRET_IN_URL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s/]+@")
+
+
+def redact(text: str) -> str:
+    """``scheme://user:password@host`` -> ``scheme://user:***@host``: a storage or tracking URL with a
+    password is never logged, rendered or put into an error message as written."""
+    return SECRET_IN_URL.sub(lambda m: m.group("head") + "***@", text)
+
+
+def redact_tree(obj):
+    """``redact`` on every string of a JSON-like tree (the params logged to MLflow, a params diff)."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(redact_tree(v) for v in obj)
+    return obj
 
 
 def git_commit(cwd: Path | None = None) -> str:

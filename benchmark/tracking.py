@@ -4,8 +4,9 @@ overrides it."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from benchmark.provenance import git_commit
+from benchmark.provenance import git_commit, redact
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -29,6 +30,9 @@ def tracking_uri(tracking) -> str:
 def check_server(uri: str, timeout: float = 5.0) -> None:
     """Fail at once, naming the server, when an ``http(s)://`` tracking server does not answer: MLflow's
     own client retries with back-off for minutes before it gives up."""
+    if uri.startswith(("postgresql", "mysql", "mssql", "sqlite")):  # MLflow retries a database for minutes
+        check_database(uri, timeout)
+        return
     if not uri.startswith(("http://", "https://")):
         return
     import requests
@@ -36,9 +40,28 @@ def check_server(uri: str, timeout: float = 5.0) -> None:
     try:
         requests.get(uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
     except requests.RequestException as exc:
-        raise RuntimeError(f"MLflow tracking server {uri} is not reachable ({type(exc).__name__}); start it "
+        raise RuntimeError(f"MLflow tracking server {redact(uri)} is not reachable ({type(exc).__name__}); start it "
                            "(docs/protocol.md: a shared tracking server) or unset MLFLOW_TRACKING_URI to log to "
                            f"params.yaml's tracking.uri") from None
+
+
+def check_database(uri: str, timeout: float = 5.0) -> None:
+    """A tracking database that does not answer within ``timeout`` seconds: one line naming it."""
+    import sqlalchemy
+
+    if uri.startswith("sqlite:///"):  # MLflow makes the file's folder; so does the check, then opens the file
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        engine = sqlalchemy.create_engine(uri, connect_args={"connect_timeout": int(timeout)} if uri.startswith(
+            "postgresql") else {})
+        with engine.connect():
+            pass
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - a driver's error is whatever the driver raises
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise RuntimeError(f"MLflow tracking database {redact(uri)} cannot be opened ({type(exc).__name__}: "
+                           f"{redact(first)[:200]}); check it is up and the URL (MLFLOW_TRACKING_URI, else "
+                           "params.yaml tracking.uri)") from None
 
 
 def connect(tracking):
@@ -48,13 +71,18 @@ def connect(tracking):
 
     uri = tracking_uri(tracking)
     check_server(uri)
-    mlflow.set_tracking_uri(uri)
     try:
-        experiment = mlflow.set_experiment(tracking.experiment)
-    except Exception:  # noqa: BLE001 - two workers starting together both create it; the loser reads it
-        if mlflow.get_experiment_by_name(tracking.experiment) is None:
-            raise
-        experiment = mlflow.set_experiment(tracking.experiment)
+        mlflow.set_tracking_uri(uri)
+        try:
+            experiment = mlflow.set_experiment(tracking.experiment)
+        except Exception:  # noqa: BLE001 - two workers starting together both create it; the loser reads it
+            if mlflow.get_experiment_by_name(tracking.experiment) is None:
+                raise
+            experiment = mlflow.set_experiment(tracking.experiment)
+    except Exception as exc:  # noqa: BLE001 - a store that cannot be opened: one line naming it, not 244
+        first = next((ln for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
+        raise RuntimeError(f"MLflow tracking store {redact(uri)} (MLFLOW_TRACKING_URI, else params.yaml tracking.uri) "
+                           f"cannot be used: {type(exc).__name__}: {redact(first)[:300]}") from None
     if EXPERIMENT_KIND[0] not in experiment.tags:
         client = mlflow.MlflowClient()
         try:
@@ -108,7 +136,12 @@ def start_run(tracking, run_name: str, tags: dict, params: dict, run_id: str | N
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
     mlflow.set_tags(owner_tags())  # who holds it RUNNING now (a resumed run too)
     if run_id is None:
-        mlflow.set_tags({**tags, "git_commit": git_commit(), "dvc_exp": os.environ.get("DVC_EXP_NAME", "")})
+        commit = git_commit()
+        # mlflow.source.git.commit: the tag MLflow's UI shows as the run's source version
+        extra = {"git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
+        if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run` only; an empty tag said nothing
+            extra["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+        mlflow.set_tags({**tags, **extra})
         flat = flatten(params)
         items = list(flat.items())
         for i in range(0, len(items), 100):

@@ -169,9 +169,9 @@ def ca_sp(frozen: torch.nn.Module, x0: torch.Tensor, x0_hat: torch.Tensor, segma
     # and CA-SP silently summed nothing (0.0 at every step of a bf16 run)
     with torch.no_grad():
         real = frozen(scheduler.add_noise(x0, e2, t2).to(dtype), t2, segmap, return_features=True,
-                      return_dict=False)[1]
+                      return_dict=False, feature_levels=levels)[1]
     pred = frozen(scheduler.add_noise(x0_hat.to(x0.dtype), e2, t2).to(dtype), t2, segmap, return_features=True,
-                  return_dict=False)[1]
+                  return_dict=False, feature_levels=levels)[1]  # the frozen copy stops where CA-SP stops
     if len(real) < levels or len(pred) < levels:
         raise ValueError(f"CA-SP: {levels} feature levels requested, the frozen denoiser returned {len(pred)}")
     per_image = timestep_weights(scheduler, t2, snr_gamma)

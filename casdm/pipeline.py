@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+import casdm.unet  # noqa: F401 - model_index.json names casdm.unet; diffusers loads only from modules imported
 from casdm.labels import IGNORE_INDEX
 
 

@@ -196,9 +196,11 @@ class SPADEUNet(ModelMixin, ConfigMixin):
         return SpadeCache(segmap.to(self.dtype))
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, segmap: torch.Tensor | SpadeCache,
-                return_features: bool = False, return_dict: bool = True):
+                return_features: bool = False, return_dict: bool = True, feature_levels: int | None = None):
         """``return_features`` also returns the middle block's output and each decoder level's output
-        (what the class-aware self-perceptual loss compares)."""
+        (what the class-aware self-perceptual loss compares). ``feature_levels``: stop once that many
+        feature levels are computed and return no sample (None): CA-SP with ``sp_levels: 1`` needs only
+        the middle block, and the decoder is most of the network (432 M of 653 M at the paper preset)."""
         if not torch.is_tensor(timestep):
             timestep = torch.tensor([timestep], device=sample.device)
         timestep = timestep.to(sample.device).reshape(-1).expand(sample.shape[0])
@@ -212,14 +214,19 @@ class SPADEUNet(ModelMixin, ConfigMixin):
         for level in self.mid:
             h = level(h, emb, cond)
         feats = [h] if return_features else []
+        enough = lambda: return_features and feature_levels is not None and len(feats) >= feature_levels
+        out = None
         for level, ends in zip(self.up, self.up_ends_level):
+            if enough():
+                break
             if level.res.up:
                 h = level(h, emb, cond)
             else:
                 h = level(torch.cat([h, hs.pop()], dim=1), emb, cond)
             if return_features and ends:
                 feats.append(h)
-        out = self.conv_out(F.silu(self.norm_out(h)))
+        if not enough():
+            out = self.conv_out(F.silu(self.norm_out(h)))
         if not return_dict:
             return (out, feats)
         return SPADEUNetOutput(sample=out, features=feats)

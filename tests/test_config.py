@@ -1,6 +1,8 @@
 """params.yaml: one validated model; typos, wrong types and out-of-range values name the key."""
 from __future__ import annotations
 
+import math
+
 import shutil
 
 import pytest
@@ -43,7 +45,16 @@ def test_paper_profile_is_the_released_run():
     assert (t.batch_size, t.lr, t.steps, t.warmup_steps, t.ema_decay, t.mixed_precision) == (10, 1e-4, 343500, 500,
                                                                                             0.9999, "bf16")
     assert all((m.sampling.scheduler, m.sampling.num_inference_steps) == ("ddim", 50) for m in params.models.values())
-    assert params.models["casdm"].training["sp_start_step"] == 30 * 687 and params.maps.generator.training["block_out_channels"] == [128, 256, 512, 512]
+    assert params.maps.generator.training["block_out_channels"] == [128, 256, 512, 512]
+    # the released run's epoch arithmetic: CholecSeg8K's 8,080 frames, the random split's own counts
+    # (benchmark/data/splits.py rounds test and val frames), batch 10 with the last partial batch kept
+    split = params.data.split
+    train_frames = 8080 - round(split.test_fraction * 8080) - round(split.val_fraction * 8080)
+    per_epoch = math.ceil(train_frames / t.batch_size)
+    assert (train_frames, per_epoch) == (6868, 687)  # the run log's 6,868 / 10
+    assert t.steps == 500 * per_epoch  # num_epochs 500
+    for name in ("casdm", "casdm-mse", "casdm-camse"):  # CA-SP from the first epoch with index > 30
+        assert params.models[name].training["sp_start_step"] == 31 * per_epoch == 21297
     assert params.evaluate.downstream.encoder_weights == "imagenet" and params.evaluate.fid.extractor == "auto"
 
 
@@ -78,6 +89,13 @@ def test_wrong_type_is_named():
     (("data", "split", "test_fraction"), 1.5, r"data\.split\.test_fraction"),
     (("data", "synthetic", "videos"), 40, r"data\.synthetic\.videos"),
     (("train", "preset"), "huge", r"train\.preset 'huge' is not in presets"),
+    (("models", "casdm", "sampling", "guidance_scale"), float("inf"), r"models\.casdm\.sampling\.guidance_scale: .*finite"),
+    (("models", "casdm", "sampling", "guidance_scale"), float("nan"), r"models\.casdm\.sampling\.guidance_scale"),
+    (("train", "lr"), float("inf"), r"train\.lr: .*finite"),
+    (("train", "weight_decay"), float("inf"), r"train\.weight_decay"),
+    (("train", "adam_betas"), [0.9, 1.0], r"train\.adam_betas\.1: .*less than 1"),
+    (("train", "steps"), 10 ** 9, r"train\.steps: .*less than or equal to 10000000"),
+    (("diffusion", "num_train_timesteps"), 10 ** 9, r"diffusion\.num_train_timesteps: .*less than or equal to 10000"),
 ])
 def test_out_of_range_values_are_named(path, value, key):
     d = raw()
@@ -153,3 +171,75 @@ def test_auto_precision_is_bf16_only_where_the_cpu_does_bf16_in_hardware(tmp_pat
     assert devices.mixed_precision("bf16") == "bf16" and devices.mixed_precision("no") == "no"  # explicit wins
     monkeypatch.setattr(devices, "CPUINFO", tmp_path / "absent")
     assert devices.cpu_flags() == set() and devices.mixed_precision("auto") == "no"  # unreadable: the safe choice
+
+
+def test_a_preset_deeper_than_the_resolution_allows_is_refused():
+    d = raw()
+    d["presets"]["cpu"]["channel_mult"], d["data"]["resolution"] = [1, 1, 2, 2, 4], 40  # five levels: 40 / 16
+    with pytest.raises(ConfigError, match=r"data\.resolution 40: preset 'cpu' halves it 4 times .*multiple of 16"):
+        parse_params(d)
+    d = raw()
+    d["train"]["preset"], d["data"]["resolution"] = "paper", 16  # six levels: halves it five times
+    with pytest.raises(ConfigError, match=r"data\.resolution 16: preset 'paper' halves it 5 times .*multiple of 32"):
+        parse_params(d)
+
+
+def test_ca_boost_is_bounded_and_its_class_names_are_checked(tmp_path):
+    import subprocess
+
+    from benchmark.kinds.registry import model_options
+    from tests.conftest import cli_env
+
+    for value in (float("nan"), -100, 0, 1000):
+        d = raw()
+        d["models"]["casdm"]["training"]["ca_boost"] = {"Blood": value}
+        with pytest.raises(ValueError, match=r"models\.casdm\.training\.ca_boost\.Blood"):
+            model_options(parse_params(d), "casdm")
+    d = raw()
+    d["models"]["casdm"]["training"]["ca_boost"] = {"Blod": 1.5}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
+    out = subprocess.run(["casdm", "params", "check", "--params", str(tmp_path / "params.yaml")], env=cli_env(),
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "models.casdm.training.ca_boost" in out.stderr and "Blod" in out.stderr, out.stderr
+
+
+def test_a_key_written_twice_a_directory_and_a_non_utf8_file_are_one_line_each(tmp_path):
+    from benchmark.config import load_params
+
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match=r"twice\.yaml: not valid YAML: .*key 'lr' is written twice \(first on line 2\)"):
+        load_params(twice)
+    with pytest.raises(ConfigError, match=r": a directory; expected a YAML file"):
+        load_params(tmp_path)
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("report: {title: caf\xe9}\n".encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"latin\.yaml: not UTF-8 text"):
+        load_params(latin)
+
+
+def test_a_profile_changes_only_its_own_lines(tmp_path):
+    """`casdm params profile` keeps params.yaml as written: `null` stays `null` (ruamel wrote an empty
+    value), a list stays on its line with its comment; only the profile's keys change."""
+    from benchmark.config import apply_profile
+    from tests.conftest import REPO
+
+    target = tmp_path / "params.yaml"
+    target.write_text((REPO / "params.yaml").read_text())
+    apply_profile("cpu-seeds", target)
+    before, after = (REPO / "params.yaml").read_text().splitlines(), target.read_text().splitlines()
+    changed = [(a, b) for a, b in zip(before, after) if a != b]
+    assert len(before) == len(after) and len(changed) == 1, changed
+    assert changed[0][1].startswith("  seeds: [0, 1, 2]") and "# training seeds" in changed[0][1]
+
+
+def test_the_cli_says_its_version_and_lists_the_profiles():
+    from typer.testing import CliRunner
+
+    from benchmark.cli import app
+
+    out = CliRunner().invoke(app, ["--version"])
+    assert out.exit_code == 0 and out.output.startswith("casdm-bench ") and "commit" in out.output
+    listed = CliRunner().invoke(app, ["params", "profile"])
+    assert listed.exit_code == 0
+    assert {line.split()[0] for line in listed.output.splitlines() if line.strip()} >= {"tiny", "cpu-long", "cpu-seeds", "paper"}

@@ -197,7 +197,7 @@ class IdentityFeatures(torch.nn.Module):
         super().__init__()
         self.p = torch.nn.Parameter(torch.zeros(()), requires_grad=False)
 
-    def forward(self, x, t, segmap, return_features=True, return_dict=False):
+    def forward(self, x, t, segmap, return_features=True, return_dict=False, feature_levels=None):
         return x, [x]
 
 

@@ -127,3 +127,50 @@ def test_wrong_number_of_classes_is_an_error():
     pipe = CASDMPipeline(small(), make_scheduler("ddim", DIFFUSION))
     with pytest.raises(ValueError, match="expects 5"):
         pipe(torch.zeros(1, 7, 16, 16), 2)
+
+
+def test_a_saved_pipeline_loads_in_a_fresh_interpreter_in_three_lines(tmp_path):
+    """What the README shows: `from casdm import CASDMPipeline; CASDMPipeline.from_pretrained(folder)`
+    in a process that imported nothing else (model_index.json names casdm.unet, which diffusers loads
+    only once it is imported)."""
+    import subprocess
+    import sys
+
+    from casdm.pipeline import CASDMPipeline
+    from casdm.schedulers import make_scheduler
+    from casdm.unet import SPADEUNet
+    from tests.conftest import cli_env, tiny_params
+
+    unet = SPADEUNet(sample_size=16, num_classes=4, base_channels=16, channel_mult=(1, 2), num_res_blocks=1,
+                     attention_resolutions=(), head_channels=8, spade_hidden=8)
+    CASDMPipeline(unet, make_scheduler("ddpm", tiny_params().diffusion)).save_pretrained(tmp_path / "p")
+    code = ("from casdm import CASDMPipeline; import torch\n"
+            f"pipe = CASDMPipeline.from_pretrained({str(tmp_path / 'p')!r})\n"
+            "print(pipe(torch.zeros(1, 16, 16, dtype=torch.long), 2, output_type='pt').images.shape)")
+    out = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "torch.Size([1, 3, 16, 16])" in out.stdout
+
+
+def test_the_frozen_copy_stops_where_ca_sp_stops():
+    """``feature_levels``: the same features as the full forward pass, no decoder run past them."""
+    from casdm.unet import SPADEUNet
+
+    torch.manual_seed(0)
+    net = SPADEUNet(sample_size=16, num_classes=4, base_channels=16, channel_mult=(1, 2, 2), num_res_blocks=1,
+                    attention_resolutions=(), head_channels=8, spade_hidden=8).eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 500])
+    seg = torch.nn.functional.one_hot(torch.randint(0, 4, (2, 16, 16)), 4).permute(0, 3, 1, 2).float()
+    full_out, full = net(x, t, seg, return_features=True, return_dict=False)
+    for k in (1, 2):
+        out, part = net(x, t, seg, return_features=True, return_dict=False, feature_levels=k)
+        assert out is None and len(part) == k
+        assert all(torch.equal(a, b) for a, b in zip(part, full[:k]))
+    calls = []
+    hook = net.conv_out.register_forward_hook(lambda *a: calls.append(1))
+    net(x, t, seg, return_features=True, return_dict=False, feature_levels=1)
+    assert calls == []  # the output head did not run
+    net(x, t, seg, return_features=True, return_dict=False)
+    assert calls == [1]  # the control: a full pass runs it
+    hook.remove()
+    assert torch.isfinite(full_out).all()

@@ -79,3 +79,35 @@ def test_compare_two_commits_and_a_bad_name(tmp_path):
     _commit(tmp_path, None, 800, "no leaderboard")
     with pytest.raises(FileNotFoundError, match=r"HEAD \(git revision [0-9a-f]{10}\): no metrics/leaderboard.json"):
         resolve("HEAD", tmp_path, tracking)
+
+
+def test_the_html_pages_escape_every_value_they_show(tmp_path):
+    """A branch, model or parameter value holding markup lands escaped in index.html (the pages are MLflow
+    artifacts, opened in the tracking UI); the Markdown page keeps the text as written."""
+    from benchmark.report.build import escapes, write
+
+    evil = "<svg/onload=alert(1)>"
+    side = {"spec": evil, "kind": "git revision", "ref": evil}
+    ctx = {"a": side, "b": {**side, "spec": "main"}, "only": {"a": [evil], "b": []},
+           "metrics": [{"model": evil, "metric": "fid", "a": 1.0, "b": 2.0, "delta": 1.0, "direction": "-"}],
+           "params": params_diff({"report": {"title": evil}}, {"report": {"title": "t"}}),
+           "has_samples": {"a": False, "b": False}, "title": evil, "generated": "now"}
+    write(tmp_path, ctx, {}, "compare.html.j2", "compare.md.j2")
+    html = (tmp_path / "index.html").read_text()
+    assert evil not in html and "&lt;svg/onload=alert(1)&gt;" in html
+    assert evil in (tmp_path / "report.md").read_text()  # Markdown: plain text, as written
+    assert escapes("report.html.j2") and escapes("compare.html.j2") and not escapes("report.md.j2")
+
+
+def test_a_storage_password_is_never_shown():
+    """A PostgreSQL study storage with a password: redacted in the report's params diff (and wherever
+    ``redact`` runs: the leaderboard's params.json in MLflow, error messages); the host stays readable."""
+    from benchmark.provenance import redact, redact_tree
+
+    url = "postgresql://casdm:s3cr3t-P%40ss@db.example.org:5432/optuna"
+    assert redact(url) == "postgresql://casdm:***@db.example.org:5432/optuna"
+    assert redact("sqlite:///studies/x.db") == "sqlite:///studies/x.db"  # nothing to hide: unchanged
+    assert redact(f"no study in {url}; run it") == "no study in postgresql://casdm:***@db.example.org:5432/optuna; run it"
+    diff = params_diff({"study": {"storage": None}}, {"study": {"storage": url}})
+    assert "s3cr3t" not in str(diff) and diff[0]["new"].startswith("postgresql://casdm:***@")
+    assert "s3cr3t" not in str(redact_tree({"study": {"storage": url}, "list": [url]}))

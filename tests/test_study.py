@@ -184,7 +184,8 @@ def test_hopeless_studies_stop_instead_of_looping(study_dir, prepared, monkeypat
     from benchmark.kinds.casdm import CASDMKind
 
     with pytest.raises(ValueError, match="rare_semantic_miou: no rare class in the 2 val maps"):
-        run_study(tiny_params(), prepared, study_dir / "judge", log=lambda *a: None)  # before any trial
+        run_study(tiny_params(study={"objectives": ["rare_semantic_miou"]}), prepared, study_dir / "judge",
+                  log=lambda *a: None)  # before any trial
     real_loss = CASDMKind.loss
     monkeypatch.setattr(CASDMKind, "loss", lambda self, *a, **k: (real_loss(self, *a, **k)[0] * torch.nan, {}))
     with pytest.raises(RuntimeError, match="3 trials in a row failed; stopping. Last: NonFiniteLoss"):
@@ -217,12 +218,17 @@ def test_two_workers_share_one_study_on_postgresql(study_dir, prepared):
         assert sorted(numbers) == sorted(ran[0] | ran[1]) == list(range(len(numbers)))  # each stored once
         from benchmark.study.store import FINISHED
 
-        assert sum(t.state in FINISHED for t in study.trials) >= 4  # complete or pruned, both workers together
+        from benchmark.study.run import SURPLUS
+
+        assert sum(t.state in FINISHED for t in study.trials) == 4  # exactly n_trials, both workers together
+        worked = [t for t in study.trials if t.user_attrs.get("fail_reason") != SURPLUS]
+        drawn = [tuple(sorted(t.params.items())) for t in worked]
+        assert len(set(drawn)) == len(drawn), drawn  # no two trials share their parameters
         client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
         runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
         parents = {r.info.run_id for r in runs if r.data.tags.get("kind") == "study"}
         trial_runs = sorted(int(r.data.tags["trial"]) for r in runs if r.data.tags.get("kind") == "trial")
-        assert len(parents) == 1 and trial_runs == sorted(numbers)
+        assert len(parents) == 1 and trial_runs == sorted(t.number for t in worked)
         assert {r.data.tags["mlflow.parentRunId"] for r in runs if r.data.tags.get("kind") == "trial"} == parents
 
 
@@ -245,3 +251,24 @@ def test_tuning_on_the_test_split_is_refused_unless_asked_for():
         study_params(eval_split="test")
     assert study_params(eval_split="test", allow_test_split=True).study.eval_split == "test"
     assert tiny_params().study.eval_split == "val" and tiny_params().data.split.val_videos
+
+
+def test_workers_on_one_storage_never_draw_the_same_trial(tmp_path):
+    """Two workers' samplers on one SQLite file, asking in turn (as parallel workers do): every trial
+    draws its own values. The control: samplers seeded alike (the previous code) repeat each other."""
+    from benchmark.study.run import load_study
+    from benchmark.study.space import sample_values
+
+    params = study_params(**{"storage": f"sqlite:///{tmp_path / 's.db'}"})
+    workers = [load_study(params), load_study(params)]
+    drawn = []
+    for k in range(6):
+        trial = workers[k % 2].ask()
+        drawn.append(tuple(sorted(sample_values(trial, params.study.search_space).items())))
+    assert len(set(drawn)) == 6, drawn
+    assert workers[0].metric_names == list(params.study.objectives)  # named in optuna-dashboard, not "Objective 0"
+    again = [load_study(params)]  # a resumed run: new trial numbers, new values
+    assert tuple(sorted(sample_values(again[0].ask(), params.study.search_space).items())) not in drawn
+    plain = [optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)) for _ in range(2)]
+    same = [tuple(sorted(sample_values(s.ask(), params.study.search_space).items())) for s in plain]
+    assert same[0] == same[1]  # what every worker did before: one seed, one sequence

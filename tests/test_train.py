@@ -40,7 +40,11 @@ def test_train_logs_an_mlflow_run_with_provenance(tmp_path, prepared, mlflow_tmp
     run = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])[0]
     tags = run.data.tags
     assert tags["model"] == "casdm" and tags["role"] == "method" and len(tags["dataset_hash"]) == 16
-    assert tags["git_commit"] and tags["params_hash"]
+    assert tags["git_commit"] and tags["params_hash"] and tags["seed"] == "0"
+    assert tags["mlflow.source.git.commit"] == tags["git_commit"].removesuffix("-dirty")  # the UI's source version
+    assert "dvc_exp" not in tags  # only under `dvc exp run`
+    assert set(run.data.metrics) >= {"final_loss", "s_per_step"} and not any(k.startswith("final_final") for k in run.data.metrics)
+    assert "num_parameters" not in run.data.metrics and run.data.params["num_parameters"].isdigit()  # a count, not a score
     assert run.data.params["training.loss"] == "ca_mse+ca_sp" and run.data.params["train.steps"] == "4"
     history = client.get_metric_history(run.info.run_id, "loss")
     assert [h.step for h in history] == [1, 2, 3, 4]

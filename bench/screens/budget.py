@@ -1,6 +1,7 @@
 """Quality per CPU-minute: one model trained at several step budgets, each scored by the leaderboard's
-own stages (``dvc repro evaluate@MODEL``: FID/KID/PRDC, the judge's semantic mIoU, downstream
-real + synthetic, colour shift), in a scratch copy of the project.
+own stages (``dvc repro evaluate@MODEL-SEED``: FID/KID/PRDC, the judge's semantic mIoU, downstream
+real + synthetic, colour shift), in a scratch copy of the project that scores on the validation videos
+(``bench/screens/splits.py``; the test split only with ``--split test --allow-test-split``).
 
     python -m bench.screens.budget --model casdm-mse --steps 400 800 1600 3200 --tag mse
     python -m bench.screens.budget --model casdm-mse --steps 800 --set diffusion.snr_gamma=5 --tag snr5
@@ -27,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from bench.pipeline import env_for, timed_repro
+from bench.screens.splits import add_split_args, check_split, validation_override
 from benchmark.io import write_json
 from benchmark.seeds import seed_path
 from benchmark.provenance import copy_project, git_commit
@@ -111,12 +113,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tag", default=None, help="results name (default: the model)")
     ap.add_argument("--keep", type=Path, help="run in this folder and keep it (samples, logs); a folder kept "
                     "from an earlier run is reused: its data, features and judge are not made again")
+    add_split_args(ap)
     a = ap.parse_args(argv)
+    check_split(a.split, a.allow_test_split)
     from benchmark.config import load_params, update_params
 
     tag = a.tag or a.model
     override = parse_set(a.sets)
     result = {"model": a.model, "tag": tag, "commit": git_commit(REPO), "profile": a.profile, "set": override,
+              "split": a.split,
               "cpu_count": os.cpu_count(), "points": []}
     tmp = None
     if a.keep:
@@ -129,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
             subprocess.run(["casdm", "params", "profile", a.profile], cwd=dst, env=env_for(dst), check=True)
         if override:
             update_params(override, dst / "params.yaml")
+        if a.split == "val":  # the copy scores on the validation videos; the test videos are in no split
+            update_params(validation_override(load_params(dst / "params.yaml")), dst / "params.yaml")
         with (dst / f"budget_{tag}.log").open("w") as log:
             for steps in a.steps:
                 update_params({"train": {"steps": steps}}, dst / "params.yaml")

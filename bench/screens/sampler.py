@@ -1,5 +1,6 @@
-"""The sampler and its step count, on one trained model: for each (scheduler, steps) the test-map images
-are drawn by the sample stage's own code and scored by the leaderboard's image scores (FID against the
+"""The sampler and its step count, on one trained model: for each (scheduler, steps) the images of the
+root project's test maps (a screen's copy: the validation videos, ``bench/screens/splits.py``) are drawn by
+the sample stage's own code and scored by the leaderboard's image scores (FID against the
 real test images, the judge's semantic mIoU, the colour shift), with seconds per image. No retraining:
 a sampler is a ``models.<name>.sampling`` change.
 
@@ -16,6 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.screens.splits import add_split_args, check_split, scores_on_validation
 from benchmark.io import write_json
 from benchmark.seeds import seed_path
 
@@ -31,7 +33,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tag", default=None)
     ap.add_argument("--training", action="append", default=[], metavar="KEY=VALUE",
                     help="a sampling-time option of the model's training block, e.g. conditioning_scale=2")
+    add_split_args(ap)
     a = ap.parse_args(argv)
+    check_split(a.split, a.allow_test_split)
     from bench.screens.budget import parse_set
 
     training = parse_set(a.training, "--training")  # a malformed KEY=VALUE fails before anything loads
@@ -45,11 +49,15 @@ def main(argv: list[str] | None = None) -> dict:
 
     root = a.root
     base = load_params(root / "params.yaml")
+    if a.split == "val" and not scores_on_validation(base):
+        raise SystemExit(f"{root / 'params.yaml'}: this project's test split is the leaderboard's (videos "
+                         f"{base.data.split.test_videos}); point --root at a screen's copy that scores on validation "
+                         "(python -m bench.screens.budget --keep DIR), or pass --split test --allow-test-split")
     data = root / "data" / "prepared"
     test = PreparedDataset(data, "test")
     ex = extractor(base)
     judge = load_judge(root / "segmenters" / "judge")
-    result = {"model": a.model, "root": str(root), "training": training, "samplers": {}}
+    result = {"model": a.model, "root": str(root), "split": a.split, "training": training, "samplers": {}}
     for spec in a.samplers:
         name, _, steps = spec.partition(":")
         recipe = base.models[a.model].sampling.model_copy(update={"scheduler": name, "num_inference_steps": int(steps)})

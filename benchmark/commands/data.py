@@ -31,7 +31,16 @@ def params_check(params: Path = PARAMS) -> None:
 
     try:
         for name in p.models:
-            model_options(p, name)
+            options = model_options(p, name)
+            boost = getattr(options, "ca_boost", None)
+            if boost and p.data.source != "folder":  # a folder dataset names its classes in its classes.json
+                from benchmark.data.classes import CHOLECSEG8K
+                from casdm.objective import class_boost
+
+                try:
+                    class_boost(CHOLECSEG8K.names, boost)
+                except ValueError as exc:
+                    raise ValueError(f"models.{name}.training.ca_boost: {exc}") from None
         generator_options(p)
     except ValueError as exc:
         fail(str(exc))
@@ -40,10 +49,16 @@ def params_check(params: Path = PARAMS) -> None:
 
 
 @params_app.command("profile")
-def params_profile(name: str, params: Path = PARAMS) -> None:
-    """Merge benchmark/config/profiles/NAME.yaml into params.yaml (e.g. ``tiny`` for tests and CI)."""
-    from benchmark.config import ConfigError, apply_profile
+def params_profile(name: str = typer.Argument(None, help="a profile; none: list them"), params: Path = PARAMS) -> None:
+    """Merge benchmark/config/profiles/NAME.yaml into params.yaml (e.g. ``tiny`` for tests and CI);
+    without NAME, list the profiles with the first line of each one's header."""
+    from benchmark.config import PROFILES_DIR, ConfigError, apply_profile
 
+    if name is None:
+        for f in sorted(PROFILES_DIR.glob("*.yaml")):
+            first = next((ln.lstrip("# ").strip() for ln in f.read_text().splitlines() if ln.startswith("#")), "")
+            console.print(f"{f.stem:10s} {first}", highlight=False, soft_wrap=True)
+        return
     try:
         apply_profile(name, params)
     except ConfigError as exc:

@@ -65,7 +65,8 @@ def maps_build(params: Path = PARAMS, data: Path = path_option("the prepared dat
 def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver, large, upper left; Grasper, '
                                              'small, centre, two regions"'),
                   num: int = typer.Option(4, "--num", min=1, help="maps to generate"),
-                  out: Path = typer.Option(Path("generated"), "--out", help="output folder (replaced)"),
+                  out: Path = typer.Option(Path("generated"), "--out", help="output folder (new, or one an earlier "
+                                          "maps generate wrote: it is replaced whole)"),
                   images: bool = typer.Option(True, "--images/--no-images", help="also draw images for the maps "
                                               "with maps.generate.image_model"),
                   seed: int = typer.Option(0, "--seed"), params: Path = PARAMS, data: Path = DATA,
@@ -75,13 +76,18 @@ def maps_generate(prompt: str = typer.Option(..., "--prompt", help='e.g. "Liver,
     from PIL import Image
 
     from benchmark.engine.data import PreparedDataset
-    from benchmark.io import atomic_dir, write_json
+    from benchmark.io import atomic_dir, foreign_files, write_json
     from benchmark.kinds.registry import make_kind
     from benchmark.stages.mapgen import draw_images, generate, load_generator
     from benchmark.metrics.maps import adherence
     from benchmark.seeds import derive_seed, seed_path
     from casdm.prompts import PromptError, describe_map, format_prompt, parse_prompt
 
+    theirs = foreign_files(out, ("map-*.png", "image-*.png", "prompt.json"))
+    here = out.resolve() == Path.cwd().resolve()
+    if theirs or here:
+        fail(f"--out {out}: {'is the working directory' if here else 'holds ' + ', '.join(theirs[:3])}, which maps "
+             "generate did not write; it replaces its folder whole, so give a new folder or one it wrote before")
     p = read_params(params)
     try:
         table = PreparedDataset(data, "train").table

@@ -37,7 +37,9 @@ def load(params: Path, storage: str | None):
     try:
         return p, optuna.load_study(study_name=p.study.name, storage=storage_for(p, storage))
     except KeyError:
-        fail(f"no study named {p.study.name!r} in {storage or p.study.storage or 'the default storage'}; "
+        from benchmark.provenance import redact
+
+        fail(f"no study named {p.study.name!r} in {redact(storage or p.study.storage or 'the default storage')}; "
              "run `casdm study run` first")
 
 

@@ -37,13 +37,36 @@ def parse_params(data: Any, source: str = "params.yaml") -> Params:
         raise ConfigError(_format(exc, source)) from None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """YAML with every mapping's keys distinct: a key written twice (the second silently won) is an error."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node, deep: bool = False):
+    seen: dict = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"key {key!r} is written twice (first on line {seen[key] + 1}); expected each key once",
+                key_node.start_mark)
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
 def read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(Path(path).read_text())
+        return yaml.load(Path(path).read_text(encoding="utf-8"), Loader=UniqueKeyLoader)
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: a directory; expected a YAML file") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); expected a YAML file in UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -58,6 +81,19 @@ def merge_into(node: dict, override: dict) -> dict:
             merge_into(node[k], v)
         else:
             node[k] = v
+    return node
+
+
+def flow_lists(node):
+    """Lists of scalars as one-line YAML sequences (how params.yaml writes them), recursively."""
+    from ruamel.yaml.comments import CommentedSeq
+
+    if isinstance(node, dict):
+        return {k: flow_lists(v) for k, v in node.items()}
+    if isinstance(node, list) and all(not isinstance(v, (dict, list)) for v in node):
+        seq = CommentedSeq(node)
+        seq.fa.set_flow_style()
+        return seq
     return node
 
 
@@ -86,9 +122,11 @@ def update_params(override: dict, params_path: Path = Path("params.yaml"), sourc
 
     rt = YAML()
     rt.preserve_quotes = True
+    # as params.yaml writes them: `null`, not an empty value, and a short list on one line (`[0, 1, 2]`)
+    rt.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
     doc = rt.load(Path(params_path).read_text())
 
-    merge_into(doc, override)
+    merge_into(doc, flow_lists(override))
     params = parse_params(deep_merge(read_yaml(params_path), override), source or str(params_path))
     tmp = Path(params_path).with_name(Path(params_path).name + ".tmp")
     with tmp.open("w") as fh:

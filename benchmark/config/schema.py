@@ -13,8 +13,14 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
+MAX_STEPS = 10_000_000  # optimisation steps (the paper's 343,500 x ~30): more is a typo that would run for years
+MAX_TIMESTEPS = 10_000  # diffusion timesteps: 10**9 would allocate its schedule's tensors (4 GB each)
+MAX_BATCH = 4096
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # no inf or NaN anywhere: `guidance_scale: .inf` passed the check and sampled black images
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 def describe(err: dict) -> tuple[str, str]:
@@ -41,6 +47,8 @@ class SplitConfig(Section):
     kind: Literal["video", "random"]
     test_videos: list[int | str]
     val_videos: list[int | str]
+    exclude_videos: list[int | str] = Field(description="videos in no split (video split only): a screen's copy "
+                                            "holds the leaderboard's test videos out of everything it sees")
     test_fraction: float = Field(gt=0, lt=1, description="random split only")
     val_fraction: float = Field(ge=0, lt=1, description="random split only")
     seed: int
@@ -80,7 +88,7 @@ class SamplingRecipe(Section):
 
     scheduler: Literal["ddpm", "ddim", "dpmsolver++"]
     num_inference_steps: int = Field(ge=1, le=1000)
-    guidance_scale: float = Field(ge=0)
+    guidance_scale: float = Field(ge=0, le=100)
 
 
 class ModelEntry(Section):
@@ -95,7 +103,7 @@ class ModelEntry(Section):
 
 # ------------------------------------------------------------------------------------- stages
 class DiffusionConfig(Section):
-    num_train_timesteps: int = Field(ge=10)
+    num_train_timesteps: int = Field(ge=10, le=MAX_TIMESTEPS)
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
     beta_start: float = Field(gt=0)
     beta_end: float = Field(gt=0, lt=1)
@@ -115,12 +123,12 @@ class DiffusionConfig(Section):
 
 class TrainConfig(Section):
     preset: str
-    steps: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
-    lr: float = Field(gt=0)
-    warmup_steps: int = Field(ge=0)
-    weight_decay: float = Field(ge=0)
-    adam_betas: tuple[float, float]
+    steps: int = Field(ge=1, le=MAX_STEPS)
+    batch_size: int = Field(ge=1, le=MAX_BATCH)
+    lr: float = Field(gt=0, le=1)
+    warmup_steps: int = Field(ge=0, le=MAX_STEPS)
+    weight_decay: float = Field(ge=0, le=1)
+    adam_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]]
     grad_clip: float = Field(gt=0)
     ema_decay: float = Field(ge=0, lt=1)
     mixed_precision: Precision
@@ -389,6 +397,16 @@ class Params(Section):
                              f"among runtime.num_processes {self.runtime.num_processes}")
         if self.train.preset not in self.presets:
             raise ValueError(f"train.preset {self.train.preset!r} is not in presets {sorted(self.presets)}")
+        depth = len(self.presets[self.train.preset].channel_mult) - 1  # the U-Net halves the image this often
+        if self.data.resolution % 2 ** depth:
+            raise ValueError(f"data.resolution {self.data.resolution}: preset {self.train.preset!r} halves it "
+                             f"{depth} times (channel_mult {self.presets[self.train.preset].channel_mult}); expected a "
+                             f"multiple of {2 ** depth}")
+        levels = self.maps.generator.training.get("block_out_channels")
+        if isinstance(levels, list) and len(levels) > 1 and self.data.resolution % 2 ** (len(levels) - 1):
+            raise ValueError(f"data.resolution {self.data.resolution}: the map generator halves it {len(levels) - 1} "
+                             f"times (maps.generator.training.block_out_channels {levels}); expected a multiple of "
+                             f"{2 ** (len(levels) - 1)}")
         if self.study.model not in self.models:
             raise ValueError(f"study.model {self.study.model!r} is not in models {sorted(self.models)}")
         unknown = [m for m in self.leaderboard.ladder if m not in self.models]

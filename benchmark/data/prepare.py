@@ -60,6 +60,8 @@ def prepare(cfg: DataConfig, out: Path, metrics: Path | None = None, progress=No
         (tmp / "masks").mkdir()
         rows = []
         for frame in source.frames:
+            if frame.id not in split:  # a video held out of every split (data.split.exclude_videos)
+                continue
             sample = source.load(frame)
             if sample.strays:
                 strays[str(frame.mask)] = sample.strays

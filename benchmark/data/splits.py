@@ -18,18 +18,24 @@ def _video_name(v: int | str, known: set[str]) -> str:
 
 
 def split_frames(frames: list[Frame], cfg: SplitConfig) -> dict[str, str]:
-    """Map frame id -> "train" | "val" | "test"."""
+    """Map frame id -> "train" | "val" | "test"; a frame of an excluded video has no entry (it is in no split)."""
     if cfg.kind == "video":
         known = {f.video for f in frames}
         test = {_video_name(v, known) for v in cfg.test_videos}
         val = {_video_name(v, known) for v in cfg.val_videos}
-        for field, names in (("test_videos", test), ("val_videos", val)):
+        excluded = {_video_name(v, known) for v in cfg.exclude_videos}
+        for field, names in (("test_videos", test), ("val_videos", val), ("exclude_videos", excluded)):
             missing = sorted(names - known)
             if missing:
                 raise DatasetError(f"params.yaml: data.split.{field}: video(s) {missing} not in the dataset; "
                                    f"available: {sorted(known)}")
         if test & val:
             raise DatasetError(f"params.yaml: data.split: videos {sorted(test & val)} are in both test and val")
+        if excluded & (test | val):
+            raise DatasetError(f"params.yaml: data.split.exclude_videos: {sorted(excluded & (test | val))} are also "
+                               "test or val videos; an excluded video is in no split")
+        frames = [f for f in frames if f.video not in excluded]
+        known -= excluded
         if not test:
             raise DatasetError("params.yaml: data.split.test_videos: empty; a video split needs test videos")
         if known <= test | val:

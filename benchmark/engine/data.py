@@ -33,6 +33,15 @@ class PreparedDataset(Dataset):
         if not self.rows:
             raise ValueError(f"{self.root / 'frames.csv'}: no frames in split {split!r}")
 
+    def check_resolution(self, resolution: int) -> "PreparedDataset":
+        """Refuse data prepared at another size than params.yaml's ``data.resolution``: a model would be
+        built for one size, trained at the other, and recorded at the first."""
+        made = self.stats.get("resolution")
+        if made != resolution:
+            raise ValueError(f"{self.root}: prepared at {made} px, params.yaml data.resolution is {resolution}; "
+                             "run `dvc repro prepare` (or set data.resolution back)")
+        return self
+
     def __len__(self) -> int:
         return len(self.rows)
 

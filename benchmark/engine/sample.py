@@ -93,7 +93,7 @@ def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path
         raise RuntimeError(f"launched as one of {os.environ.get('WORLD_SIZE')} processes, but torch.distributed "
                            "did not start (accelerate sees one): check the launcher's environment")
     sc, recipe = params.sample, params.models[name].sampling
-    test, train = PreparedDataset(data_dir, "test"), PreparedDataset(data_dir, "train")
+    test, train = PreparedDataset(data_dir, "test").check_resolution(params.data.resolution), PreparedDataset(data_dir, "train")
     pipe = make_kind(params, name, test.table).load_pipeline(model_dir, sc.use_ema)
     jobs = {"test": (test, list(range(len(test) if sc.max_images is None else min(sc.max_images, len(test)))), TEST_IMAGES),
             "train": (train, pick_train_maps(train, sc), TRAIN_IMAGES)}

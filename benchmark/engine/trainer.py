@@ -40,6 +40,9 @@ class RunPaths:
     plot: Path  # plots/train/<model>.csv
 
 
+SUMMARY_METRICS = ("final_loss", "first_loss", "s_per_step", "train_s")  # logged once at the end of a run
+
+
 def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, hook_every: int = 0,
           track: bool = True) -> dict:
     """Train model ``name`` (a key of ``params.models``); returns the final metrics.
@@ -69,7 +72,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     entry, tc, rc = params.models[name], params.train, params.runtime
     config = training_config(params, name)
     config_hash = hash_json(config)
-    data = PreparedDataset(paths.data, "train")
+    data = PreparedDataset(paths.data, "train").check_resolution(params.data.resolution)
     table = data.table
     kind = make_kind(params, name, table)  # a bad kind, loss or class name fails here, before anything starts
     kind.prepare(data)
@@ -160,8 +163,12 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
         metrics = _finish(kind, accelerator.unwrap_model(model), ema, trainable, paths, history, n_params,
                           before + time.perf_counter() - t_start, tc.steps, tc.batch_size, last_grid,
                           {"device": str(device), "processes": world, "mixed_precision": accelerator.mixed_precision})
-        tracker.log_metrics({f"final_{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}, step=step)
-        tracker.set_tag("model_path", str(paths.model.resolve()))
+        # the run's summary: scores as metrics under their own names (final_loss, not final_final_loss);
+        # counts and settings (parameters, processes, steps) are not measurements: params and tags
+        summary = {k: v for k, v in metrics.items() if k in SUMMARY_METRICS}
+        tracker.log_metrics(summary, step=step)
+        tracker.set_tag("model_path", str(paths.model))  # relative to the project, as dvc.yaml writes it
+        tracker.set_tag("processes", str(world))
     tracker.end()
     return metrics
 

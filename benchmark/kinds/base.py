@@ -23,7 +23,7 @@ class KindOptions(BaseModel):
     """A kind's ``training:`` block. Subclass it with the kind's own fields; like params.yaml's
     sections it has no defaults (params.yaml holds every value) and refuses unknown keys."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     loss: str
 
 

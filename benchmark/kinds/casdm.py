@@ -8,7 +8,7 @@ the objective and its frozen copy onto the trainer's checkpoints.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from pydantic import Field
@@ -22,7 +22,8 @@ class CASDMOptions(SpadeOptions):
 
     ca_variant: Literal["paper", "balanced"]
     ca_alpha: float = Field(ge=0, le=2, description="class weight ~ n^-alpha (1 = the paper)")
-    ca_boost: dict[str, float] = Field(description="class name -> weight multiplier")
+    ca_boost: dict[str, Annotated[float, Field(gt=0, le=100)]] = Field(
+        description="class name -> weight multiplier (0 < factor <= 100; the names are checked against the dataset's)")
     lambda_sp: float = Field(ge=0)
     sp_start_step: int = Field(ge=0, description="stage 2: the frozen copy is taken and CA-SP switched on")
     sp_levels: int = Field(ge=1, le=8, description="feature levels compared: the middle block, then decoder")

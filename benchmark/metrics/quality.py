@@ -8,6 +8,9 @@ puts them in one column.
 """
 from __future__ import annotations
 
+import os
+import stat
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -85,6 +88,23 @@ def efficientnet_lite0(device: str | torch.device = "cpu", layer: str | None = N
     return Extractor(name, dims, fn)
 
 
+def weights_cache() -> Path:
+    """The per-user folder where downloaded FID weights live (``$XDG_CACHE_HOME/casdm-bench``, else
+    ``~/.cache/casdm-bench``): never a fixed, world-writable path such as /tmp, where any local user
+    could plant a TorchScript file that ``extractor: auto`` would load."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "casdm-bench"
+
+
+def trusted(path: Path) -> Path:
+    """``path`` if only its owner (this user or root) can change it; TorchScript runs code when loaded."""
+    st = path.stat()
+    if st.st_uid not in (os.getuid(), 0) or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ValueError(f"inception weights {path}: writable by others or owned by another user "
+                              f"(uid {st.st_uid}, mode {stat.filemode(st.st_mode)}); copy it somewhere only you can "
+                              "write and set evaluate.fid.inception_weights to it")
+    return path
+
+
 def inception(device: str | torch.device = "cpu", weights: str | Path | None = None) -> Extractor:
     """clean-fid's Inception; ``weights`` is a local copy of its ``inception-2015-12-05.pt``."""
     from cleanfid.inception_torchscript import InceptionV3W
@@ -93,10 +113,11 @@ def inception(device: str | torch.device = "cpu", weights: str | Path | None = N
         weights = Path(weights)
         if weights.name != INCEPTION_FILE or not weights.is_file():
             raise FileNotFoundError(f"inception weights {weights}: expected an existing file named {INCEPTION_FILE}")
-        model = InceptionV3W(str(weights.parent), download=False, resize_inside=False)
+        model = InceptionV3W(str(trusted(weights).parent), download=False, resize_inside=False)
     else:
         try:
-            model = InceptionV3W("/tmp", download=True, resize_inside=False)
+            weights_cache().mkdir(parents=True, exist_ok=True)
+            model = InceptionV3W(str(weights_cache()), download=True, resize_inside=False)
         except Exception as exc:  # clean-fid raises whatever its downloader raises
             raise RuntimeError(f"Inception weights for FID could not be downloaded ({exc}); put {INCEPTION_FILE} "
                                "on disk and set its path, or use the efficientnet_lite0 extractor") from None
@@ -112,9 +133,10 @@ def inception(device: str | torch.device = "cpu", weights: str | Path | None = N
 def make_extractor(name: str, device: str | torch.device = "cpu", inception_weights: str | None = None,
                    offline: str = "efficientnet_lite0") -> Extractor:
     """``inception``, ``efficientnet_lite0[:blocks.N]``, or ``auto``: Inception when a local weights
-    file is given or already cached by clean-fid, else ``offline``. Never a silent download."""
+    file is given or already in the per-user cache (``weights_cache``), else ``offline``. Never a silent
+    download, never a file from a fixed shared path."""
     if name == "auto":
-        cached = Path("/tmp") / INCEPTION_FILE
+        cached = weights_cache() / INCEPTION_FILE
         if inception_weights or cached.exists():
             return inception(device, inception_weights or cached)
         name = offline

@@ -16,11 +16,18 @@ from benchmark.report.inputs import ReportPaths, load
 TEMPLATES = Path(__file__).parent / "templates"
 
 
+def escapes(name: str | None) -> bool:
+    """Whether a template's output is HTML, so every value put into it is escaped: ``*.html.j2`` (and the
+    stylesheet included into it). ``select_autoescape(["html"])`` matched only names *ending* in .html,
+    none of ours, and a branch or class name holding ``<svg/onload=...>`` reached the page raw."""
+    return name is not None and (name.endswith((".html.j2", ".html", ".css.j2")))
+
+
 def environment():
     """Autoescaping for HTML; Markdown templates get plain text."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2.html"]),
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=escapes,
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["num"] = lambda v, d=3: "-" if v is None else (f"{v:,}" if isinstance(v, int) else f"{v:.{d}f}")
     env.filters["secs"] = lambda v: "-" if v is None else (f"{v / 60:.1f} min" if v >= 90 else f"{v:.0f} s")
@@ -53,7 +60,6 @@ def write(out: Path, ctx: dict, assets: dict[str, bytes], html: str = "report.ht
     pages = {"index.html": env.get_template(html).render(**ctx, img={k: data_uri(v) for k, v in assets.items()}),
              "report.md": env.get_template(md).render(**ctx, img={k: f"assets/{k}.png" for k in assets})}
     with atomic_dir(out / "assets") as tmp:  # rendered first: a template error leaves the old report whole
-        tmp.chmod(0o755)  # mkdtemp makes it private; a report folder is for reading
         for name, png in assets.items():
             (tmp / f"{name}.png").write_bytes(png)
     for name in ("report.md", "index.html"):

@@ -12,7 +12,7 @@ import yaml
 from PIL import Image
 
 from benchmark.metrics.stats import higher_is_better
-from benchmark.provenance import dataset_hash, git_commit
+from benchmark.provenance import dataset_hash, git_commit, redact, redact_tree
 from benchmark.report import figures
 from benchmark.report.inputs import Inputs, file_hash
 from benchmark.report.tables import VERDICT_RULE, fmt
@@ -235,7 +235,7 @@ def study(inp: Inputs, assets: dict) -> dict:
     try:
         st = optuna.load_study(study_name=s.name, storage=storage_for(inp.params, folder=inp.paths.studies))
     except KeyError:
-        return {"skipped": f"study {s.name!r} not found in {url}"}
+        return {"skipped": f"study {s.name!r} not found in {redact(url)}"}
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -279,5 +279,5 @@ def reproduce(inp: Inputs) -> dict:
 
 def params_diff(old: dict, new: dict) -> list[dict]:
     """Flattened keys whose value differs (added and removed keys included)."""
-    a, b = flatten(old or {}), flatten(new or {})
+    a, b = flatten(redact_tree(old or {})), flatten(redact_tree(new or {}))  # a storage URL's password: never shown
     return [{"key": k, "old": a.get(k, "-"), "new": b.get(k, "-")} for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]

@@ -196,7 +196,7 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, EvaluationRow]
     import mlflow
 
     from benchmark.kinds.registry import training_config
-    from benchmark.provenance import git_commit, hash_json
+    from benchmark.provenance import git_commit, hash_json, redact_tree
     from benchmark.tracking import connect, flatten, owner_tags
 
     exp = connect(params.tracking)
@@ -229,7 +229,7 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, EvaluationRow]
         mlflow.log_dict([c.to_json() for c in found], "comparisons.json")
         # what `casdm report compare RUN_ID ...` reads back: the rows as metrics/leaderboard.json holds them, the params
         mlflow.log_dict({r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table}, "leaderboard_rows.json")
-        mlflow.log_dict(params.model_dump(mode="json"), "params.json")
+        mlflow.log_dict(redact_tree(params.model_dump(mode="json")), "params.json")  # no password of a storage URL
         return run.info.run_id
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -27,18 +28,56 @@ from benchmark.study.space import (
     training_overrides,
     trial_params,
 )
+from benchmark.seeds import derive_seed
 from benchmark.study.store import FINISHED, STUDIES, save_plots, storage_for
 
 MAX_CONSECUTIVE_FAILURES = 3  # a worker whose trials keep failing stops instead of looping forever
+RUNNING = optuna.trial.TrialState.RUNNING
+SURPLUS = "surplus: the other workers' trials already make study.n_trials"
+
+
+class TrialSeeded:
+    """A sampler whose random state is re-seeded at every trial from (study.seed, the trial's number).
+
+    Why: every worker built its sampler with the same seed, so parallel workers (and a resumed run)
+    drew the same random start-up trials (two workers, 8 trials: trials 4 = 5 = 1). A trial's number
+    is unique in the storage, so each trial draws its own values, and a study re-run with the same
+    seed, storage and worker count draws the same ones. TPE also runs with ``constant_liar`` (Optuna's
+    advice for parallel TPE): a running trial counts as a bad result, so workers do not pile onto one
+    point. Relies on the samplers' ``_rng`` (Optuna 4-5's LazyRandomState), checked by tests/test_study.py."""
+
+    base_seed: int
+
+    def before_trial(self, study, trial) -> None:
+        super().before_trial(study, trial)
+        seed = derive_seed(self.base_seed, trial.number) % 2 ** 32
+        for sampler in (self, getattr(self, "_random_sampler", None)):
+            if sampler is not None:
+                sampler._rng.rng.seed(seed)
+
+
+class SeededTPE(TrialSeeded, optuna.samplers.TPESampler):
+    pass
+
+
+class SeededRandom(TrialSeeded, optuna.samplers.RandomSampler):
+    pass
+
+
+class SeededNSGAII(TrialSeeded, optuna.samplers.NSGAIISampler):
+    pass
 
 
 def make_sampler(params: Params):
     s = params.study
     if s.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=s.seed)
-    if s.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=s.seed)
-    return optuna.samplers.TPESampler(seed=s.seed, multivariate=True)
+        sampler = SeededNSGAII(seed=s.seed)
+    elif s.sampler == "random":
+        sampler = SeededRandom(seed=s.seed)
+    else:
+        sampler = SeededTPE(seed=s.seed, multivariate=True, constant_liar=True)
+    sampler.base_seed = s.seed
+    return sampler
 
 
 def make_pruner(params: Params):
@@ -50,9 +89,25 @@ def make_pruner(params: Params):
 
 
 def load_study(params: Params, storage=None) -> optuna.Study:
+    """Create or load the study. Workers starting together on a fresh SQLite file race to create its
+    tables (one died with ``table study_directions already exists``): the loser retries once."""
+    import sqlalchemy.exc
+
     s = params.study
-    return optuna.create_study(study_name=s.name, storage=storage_for(params, storage), load_if_exists=True,
-                               directions=s.directions, sampler=make_sampler(params), pruner=make_pruner(params))
+    for attempt in (0, 1):
+        try:
+            study = optuna.create_study(study_name=s.name, storage=storage_for(params, storage), load_if_exists=True,
+                                        directions=s.directions, sampler=make_sampler(params),
+                                        pruner=make_pruner(params))
+            if study.metric_names != list(s.objectives):  # optuna-dashboard's axes: the objectives' names
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(list(s.objectives))
+            return study
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, optuna.exceptions.DuplicatedStudyError):
+            if attempt:
+                raise
+            time.sleep(1.0)
 
 
 # ------------------------------------------------------------------------------------ tracking
@@ -173,6 +228,8 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
     from benchmark.tracking import connect
 
     s = params.study
+    if n_trials is not None and n_trials < 1:
+        raise ValueError(f"--n-trials {n_trials}: expected at least 1 (finished trials wanted, all workers together)")
     if not s.search_space:
         raise ValueError("study.search_space is empty: nothing to tune")
     if params.models[s.model].kind != "casdm":
@@ -195,15 +252,28 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
         failures: list[str] = []
 
         def stop_on_repeated_failure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            if trial.state == optuna.trial.TrialState.FAIL:
+            if trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("fail_reason") != SURPLUS:
                 failures.append(trial.user_attrs.get("fail_reason", "unknown"))
-            else:
+            elif trial.state != optuna.trial.TrialState.FAIL:
                 failures.clear()
             if len(failures) >= MAX_CONSECUTIVE_FAILURES:
                 study.stop()
 
-        study.optimize(make_objective(params, scorer, parent, data_dir, log), catch=(Exception,),
-                       callbacks=[optuna.study.MaxTrialsCallback(target, states=FINISHED), stop_on_repeated_failure])
+        objective = make_objective(params, scorer, parent, data_dir, log)
+
+        def within_target(trial: optuna.Trial):
+            """n_trials counts the study's trials: a trial started when the others (finished or running,
+            every worker's) already make the target is given up before it trains."""
+            ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, RUNNING))
+                     if t.number < trial.number]
+            if len(ahead) >= target:
+                trial.study.stop()
+                trial.set_user_attr("fail_reason", SURPLUS)
+                raise RuntimeError(SURPLUS)
+            return objective(trial)
+
+        study.optimize(within_target, catch=(Exception,), callbacks=[
+            optuna.study.MaxTrialsCallback(target, states=(*FINISHED, RUNNING)), stop_on_repeated_failure])
         if len(failures) >= MAX_CONSECUTIVE_FAILURES:
             raise RuntimeError(f"study {s.name}: {len(failures)} trials in a row failed; stopping. Last: {failures[-1]}")
     plots = save_plots(study, params, STUDIES / s.name / "plots")
