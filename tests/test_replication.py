@@ -67,6 +67,14 @@ def test_a_model_pooled_over_three_seeds_is_compared_over_its_seeds():
     assert gain.p == pytest.approx(2 * t.sf(0.05 / se, 2), rel=1e-6)
     assert gain.low == pytest.approx(0.05 - t.ppf(0.975, 2) * se)
     assert gain.seed_sd == pytest.approx(statistics.stdev(diffs)) and gain.seed_sd_from == "this run"
+    # real only's own segmenter noise: one set of runs every training seed is compared with, so it joins
+    # the standard error (per segmenter seed k, the seeds' mean difference: here 0.03, 0.07, 0.05)
+    noisy = row(REAL, "reference", {0: 0.52, 1: 0.58, 2: 0.55})
+    again = {(c.a, c.b, c.metric): c for c in comparisons({REAL: noisy, "casdm": casdm}, {"casdm": "method"}, [], LEVEL)}
+    g = again[("casdm", REAL, "downstream_miou")]
+    se_k = math.sqrt(statistics.variance(diffs) / 3 + statistics.variance([0.03, 0.07, 0.05]) / 3)
+    assert g.delta == pytest.approx(0.05) and g.p == pytest.approx(2 * t.sf(0.05 / se_k, 2), rel=1e-6)
+    assert g.p > gain.p and "segmenter seeds" in g.method
 
     # an image score: the seeds' spread and the test set's bootstrap spread, in quadrature
     fid = by[("casdm", "sdm", "fid")]

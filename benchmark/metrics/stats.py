@@ -17,12 +17,14 @@ p-value (raw and Holm-adjusted within its family), the smallest effect it could 
 
 - A model trained with several seeds (``train.seeds``) is compared over its training seeds: per seed,
   the difference d_s (downstream: the mean over segmenter seeds; image scores: on all test images),
-  and a t test of their mean with S - 1 degrees of freedom whose standard error holds the seeds'
-  spread (sd(d) / sqrt(S)) and, for image scores, the test set's too (the standard deviation of the
-  seed-mean difference over the shared bootstrap resamples, added in quadrature): a difference between
-  methods must be larger than both what another training seed and what other test clips would give.
-  Two seeds of a model pair by seed value (seed s of A against seed s of B); a reference row (real
-  only, the control) is a constant.
+  and a t test of their mean whose standard error holds the seeds' spread (sd(d) / sqrt(S)) and, added
+  in quadrature, for image scores the test set's (the standard deviation of the seed-mean difference
+  over the shared bootstrap resamples), for downstream scores the segmenters' (the variance over
+  segmenter seeds of the seed-mean difference, / K: a reference row is one set of segmenter runs that
+  every training seed is compared with, so its noise is not in the seeds' spread); degrees of freedom
+  min(S, K) - 1 downstream, S - 1 for image scores. A difference between methods must be larger than
+  what another training seed, other test clips and other segmenter seeds would give. Two seeds of a
+  model pair by seed value (seed s of A against seed s of B).
 
 Verdict: ``better`` or ``worse`` when the Holm-adjusted p of the comparison's family is below
 1 - level (the interval is the unadjusted one), else ``indistinguishable`` (at this budget: more seeds,
@@ -187,23 +189,32 @@ def seed_half_width(values: list[float | None], level: float = 0.95) -> float | 
 
 
 def over_training_seeds(diffs: list[float], metric: str, level: float = 0.95, boot: list | None = None,
-                        power: float = POWER) -> Difference | None:
-    """A - B from per-training-seed differences ``diffs`` (>= 2); ``boot``: the seed-mean difference on
-    each shared bootstrap resample (image scores), whose variance joins the seeds' in the standard error."""
+                        segmenter: list | None = None, power: float = POWER) -> Difference | None:
+    """A - B from per-training-seed differences ``diffs`` (>= 2). The standard error adds, in quadrature,
+    what the seeds' spread cannot hold: ``boot``, the seed-mean difference on each shared bootstrap
+    resample (image scores: the test set's noise); ``segmenter``, the seed-mean difference per segmenter
+    seed (downstream: the segmenters' noise, var / K; a reference row such as real only is one set of
+    segmenter runs shared by every training seed, so its noise never shows in the seeds' spread).
+    Degrees of freedom: the fewer of training and segmenter seeds, minus one."""
     from scipy.stats import t
 
     n = len(diffs)
     if n < 2 or any(d is None for d in diffs):
         return None
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
-    var = sd ** 2 / n
+    var, df, parts = sd ** 2 / n, n - 1, ["t over training seeds"]
     vals = [b for b in (boot or []) if b is not None and math.isfinite(b)]
     if len(vals) >= 2:
         var += float(np.var(vals, ddof=1))
+        parts.append("test-set bootstrap")
+    segs = [v for v in (segmenter or []) if v is not None]
+    if len(segs) >= 2:
+        var += statistics.variance(segs) / len(segs)
+        df = min(df, len(segs) - 1)
+        parts.append("segmenter seeds")
     se = math.sqrt(var)
-    crit = t.ppf(0.5 + level / 2, n - 1)
-    mde = float((crit + t.ppf(power, n - 1)) * se)
-    p = (1.0 if mean == 0 else 0.0) if se == 0 else float(2 * t.sf(abs(mean) / se, n - 1))
-    method = "t over training seeds" + (" + test-set bootstrap" if len(vals) >= 2 else " (each the mean over segmenter seeds)")
-    return Difference(delta=mean, low=mean - crit * se, high=mean + crit * se, n=n, method=method, p=p, mde=mde,
-                      seed_sd=sd, verdict=decide(mean, p, 1 - level, higher_is_better(metric)))
+    crit = t.ppf(0.5 + level / 2, df)
+    mde = float((crit + t.ppf(power, df)) * se)
+    p = (1.0 if mean == 0 else 0.0) if se == 0 else float(2 * t.sf(abs(mean) / se, df))
+    return Difference(delta=mean, low=mean - crit * se, high=mean + crit * se, n=n, method=" + ".join(parts), p=p,
+                      mde=mde, seed_sd=sd, verdict=decide(mean, p, 1 - level, higher_is_better(metric)))

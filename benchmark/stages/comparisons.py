@@ -16,6 +16,8 @@ effect``; when the control's gain is not detectable they are ``not attributable`
 """
 from __future__ import annotations
 
+import statistics
+
 from benchmark.metrics.stats import (
     BETTER,
     decide,
@@ -58,7 +60,12 @@ def compare_seeds(a: str, b: str, rows: dict[str, EvaluationRow], level: float, 
     out = []
     for m in DOWNSTREAM:
         diffs = [minus(getattr(at(ra, a, s).downstream, m), getattr(at(rb, b, s).downstream, m)) for s in seeds]
-        r = over_training_seeds(diffs, m, level)
+        # per segmenter seed k, the mean over training seeds of A(s, k) - B(s, k): the segmenters' own noise
+        by_k = [(at(ra, a, s).downstream.by_seed(m), at(rb, b, s).downstream.by_seed(m)) for s in seeds]
+        ks = sorted(set.intersection(*(set(x) & set(y) for x, y in by_k))) if by_k else []
+        per_k = [statistics.fmean(x[k] - y[k] for x, y in by_k) if all(x[k] is not None and y[k] is not None
+                                                                       for x, y in by_k) else None for k in ks]
+        r = over_training_seeds(diffs, m, level, segmenter=per_k)
         if r is not None:
             out.append(Comparison.of(a, b, f"downstream_{m}", kind, r))
     for m in IMAGE if image else ():
