@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bench.screens import budget, sampler
-from bench.screens.splits import check_split, scores_on_validation, validation_override
+from bench.screens import check_split, scores_on_validation, validation_override
 from benchmark.config import deep_merge, parse_params
 from benchmark.data.splits import split_frames
 from tests.conftest import REPO, tiny_params

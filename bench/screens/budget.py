@@ -1,7 +1,7 @@
 """Quality per CPU-minute: one model trained at several step budgets, each scored by the leaderboard's
 own stages (``dvc repro evaluate@MODEL-SEED``: FID/KID/PRDC, the judge's semantic mIoU, downstream
 real + synthetic, colour shift), in a scratch copy of the project that scores on the validation videos
-(``bench/screens/splits.py``; the test split only with ``--split test --allow-test-split``).
+(``bench/screens/__init__.py``; the test split only with ``--split test --allow-test-split``).
 
     python -m bench.screens.budget --model casdm-mse --steps 400 800 1600 3200 --tag mse
     python -m bench.screens.budget --model casdm-mse --steps 800 --set diffusion.snr_gamma=5 --tag snr5
@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 
 from bench.pipeline import env_for, timed_repro
-from bench.screens.splits import add_split_args, check_split, validation_override
+from bench.screens import add_split_args, check_split, validation_override
 from benchmark.io import write_json
 from benchmark.seeds import seed_path
 from benchmark.provenance import copy_project, git_commit

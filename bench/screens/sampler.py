@@ -1,5 +1,5 @@
 """The sampler and its step count, on one trained model: for each (scheduler, steps) the images of the
-root project's test maps (a screen's copy: the validation videos, ``bench/screens/splits.py``) are drawn by
+root project's test maps (a screen's copy: the validation videos, ``bench/screens/__init__.py``) are drawn by
 the sample stage's own code and scored by the leaderboard's image scores (FID against the
 real test images, the judge's semantic mIoU, the colour shift), with seconds per image. No retraining:
 a sampler is a ``models.<name>.sampling`` change.
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.screens.splits import add_split_args, check_split, scores_on_validation
+from bench.screens import add_split_args, check_split, scores_on_validation
 from benchmark.io import write_json
 from benchmark.seeds import seed_path
 
