@@ -70,12 +70,13 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(tiny):
     models = list(load_params(repo / "params.yaml").models)
     assert {"casdm", "casdm-mse", "casdm-camse", "sdm", "controlnet"} <= set(models)
     for name in models:
-        manifest = json.loads((repo / "samples" / name / "manifest.json").read_text())
+        manifest = json.loads((repo / "samples" / name / "seed0" / "manifest.json").read_text())
         splits = [r["split"] for r in manifest["images"]]
         assert splits.count("test") == 24 and splits.count("train") == 8 and manifest["model"] == name
+        assert manifest["training_seed"] == 0
         for r in manifest["images"]:
-            assert (repo / "samples" / name / r["image"]).exists() and (repo / r["map"]).exists()
-        assert json.loads((repo / "metrics" / "train" / f"{name}.json").read_text())["steps"] == 4
+            assert (repo / "samples" / name / "seed0" / r["image"]).exists() and (repo / r["map"]).exists()
+        assert json.loads((repo / "metrics" / "train" / name / "seed0.json").read_text())["steps"] == 4
     # the map generator's chain: prompts of training maps -> maps -> casdm images -> a downstream row
     generated = json.loads((repo / "samples" / "maps" / "manifest.json").read_text())["images"]
     assert len(generated) == 8 and all(r["prompt"] for r in generated)
@@ -188,9 +189,9 @@ def test_dvc_remote_round_trip(tiny, tmp_path):
     assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
     dry = tiny.run("dvc", "repro", "--dry", cwd=clone)
     assert "Running stage" not in dry.stdout, dry.stdout
-    assert (clone / "models" / "casdm" / "model_index.json").exists()
-    assert (clone / "samples" / "casdm" / "manifest.json").read_text() == (
-        tiny.repo / "samples" / "casdm" / "manifest.json").read_text()
+    assert (clone / "models" / "casdm" / "seed0" / "model_index.json").exists()
+    assert (clone / "samples" / "casdm" / "seed0" / "manifest.json").read_text() == (
+        tiny.repo / "samples" / "casdm" / "seed0" / "manifest.json").read_text()
     tiny.dvc("remote", "remove", "lab")
     tiny.git("commit", "-qam", "no remote")
 

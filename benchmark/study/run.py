@@ -13,6 +13,7 @@ one run per trial tagged ``mlflow.parentRunId``, so workers in other processes n
 from __future__ import annotations
 
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -86,6 +87,35 @@ def make_pruner(params: Params):
     if params.study.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=params.study.report_every)
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+
+
+def worker_id() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def live(trial: optuna.trial.FrozenTrial) -> bool:
+    """A RUNNING trial whose worker still runs: one on this host whose process is gone (``kill -9``) is
+    not, and would otherwise block the study until Optuna's heartbeat grace (2 min) fails it."""
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    import socket
+
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def counted(study: optuna.Study, below: int | None = None) -> int:
+    """Trials toward n_trials: finished ones and those running in a live worker (numbers < ``below``)."""
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, RUNNING))
+    return sum(1 for t in trials if (below is None or t.number < below) and (t.state != RUNNING or live(t)))
 
 
 def load_study(params: Params, storage=None) -> optuna.Study:
@@ -262,18 +292,20 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
         objective = make_objective(params, scorer, parent, data_dir, log)
 
         def within_target(trial: optuna.Trial):
-            """n_trials counts the study's trials: a trial started when the others (finished or running,
-            every worker's) already make the target is given up before it trains."""
-            ahead = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, RUNNING))
-                     if t.number < trial.number]
-            if len(ahead) >= target:
+            """n_trials counts the study's trials: a trial started when the others (finished, or running
+            in a live worker, every worker's) already make the target is given up before it trains."""
+            trial.set_user_attr("worker", worker_id())
+            if counted(trial.study, below=trial.number) >= target:
                 trial.study.stop()
                 trial.set_user_attr("fail_reason", SURPLUS)
                 raise RuntimeError(SURPLUS)
             return objective(trial)
 
-        study.optimize(within_target, catch=(Exception,), callbacks=[
-            optuna.study.MaxTrialsCallback(target, states=(*FINISHED, RUNNING)), stop_on_repeated_failure])
+        def enough(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            if counted(study) >= target:
+                study.stop()
+
+        study.optimize(within_target, catch=(Exception,), callbacks=[enough, stop_on_repeated_failure])
         if len(failures) >= MAX_CONSECUTIVE_FAILURES:
             raise RuntimeError(f"study {s.name}: {len(failures)} trials in a row failed; stopping. Last: {failures[-1]}")
     plots = save_plots(study, params, STUDIES / s.name / "plots")
