@@ -97,19 +97,16 @@ def worker_id() -> str:
 
 def live(trial: optuna.trial.FrozenTrial) -> bool:
     """A RUNNING trial whose worker still runs: one on this host whose process is gone (``kill -9``) is
-    not, and would otherwise block the study until Optuna's heartbeat grace (2 min) fails it."""
-    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+    not, and would otherwise block the study until Optuna's heartbeat grace (2 min) fails it. The same
+    test as for an MLflow run left RUNNING (``tracking.mark_killed_runs``)."""
     import socket
 
+    from benchmark.tracking import _alive
+
+    host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
     if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
         return True
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _alive(int(pid))
 
 
 def counted(study: optuna.Study, below: int | None = None) -> int:
