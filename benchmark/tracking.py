@@ -101,7 +101,8 @@ def owner_tags() -> dict:
     return {"host": socket.gethostname(), "pid": str(os.getpid())}
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this host still exists (a permission error means it does, owned by another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -122,7 +123,7 @@ def mark_killed_runs(experiment_id: str) -> list[str]:
     for run in client.search_runs([experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
         tags = run.data.tags
         pid = tags.get("pid", "")
-        if tags.get("host") == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if tags.get("host") == host and pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             client.set_terminated(run.info.run_id, "KILLED")
             ended.append(run.info.run_id)
     return ended

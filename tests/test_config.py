@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import math
-
 import shutil
+import warnings
 
 import pytest
 import yaml
@@ -166,9 +166,13 @@ def test_auto_precision_is_bf16_only_where_the_cpu_does_bf16_in_hardware(tmp_pat
     info.write_text("processor\t: 0\nflags\t\t: fpu sse avx2 fma\n")
     monkeypatch.setattr(devices, "CPUINFO", info)
     assert devices.mixed_precision("auto") == "no"  # AVX2 only: bf16 would be emulated (28x slower)
+    with pytest.warns(RuntimeWarning, match="no bf16 in hardware"):
+        assert devices.mixed_precision("bf16") == "bf16"  # asked for: runs, and says it is slower here
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n")
     assert devices.mixed_precision("auto") == "bf16"
-    assert devices.mixed_precision("bf16") == "bf16" and devices.mixed_precision("no") == "no"  # explicit wins
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # hardware bf16: no warning
+        assert devices.mixed_precision("bf16") == "bf16" and devices.mixed_precision("no") == "no"  # explicit wins
     monkeypatch.setattr(devices, "CPUINFO", tmp_path / "absent")
     assert devices.cpu_flags() == set() and devices.mixed_precision("auto") == "no"  # unreadable: the safe choice
 

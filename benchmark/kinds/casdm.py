@@ -66,4 +66,4 @@ class CASDMKind(SpadeKind):
 
     def load_state(self, folder: Path, model) -> None:
         if (folder / "frozen.pt").exists():
-            self.objective.load_frozen_state(torch.load(folder / "frozen.pt", map_location=model.device), model)
+            self.objective.load_frozen_state(torch.load(folder / "frozen.pt", map_location=model.device, weights_only=True), model)

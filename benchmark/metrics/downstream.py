@@ -194,5 +194,5 @@ def load_judge(judge_dir: Path) -> torch.nn.Module:
         raise FileNotFoundError(f"{meta_path}: no semantic-fidelity judge; run `dvc repro evaluate-real`")
     meta = json.loads(meta_path.read_text())
     model = build_segmenter(meta["segmenter"], meta["num_classes"], meta["encoder_weights"], load=False)
-    model.load_state_dict(torch.load(Path(judge_dir) / "judge.pt", map_location="cpu"))
+    model.load_state_dict(torch.load(Path(judge_dir) / "judge.pt", map_location="cpu", weights_only=True))
     return model.eval()

@@ -101,12 +101,12 @@ def live(trial: optuna.trial.FrozenTrial) -> bool:
     test as for an MLflow run left RUNNING (``tracking.mark_killed_runs``)."""
     import socket
 
-    from benchmark.tracking import _alive
+    from benchmark.tracking import process_alive
 
     host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
     if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
         return True
-    return _alive(int(pid))
+    return process_alive(int(pid))
 
 
 def counted(study: optuna.Study, below: int | None = None) -> int:
