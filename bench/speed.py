@@ -1,5 +1,6 @@
 """Speed of the CASDM core at a preset: training step time (MSE, CA-MSE, CA-MSE + CA-SP) and
-sampling time per image per sampler, with and without SPADE reuse.
+sampling time per image per sampler, with and without SPADE reuse, and each training step's FLOPs
+and achieved FLOP/s as a fraction of this machine's measured peak (``bench.roofline``).
 
 Usage (repo root, venv active): ``python -m bench.speed [--preset cpu] [--batch 8]``.
 Prints a table and writes ``bench/results/speed_<preset>.json``. Warm-up steps are excluded;
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from bench.roofline import count_flops, peak_flops, roofline
 from benchmark.config import load_params
 from benchmark.io import write_json
 from casdm.losses import class_pixel_weights
@@ -86,13 +88,19 @@ def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: in
             torch.cuda.synchronize()
 
     result = {"preset": preset, "resolution": res, "batch": batch, "device": device, "dtype": str(dtype),
-              "num_parameters": n_params, "train_s_per_step": {}, "sample_s_per_image": {}}
+              "num_parameters": n_params, "train_s_per_step": {}, "sample_s_per_image": {},
+              "peak": peak_flops(device, dtype), "roofline": {}}
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     for loss in ("mse", "ca_mse", "ca_mse+ca_sp"):
         kind = kind_for(loss)
-        result["train_s_per_step"][loss] = _median_time(
-            lambda: _train_step(kind, model, opt, x0, labels, accelerator), 2, steps)
+
+        def step():  # the kind's loss runs under the accelerator's autocast: FLOPs counted in the timed dtype
+            return _train_step(kind, model, opt, x0, labels, accelerator)
+
+        result["train_s_per_step"][loss] = _median_time(step, 2, steps)
+        result["roofline"][loss] = roofline(count_flops(step), result["train_s_per_step"][loss], result["peak"])
+    result["ca_sp_over_ca_mse"] = result["train_s_per_step"]["ca_mse+ca_sp"] / result["train_s_per_step"]["ca_mse"]
     result["train_s_per_step"]["ca_weights_only"] = _median_time(weights_only, 2, steps)
     if device.startswith("cuda"):
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
@@ -170,6 +178,12 @@ def main() -> None:
     t.add_column("seconds", justify="right")
     for k, v in r["train_s_per_step"].items():
         t.add_row(f"train step: {k}", f"{v:.4f}")
+    for k, v in r["roofline"].items():
+        t.add_row(f"  {k}: GFLOP/step, achieved GFLOP/s, fraction of peak",
+                  f"{v['flops_per_step'] / 1e9:.1f}, {v['achieved_flops_per_s'] / 1e9:.1f}, {v['fraction_of_peak']:.3f}")
+    for k, v in r["peak"].items():
+        t.add_row(f"peak {k.replace('_flops_per_s', '')} GFLOP/s ({a.dtype})", f"{v / 1e9:.1f}")
+    t.add_row("CA-SP step / CA-MSE step", f"{r['ca_sp_over_ca_mse']:.3f}")
     for k, v in r["sample_s_per_image"].items():
         t.add_row(f"sample per image: {k}", f"{v:.4f}")
     if "peak_memory_gib" in r:

@@ -27,6 +27,13 @@ def check_report(repo, board: dict, models: list[str], client, leaderboard_run: 
                     "## Samples", "## Training", "## Study", "## Reproduce"):
         assert section in md, section
     assert "casdm reaches downstream_miou" in md and "_Skipped: no study" in md
+    # the headline names the top row on the primary metric, whatever its role, and where the method stands
+    primary = "downstream_miou"
+    ranked = sorted((n for n in models if board[n][primary] is not None), key=lambda n: -board[n][primary])
+    assert f"The top row on {primary} is {ranked[0]} ({board[ranked[0]][primary]:.3f}" in md
+    assert f"casdm ranks {ranked.index('casdm') + 1} of {len(ranked)}" in md
+    assert "↓ (efficientnet_lite0)" in md and "not comparable with the Inception" in md  # labels, FID caveat
+    assert "| environment | Python 3." in md and "torch threads" in md
     for link in re.findall(r"\]\((assets/[^)]+)\)", md):
         assert (repo / "reports" / link).exists(), link
     logged = {a.path for a in client.list_artifacts(leaderboard_run, "report")}

@@ -15,7 +15,7 @@ from benchmark.metrics.stats import higher_is_better
 from benchmark.provenance import dataset_hash, git_commit, redact, redact_tree
 from benchmark.report import figures
 from benchmark.report.inputs import Inputs, file_hash
-from benchmark.report.tables import VERDICT_RULE, fmt
+from benchmark.report.tables import FID_CAVEAT, VERDICT_RULE, fmt, label
 from benchmark.results import CONTROL, REAL, Comparison, Difference
 from benchmark.tracking import flatten
 
@@ -57,7 +57,38 @@ def protocol(inp: Inputs) -> dict:
                                "within each comparison family",
                   "train_seeds": p.train.seeds, "sample_seed": p.sample.seed}
     provenance = {"git_commit": git_commit(), "dvc_lock": file_hash(inp.paths.lock) or "no dvc.lock"}
-    return {"data": data, "models": models, "evaluation": evaluation, "provenance": provenance}
+    return {"data": data, "models": models, "evaluation": evaluation, "provenance": provenance,
+            "environment": environment()}
+
+
+LIBRARIES = ("torch", "diffusers", "accelerate", "clean-fid", "segmentation-models-pytorch", "mlflow", "dvc", "optuna")
+
+
+def environment() -> dict:
+    """Library versions and hardware of the machine that built the report (the stages of one ``dvc repro``
+    ran on it too; each model's device and precision are in the models table)."""
+    import os
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    from benchmark.devices import CPUINFO
+
+    def ver(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    try:
+        cpu = next((ln.split(":", 1)[1].strip() for ln in CPUINFO.read_text().splitlines()
+                    if ln.startswith("model name")), platform.processor() or "-")
+    except OSError:
+        cpu = platform.processor() or "-"
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return {"python": platform.python_version(), "libraries": {n: ver(n) for n in LIBRARIES}, "cpu": cpu,
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
 
 
 def _comparison(inp: Inputs, a: str, b: str, metric: str) -> Comparison | None:
@@ -101,7 +132,17 @@ def headline(inp: Inputs) -> dict:
     if REAL in board:
         parts.append(f"against real only ({board[REAL].value(primary) if board[REAL].value(primary) is not None else float('nan'):.3f}), "
                      f"{_delta_text(_comparison(inp, method, REAL, primary), primary)}")
-    return {"sentence": "; ".join(parts) + ".", "method": method, "best_baseline": best, "primary": primary}
+    ranked = sorted((m for m in inp.models if board.get(m) is not None and board[m].value(primary) is not None),
+                    key=lambda m: -sign * board[m].value(primary))
+    top = ranked[0] if ranked else None
+    lead = ""
+    if top:
+        lead = (f"The top row on {primary} is {top} ({board[top].value(primary):.3f}, role {p.models[top].role}); "
+                f"{method} ranks {ranked.index(method) + 1} of {len(ranked)}"
+                + ("" if top == method else f", {_delta_text(_comparison(inp, method, top, primary), primary)}")
+                + ". ")
+    return {"sentence": lead + "; ".join(parts) + ".", "method": method, "best_baseline": best, "primary": primary,
+            "top": top}
 
 
 def leaderboard(inp: Inputs) -> dict:
@@ -120,7 +161,8 @@ def leaderboard(inp: Inputs) -> dict:
     table = [{"model": n, "role": r.role, "reference": n in REFERENCES,
               "cells": [{"text": fmt(r.cells.get(c), c), "best": best.get(c) == n} for c in main],
               "all": [fmt(r.cells.get(c), c) for c in every]} for n, r in rows]
-    return {"columns": main, "rows": table, "all_columns": every}
+    return {"columns": main, "labels": [label(c) for c in main], "rows": table, "all_columns": every,
+            "fid_caveat": FID_CAVEAT if fid else None}
 
 
 def ladder(inp: Inputs, assets: dict) -> dict:

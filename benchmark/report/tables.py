@@ -3,6 +3,7 @@ the HTML report's cells, and the terminal table of ``casdm leaderboard show``. E
 typed rows (``benchmark.results``); nothing parses column names."""
 from __future__ import annotations
 
+from benchmark.metrics.stats import higher_is_better
 from benchmark.results import Column, Comparison, Estimate, LeaderboardRow
 
 HIDDEN = ("downstream_segmenter",)  # carried in the file, said once below the table rather than per cell
@@ -31,6 +32,25 @@ def fmt(cell: Estimate | None, column: str) -> str:
     if cell.verdict:
         text += f" {cell.verdict}"
     return text
+
+
+NAMES = {"fid": "FID", "kid": "KID", "colour_shift": "colour shift", "semantic_miou": "semantic mIoU",
+         "semantic_rare_miou": "semantic rare mIoU", "downstream_miou": "downstream mIoU",
+         "downstream_rare_miou": "downstream rare mIoU", "delta_miou": "Δ mIoU vs real only",
+         "delta_rare_miou": "Δ rare mIoU vs real only", "vs_control_miou": "mIoU vs control",
+         "vs_control_rare_miou": "rare mIoU vs control"}
+FID_CAVEAT = ("FID here is computed on the features of a small packaged ImageNet encoder (named in the column and "
+              "the protocol), not Inception-v3: it ranks rows of this run and is not comparable with the Inception "
+              "FIDs papers report.")
+
+
+def label(column: str) -> str:
+    """A column's name for a reader: plain words and an arrow for the better direction (``fid:<extractor>``
+    keeps the extractor, the reason its values are not Inception FIDs)."""
+    head, _, extractor = column.partition(":")
+    name = NAMES.get(head, head.replace("_", " "))
+    arrow = "↑" if higher_is_better(column) else "↓"
+    return f"{name} {arrow}" + (f" ({extractor.split(':')[0]})" if extractor else "")
 
 
 def shown_columns(columns: list[Column]) -> list[str]:

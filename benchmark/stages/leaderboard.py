@@ -220,7 +220,9 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, EvaluationRow]
                          "params_hash": hash_json(params.model_dump(mode="json"))})
         mlflow.log_params({"primary": params.leaderboard.primary, "sort": params.leaderboard.sort,
                            **{f"run/{k}": v for k, v in linked.items()}})
-        mlflow.log_table({c: [r.get(c) for r in table] for c in table[0]}, artifact_file="leaderboard.json")
+        # the artifact viewer reads a "." in a column name as a path and shows the column blank: "_" there
+        mlflow.log_table({c.replace(".", "_"): [r.get(c) for r in table] for c in table[0]},
+                         artifact_file="leaderboard.json")
         mlflow.log_artifact(str(report))
         for r in table:
             key = r["model"].replace("+", "_plus_")  # MLflow metric names allow no "+" ("casdm+maps")
@@ -247,7 +249,7 @@ def latest_table(params: Params) -> tuple[str, list[Column], list[LeaderboardRow
         raise LookupError(f"no leaderboard run in MLflow experiment {params.tracking.experiment!r} at "
                           f"{mlflow.get_tracking_uri()}; run `dvc repro leaderboard` first")
     run_id = runs[0].info.run_id
-    df = mlflow.MlflowClient().load_table(exp.experiment_id, "leaderboard.json", run_ids=[run_id])
-    records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in rec.items() if k != "run_id"}
-               for rec in df.to_dict("records")]  # MLflow's table holds a missing value as NaN
+    # the rows under their own column names (the browsable leaderboard.json table has "." replaced)
+    rows = mlflow.artifacts.load_dict(f"runs:/{run_id}/leaderboard_rows.json")
+    records = [{"model": name, **row} for name, row in rows.items()]
     return run_id, columns_of(records[0]), [LeaderboardRow.from_flat(rec["model"], rec) for rec in records]

@@ -1,0 +1,58 @@
+"""How many verdicts change between two runs' ``comparisons.json``: the re-run test of a conclusion.
+
+Usage (repo root): ``python -m bench.verdicts OLD NEW [--out bench/results/verdicts_<name>.json]``, where
+OLD and NEW are comparisons files (``git show REV:metrics/comparisons.json > old.json`` for a committed
+run). A comparison is matched by (a, b, metric); one present in only one file is listed, not counted.
+A verdict the suite prints should survive a re-run of the same protocol on another machine: the
+changed ones are the comparisons whose conclusion is floating-point order, not the data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmark.io import write_json
+
+
+def key(row: dict) -> tuple[str, str, str]:
+    return row["a"], row["b"], row["metric"]
+
+
+def changes(old: list[dict], new: list[dict]) -> dict:
+    """Matched comparisons, the ones whose verdict differs, and those in one file only."""
+    before, after = {key(r): r for r in old}, {key(r): r for r in new}
+    shared = [k for k in before if k in after]
+    changed = [{"a": k[0], "b": k[1], "metric": k[2], "family": after[k].get("family"),
+                "old": {f: before[k].get(f) for f in ("delta", "p_adjusted", "verdict")},
+                "new": {f: after[k].get(f) for f in ("delta", "p_adjusted", "verdict")}}
+               for k in shared if before[k]["verdict"] != after[k]["verdict"]]
+    return {"matched": len(shared), "changed": len(changed), "rows": changed,
+            "only_old": [list(k) for k in before if k not in after],
+            "only_new": [list(k) for k in after if k not in before]}
+
+
+def main() -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("old", type=Path)
+    ap.add_argument("new", type=Path)
+    ap.add_argument("--out", type=Path)
+    a = ap.parse_args()
+    result = changes(json.loads(a.old.read_text()), json.loads(a.new.read_text()))
+    t = Table(title=f"{result['changed']} of {result['matched']} verdicts changed")
+    for col in ("a", "b", "metric", "old", "new"):
+        t.add_column(col)
+    for r in result["rows"]:
+        t.add_row(r["a"], r["b"], r["metric"], f"{r['old']['verdict']} ({r['old']['delta']:+.3g})",
+                  f"{r['new']['verdict']} ({r['new']['delta']:+.3g})")
+    Console(width=140).print(t)
+    if a.out:
+        write_json(a.out, {"old": str(a.old), "new": str(a.new), **result})
+    return result
+
+
+if __name__ == "__main__":
+    main()
