@@ -54,3 +54,19 @@ def roofline(step_flops: int, step_s: float, peak: dict[str, float]) -> dict[str
     achieved = step_flops / step_s
     return {"flops_per_step": step_flops, "achieved_flops_per_s": achieved,
             "fraction_of_peak": achieved / max(peak.values())}
+
+
+def main() -> None:
+    """``python -m bench.roofline [--device cpu] [--dtype float32]``: this machine's measured peaks."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    a = ap.parse_args()
+    for name, value in peak_flops(a.device, getattr(torch, a.dtype)).items():
+        print(f"{name}: {value / 1e9:.1f} GFLOP/s ({a.device}, {a.dtype})")
+
+
+if __name__ == "__main__":
+    main()

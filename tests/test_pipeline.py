@@ -173,6 +173,21 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(tiny):
     assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
 
 
+def test_dvc_plots_show_renders_every_plot_offline(tiny, tmp_path):
+    """`dvc plots show` on the committed template (.dvc/config plots.html_template): every plot's files
+    found, the vega libraries inline, no script or request that leaves the machine."""
+    from tests.browser import load_page
+
+    out = tiny.dvc("plots", "show", "-o", str(tmp_path / "plots"))
+    assert out.returncode == 0 and "failed to load" not in out.stdout + out.stderr, out.stdout + out.stderr
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert not re.search(r"<script[^>]+src=[\"']?https?:", page) and "vega-embed@6" in page
+    shown = load_page(tmp_path / "plots" / "index.html", tmp_path / "plots.png")
+    assert shown["errors"] == [] and shown["failed"] == [], shown
+    assert all(not u.startswith(("http:", "https:")) for u in shown["requests"]), shown["requests"]
+    assert page.count("vegaEmbed('#") >= 5  # loss curves, map generator, IoU, Dice, semantic IoU
+
+
 def test_dvc_remote_round_trip(tiny, tmp_path):
     """Push to a remote, clone, pull: the colleague's copy is up to date without running a stage."""
     remote = tmp_path / "remote"
