@@ -83,6 +83,13 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
     assert (best == 0) == (shown["comparison"] is None)
     if best != 0:
         assert shown["comparison"].endswith(("better", "worse", "indistinguishable"))
+    from benchmark.study.store import pick_best, versus_configured  # what `casdm study best` prints
+
+    t0, found = versus_configured(study, params, pick_best(study, params))
+    assert t0.number == 0 and (found is None) == (best == 0)
+    if found is not None:
+        assert found.delta == pytest.approx(study.trials[best].value - study.trials[0].value)
+        assert found.low <= found.high and found.verdict in ("better", "worse", "indistinguishable")
     # the same command again: nothing left to do, the same study and parent
     again = run_study(params, prepared, study_dir / "judge", log=lambda *a: None)
     assert len(again.trials) == 2 and len([r for r in runs_of(study_dir) if r.data.tags.get("kind") == "study"]) == 1

@@ -59,8 +59,8 @@ def study_best(params: Path = PARAMS, storage: str = STORAGE,
                                                  help="write its values into params.yaml's tuned model")) -> None:
     """The best trial (or the Pareto front); with --write-params, into params.yaml for `dvc repro`."""
     from benchmark.config import ConfigError
-    from benchmark.study.store import pick_best
     from benchmark.study.space import write_best
+    from benchmark.study.store import pick_best, versus_configured
 
     p, study = load(params, storage)
     try:
@@ -71,6 +71,18 @@ def study_best(params: Path = PARAMS, storage: str = STORAGE,
         console.print("Pareto front: " + "; ".join(f"trial {t.number}: {dict(zip(p.study.objectives, t.values))}"
                                                    for t in study.best_trials), soft_wrap=True)
     console.print(f"trial {best.number}: {dict(zip(p.study.objectives, best.values))}", soft_wrap=True)
+    t0, found = versus_configured(study, p, best)
+    if t0 is None:
+        console.print("no trial 0 (the configured weights) to compare with")
+    elif t0.number == best.number:
+        console.print(f"trial {best.number} is trial 0: the configured weights are the best trial")
+    elif found is None:
+        console.print(f"vs trial {t0.number} (the configured weights): {best.values[0] - t0.values[0]:+.4f}, "
+                      "no interval (a trial without bootstrap values)", soft_wrap=True)
+    else:
+        console.print(f"vs trial {t0.number} (the configured weights): {found.delta:+.4f} [{found.low:+.4f}, "
+                      f"{found.high:+.4f}], p {found.p:.3f}, {found.verdict} ({found.method}; one study, "
+                      "not corrected for the trials searched)", soft_wrap=True)
     console.print(f"models.{p.study.model}.training: {best.user_attrs['training']}", soft_wrap=True)
     if write_params:
         try:

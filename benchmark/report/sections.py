@@ -286,16 +286,10 @@ def study(inp: Inputs, assets: dict) -> dict:
     done = [t for t in st.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not done:
         return {"skipped": f"study {s.name!r} has no complete trial"}
-    from benchmark.metrics.stats import paired_bootstrap
-    from benchmark.study.store import pick_best
+    from benchmark.study.store import pick_best, versus_configured
 
-    t0 = next((t for t in done if t.user_attrs.get("baseline")), None)
     best, objective = pick_best(st, inp.params), s.objectives[0]
-    found = None
-    if t0 is not None and t0.number != best.number:
-        found = paired_bootstrap(best.user_attrs.get("bootstrap", {}).get(objective, []),
-                                 t0.user_attrs.get("bootstrap", {}).get(objective, []),
-                                 best.values[0] - t0.values[0], objective, inp.params.evaluate.bootstrap.level)
+    t0, found = versus_configured(st, inp.params, best)
     return {"name": s.name, "trials": len(st.trials), "complete": len(done), "objective": objective,
             "best": {"number": best.number, "value": best.values[0], "params": best.params},
             "trial0": None if t0 is None else {"number": t0.number, "value": t0.values[0]},

@@ -86,6 +86,22 @@ def pick_best(study: optuna.Study, params: Params, number: int | None = None) ->
     return max(study.best_trials, key=lambda t: sign * t.values[0])
 
 
+def versus_configured(study: optuna.Study, params: Params, best: optuna.trial.FrozenTrial):
+    """The best trial against trial 0 (the configured weights) on the first objective: the paired bootstrap
+    over the study's validation maps (both trials scored the same resamples), or None where trial 0 is the
+    best, is missing, or either lacks its bootstrap values. Returns (trial 0, Difference | None)."""
+    from benchmark.metrics.stats import paired_bootstrap
+
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    t0 = next((t for t in done if t.user_attrs.get("baseline")), None)
+    if t0 is None or t0.number == best.number:
+        return t0, None
+    objective = params.study.objectives[0]
+    return t0, paired_bootstrap(best.user_attrs.get("bootstrap", {}).get(objective, []),
+                                t0.user_attrs.get("bootstrap", {}).get(objective, []),
+                                best.values[0] - t0.values[0], objective, params.evaluate.bootstrap.level)
+
+
 def trials_table(study: optuna.Study, params: Params):
     """Every trial as a rich Table: state, objective values, parameters, why it failed or was pruned."""
     from rich.table import Table
