@@ -158,6 +158,10 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
         tracker.end(status="FAILED")
         raise
     accelerator.wait_for_everyone()
+    if last_grid is None and step >= tc.steps and accelerator.is_main_process:
+        # resumed from the final checkpoint (a re-run after an upstream stage re-ran): no step ran, so the
+        # grid the finished run drew at its last step is drawn again from the same restored weights
+        last_grid = _grid(kind, accelerator.unwrap_model(model), ema, trainable, grid_maps)
     metrics = {}
     if accelerator.is_main_process:
         metrics = _finish(kind, accelerator.unwrap_model(model), ema, trainable, paths, history, n_params,
