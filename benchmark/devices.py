@@ -24,11 +24,22 @@ def cpu_flags() -> set[str]:
     return set(line.split(":", 1)[1].split())
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else what ``platform`` knows: the report's environment block."""
+    import platform
+
+    try:
+        return next((ln.split(":", 1)[1].strip() for ln in CPUINFO.read_text().splitlines()
+                     if ln.startswith("model name")), platform.processor() or "-")
+    except OSError:
+        return platform.processor() or "-"
+
+
 def mixed_precision(setting: str) -> str:
     """A ``mixed_precision`` setting (train or sample) with ``auto`` resolved: bf16 on a GPU that has it
     and on a CPU with bf16 in hardware, else no. (Without it bf16 autocast is emulated: the cpu preset's
     training step measured 28x slower than float32 on an AVX2-only CPU and 1.5-2.2x slower on an AVX-512
-    CPU without avx512_bf16, docs/costs.md.) An explicit bf16 on such a CPU runs as asked, with a warning."""
+    CPU without avx512_bf16, docs/results.md.) An explicit bf16 on such a CPU runs as asked, with a warning."""
     if setting == "fp16" and not torch.cuda.is_available():
         # accelerate records fp16 on a CPU and then runs float32: a run would say what it did not do
         raise ValueError("mixed_precision fp16: needs a GPU (float16 autocast is not applied on a CPU); use bf16, "

@@ -73,7 +73,7 @@ def environment() -> dict:
 
     import torch
 
-    from benchmark.devices import CPUINFO
+    from benchmark.devices import cpu_model
 
     def ver(name: str) -> str:
         try:
@@ -81,11 +81,7 @@ def environment() -> dict:
         except PackageNotFoundError:
             return "not installed"
 
-    try:
-        cpu = next((ln.split(":", 1)[1].strip() for ln in CPUINFO.read_text().splitlines()
-                    if ln.startswith("model name")), platform.processor() or "-")
-    except OSError:
-        cpu = platform.processor() or "-"
+    cpu = cpu_model()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return {"python": platform.python_version(), "libraries": {n: ver(n) for n in LIBRARIES}, "cpu": cpu,
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu}
@@ -132,7 +128,7 @@ def headline(inp: Inputs) -> dict:
     if REAL in board:
         parts.append(f"against real only ({board[REAL].value(primary) if board[REAL].value(primary) is not None else float('nan'):.3f}), "
                      f"{_delta_text(_comparison(inp, method, REAL, primary), primary)}")
-    ranked = sorted((m for m in inp.models if board.get(m) is not None and board[m].value(primary) is not None),
+    ranked = sorted((m for m in inp.models if board[m].value(primary) is not None),
                     key=lambda m: -sign * board[m].value(primary))
     top = ranked[0] if ranked else None
     lead = ""
