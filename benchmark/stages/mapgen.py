@@ -35,6 +35,7 @@ from casdm.prompts import (
 )
 
 MAPGEN = "mapgen"
+TIMES = ("s_per_map", "s_per_image")  # wall-clock seconds: in metrics/maps.json, never in the cached folder
 
 
 def generator_params(params: Params) -> Params:
@@ -180,7 +181,9 @@ def build_maps(params: Params, data_dir: Path, generator_dir: Path, image_model_
         Manifest(model=f"{g.image_model}+maps", images=records,
                  made_with={"image_model": g.image_model, "generator": str(generator_dir),
                             "training_seed": params.train.seed}).write(tmp)
-        write_json(tmp / "metrics.json", result)
+        # the cached folder's copy carries no wall-clock times: the folder's hash is then the same for the same
+        # maps and images (a re-run after an upstream stage re-ran changes nothing); metrics/maps.json has them
+        write_json(tmp / "metrics.json", {k: v for k, v in result.items() if k not in TIMES})
     write_json(metrics, _flat_metrics(result))
     _log_mlflow(params, result, maps[:8], images[:8], prompts[:8], table)
     return result
