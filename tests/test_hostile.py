@@ -181,3 +181,24 @@ def test_prompt_files_in_other_encodings_and_absurd_prompts_fail_naming_them(tmp
     with pytest.raises(PromptError) as caught:
         parse_prompt(long, VOCAB)
     assert len(str(caught.value)) < 1000 and "(10000 characters)" in str(caught.value)
+
+
+def test_tracking_stores_and_study_storages_that_cannot_be_used_are_one_line(tmp_path, monkeypatch):
+    """`casdm leaderboard` on a bogus or unreachable tracking URI and `casdm study show` on a study
+    storage that is down: one line naming the (redacted) URL, no traceback, no password."""
+    import re
+    import shutil
+
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for uri, named in (("bogus://x", "bogus://x"), ("postgresql://casdm:s3cr3t@127.0.0.1:1/mlflow",
+                                                    "postgresql://casdm:***@127.0.0.1:1/mlflow")):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        r = CliRunner().invoke(app, ["leaderboard"])
+        assert r.exit_code == 1 and re.search(rf"MLflow tracking (store|database) {re.escape(named)} .*cannot be", r.output), r.output
+        assert "s3cr3t" not in r.output and r.exc_info[0] is SystemExit, r.output
+    r = CliRunner().invoke(app, ["study", "show", "--storage", "postgresql://casdm:s3cr3t@127.0.0.1:1/optuna"])
+    assert r.exit_code == 1 and "study storage postgresql://casdm:***@127.0.0.1:1/optuna" in r.output, r.output
+    assert "s3cr3t" not in r.output and "Traceback" not in r.output and r.exc_info[0] is SystemExit
