@@ -65,7 +65,7 @@ class DataConfig(Section):
     @classmethod
     def _multiple_of_8(cls, v: int) -> int:
         if v % 8:
-            raise ValueError(f"must be a multiple of 8 (U-Net down-sampling), got {v}")
+            raise ValueError("must be a multiple of 8 (U-Net down-sampling)")
         return v
 
 
