@@ -47,6 +47,19 @@ def write_json(path: Path, data) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def read_json(path: Path, expected: str):
+    """The JSON in ``path``; a truncated or hand-broken file fails naming it, where it broke and what it
+    should hold (``expected``), not with json's bare "Expecting ',' delimiter"."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); expected "
+                         f"{expected}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected {expected}") from None
+
+
 def write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
     """A CSV with a header row; ``rows`` are dicts keyed by ``columns`` (missing keys are empty)."""
     buf = io.StringIO(newline="")

@@ -16,12 +16,16 @@ PIPELINE_OUTPUTS = ("dvc.lock", "metrics", "plots", "reports")
 
 
 SECRET_IN_URL = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s/]+@")
+TOKEN_IN_URL = re.compile(r"(?P<head>\bhttps?://)[^/:@\s]+@")  # https://<token>@host: a git or DVC HTTP remote
 
 
 def redact(text: str) -> str:
-    """``scheme://user:password@host`` -> ``scheme://user:***@host``: a storage or tracking URL with a
-    password is never logged, rendered or put into an error message as written."""
-    return SECRET_IN_URL.sub(lambda m: m.group("head") + "***@", text)
+    """``scheme://user:password@host`` -> ``scheme://user:***@host`` and ``https://token@host`` ->
+    ``https://***@host``: a storage, tracking or remote URL with a secret is never logged, rendered or put
+    into an error message as written. A user name alone (``ssh://git@host``, ``postgresql://casdm@db``)
+    is no secret and stays readable."""
+    text = SECRET_IN_URL.sub(lambda m: m.group("head") + "***@", text)
+    return TOKEN_IN_URL.sub(lambda m: m.group("head") + "***@", text)
 
 
 def redact_tree(obj):

@@ -179,6 +179,14 @@ class Tracker:
 
             mlflow.log_image(image, key=key, step=step)
 
+    def log_image_file(self, image, artifact_file: str) -> None:
+        """An image at a fixed artifact path (``samples/last_grid.png``): MLflow's compare view shows
+        the same path of several runs side by side, which the per-step images (uuid names) never are."""
+        if self.enabled:
+            import mlflow
+
+            mlflow.log_image(image, artifact_file=artifact_file)
+
     def set_tag(self, key: str, value: str) -> None:
         if self.enabled:
             import mlflow

@@ -143,7 +143,15 @@ def fit_vocabulary(maps, names: list[str], min_fraction: float = 0.002) -> Vocab
 
 
 def _closest(word: str, choices: list[str]) -> str:
-    return difflib.get_close_matches(word, choices, n=1, cutoff=0.0)[0]
+    return difflib.get_close_matches(word[:SHOWN], choices, n=1, cutoff=0.0)[0]
+
+
+SHOWN = 80  # characters of a bad prompt or word an error echoes: a 10,000-character prompt is not repeated
+
+
+def _shown(text: str) -> str:
+    """``text`` as an error quotes it: repr, cut to ``SHOWN`` characters with the full length said."""
+    return repr(text) if len(text) <= SHOWN else f"{text[:SHOWN]!r}... ({len(text)} characters)"
 
 
 def _normalise(word: str) -> str:
@@ -158,17 +166,20 @@ def parse_prompt(text: str, vocab: Vocabulary) -> Prompt:
     """Read ``"name[, size][, location][, quantity]; ..."`` (fields in any order, case-insensitive)."""
     clauses = [c for c in (part.strip() for part in text.split(";")) if c]
     if not clauses:
-        raise PromptError(f"empty prompt {text!r}; expected e.g. 'Liver, large, upper left; Grasper, small, centre'")
+        raise PromptError(f"empty prompt {_shown(text)}; expected e.g. 'Liver, large, upper left; Grasper, small, centre'")
     seen, out = set(), []
     for clause in clauses:
         words = [w.strip() for w in clause.split(",")]
+        if not words[0]:
+            raise PromptError(f"prompt {_shown(text)}: a clause {_shown(clause)} starts with no class name; expected "
+                              "'class[, size][, location][, quantity]', e.g. 'Liver, large, upper left'")
         cid = vocab.class_id(re.sub(r"\s+", " ", words[0]))
         if cid is None:
-            raise PromptError(f"prompt {text!r}: unknown class {words[0]!r}; did you mean "
+            raise PromptError(f"prompt {_shown(text)}: unknown class {_shown(words[0])}; did you mean "
                               f"{_closest(words[0], list(vocab.names))!r}? (classes: {', '.join(vocab.names)})")
         name = vocab.names[cid]
         if cid in seen:
-            raise PromptError(f"prompt {text!r}: class {name!r} named twice; give each class one clause")
+            raise PromptError(f"prompt {_shown(text)}: class {name!r} named twice; give each class one clause")
         seen.add(cid)
         values: dict[str, str] = {}
         for raw in words[1:]:
@@ -176,11 +187,11 @@ def parse_prompt(text: str, vocab: Vocabulary) -> Prompt:
             kind = next((k for k, vocab_words in FIELDS.items() if word in vocab_words), None)
             if kind is None:
                 every = [w for ws in FIELDS.values() for w in ws]
-                raise PromptError(f"prompt {text!r}: unknown word {raw.strip()!r} for {name}; did you mean "
+                raise PromptError(f"prompt {_shown(text)}: unknown word {_shown(raw.strip())} for {name}; did you mean "
                                   f"{_closest(word, every)!r}? (sizes: {', '.join(SIZES)}; locations: "
                                   f"{', '.join(LOCATIONS)}; quantities: {', '.join(QUANTITIES)})")
             if kind in values:
-                raise PromptError(f"prompt {text!r}: {name} has two {kind}s ({values[kind]!r}, {word!r})")
+                raise PromptError(f"prompt {_shown(text)}: {name} has two {kind}s ({values[kind]!r}, {word!r})")
             values[kind] = word
         out.append(ClassPrompt(name, **values))
     return tuple(sorted(out, key=lambda c: vocab.class_id(c.name)))

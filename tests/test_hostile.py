@@ -88,3 +88,117 @@ def test_a_tracking_store_that_cannot_be_used_is_one_line_naming_it(tmp_path, mo
             connect(tracking)
         message = str(caught.value)
         assert "\n" not in message and "pw@" not in message, message
+
+
+def _broken_copy(prepared, tmp_path):
+    import shutil
+
+    copy = tmp_path / "prepared"
+    shutil.copytree(prepared, copy)
+    return copy
+
+
+def test_every_broken_prepared_file_fails_naming_it(prepared, tmp_path):
+    """A truncated PNG, a mask with an unknown class id or of another size, a broken classes.json or
+    stats.json, a frames.csv without its split column: one line naming the file and what was expected."""
+    import numpy as np
+    import pytest
+    from PIL import Image
+
+    from benchmark.engine.data import PreparedDataset
+
+    data = _broken_copy(prepared, tmp_path)
+    first = PreparedDataset(data, "train").rows[0]["id"]
+    image, mask = data / "images" / f"{first}.png", data / "masks" / f"{first}.png"
+    good_image, good_mask = image.read_bytes(), mask.read_bytes()
+
+    image.write_bytes(good_image[: len(good_image) // 2])
+    with pytest.raises(ValueError, match=rf"{image}: cannot be read as an image .*expected an RGB PNG"):
+        PreparedDataset(data, "train")[0]
+    image.write_bytes(good_image)
+    for bad in (13, 99):
+        m = np.asarray(Image.open(mask)).copy()
+        m[0, 0] = bad
+        Image.fromarray(m).save(mask)
+        with pytest.raises(ValueError, match=rf"{mask}: class id {bad} .*expected 0..12 or 255"):
+            PreparedDataset(data, "train")[0]
+        mask.write_bytes(good_mask)
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(mask)
+    with pytest.raises(ValueError, match=rf"{mask}: 16x16 px; expected a one-channel 32x32 map"):
+        PreparedDataset(data, "train")[0]
+    mask.write_bytes(good_mask)
+    assert PreparedDataset(data, "train")[0]["labels"].shape == (32, 32)  # restored: it reads again
+
+    for name in ("classes.json", "stats.json"):
+        text = (data / name).read_text()
+        (data / name).write_text(text[: len(text) // 2])
+        with pytest.raises(ValueError, match=rf"{data / name}: not valid JSON \(.* at line \d+ column \d+\); expected"):
+            PreparedDataset(data, "train")
+        (data / name).write_text(text)
+    frames = (data / "frames.csv").read_text()
+    (data / "frames.csv").write_text(frames.replace(",split", ",part", 1))
+    with pytest.raises(ValueError, match=rf"{data / 'frames.csv'}: no column split; expected the columns id, video"):
+        PreparedDataset(data, "train")
+
+
+def test_a_broken_file_read_by_a_dataloader_worker_is_still_one_line(prepared, tmp_path):
+    """torch re-raises a worker's error with the worker's traceback as its message: ours keeps its line."""
+    import pytest
+    from torch.utils.data import DataLoader
+
+    from benchmark.engine.data import PreparedDataset
+
+    data = _broken_copy(prepared, tmp_path)
+    first = PreparedDataset(data, "train").rows[0]["id"]
+    image = data / "images" / f"{first}.png"
+    image.write_bytes(image.read_bytes()[:100])
+    with pytest.raises(ValueError) as caught:
+        next(iter(DataLoader(PreparedDataset(data, "train"), batch_size=2, num_workers=1)))
+    message = str(caught.value)
+    assert "\n" not in message and "Traceback" not in message, message
+    assert message.startswith(f"{image}: cannot be read as an image"), message
+
+
+def test_prompt_files_in_other_encodings_and_absurd_prompts_fail_naming_them(tmp_path):
+    import pytest
+
+    from benchmark.stages.mapgen import read_prompt_file
+    from casdm.prompts import PromptError, parse_prompt
+    from tests.test_maps import VOCAB
+
+    f = tmp_path / "prompts.txt"
+    f.write_bytes("\ufeffLiver, large\n".encode("utf-8"))  # a byte-order mark, as Notepad writes
+    assert [c.name for p in read_prompt_file(f, VOCAB) for c in p] == ["Liver"]
+    for encoding in ("utf-16", "latin-1"):
+        f.write_bytes("Liver, large; Fat ¬\n".encode(encoding))
+        with pytest.raises(ValueError, match=rf"{f}: not UTF-8 text \(byte \d+: .*\); save the prompt file as UTF-8"):
+            read_prompt_file(f, VOCAB)
+    with pytest.raises(PromptError, match="starts with no class name"):
+        parse_prompt(", , ,", VOCAB)
+    with pytest.raises(PromptError, match="empty prompt"):
+        parse_prompt(";;;", VOCAB)
+    long = "x" * 10_000
+    with pytest.raises(PromptError) as caught:
+        parse_prompt(long, VOCAB)
+    assert len(str(caught.value)) < 1000 and "(10000 characters)" in str(caught.value)
+
+
+def test_tracking_stores_and_study_storages_that_cannot_be_used_are_one_line(tmp_path, monkeypatch):
+    """`casdm leaderboard` on a bogus or unreachable tracking URI and `casdm study show` on a study
+    storage that is down: one line naming the (redacted) URL, no traceback, no password."""
+    import re
+    import shutil
+
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    for uri, named in (("bogus://x", "bogus://x"), ("postgresql://casdm:s3cr3t@127.0.0.1:1/mlflow",
+                                                    "postgresql://casdm:***@127.0.0.1:1/mlflow")):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        r = CliRunner().invoke(app, ["leaderboard"])
+        assert r.exit_code == 1 and re.search(rf"MLflow tracking (store|database) {re.escape(named)} .*cannot be", r.output), r.output
+        assert "s3cr3t" not in r.output and r.exc_info[0] is SystemExit, r.output
+    r = CliRunner().invoke(app, ["study", "show", "--storage", "postgresql://casdm:s3cr3t@127.0.0.1:1/optuna"])
+    assert r.exit_code == 1 and "study storage postgresql://casdm:***@127.0.0.1:1/optuna" in r.output, r.output
+    assert "s3cr3t" not in r.output and "Traceback" not in r.output and r.exc_info[0] is SystemExit

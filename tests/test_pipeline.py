@@ -267,10 +267,14 @@ def _forget(repo: Path, stage: str) -> None:
     """Make ``stage`` one that never finished (a first run; new code or params do the same): its dvc.lock
     entry and DVC's run-cache go. Otherwise DVC would restore the finished stage's outputs from its cache
     instead of running it, and a killed re-run of an unchanged stage is not what a user meets."""
-    lock_file = repo / "dvc.lock"
-    lock = yaml.safe_load(lock_file.read_text())
+    from ruamel.yaml import YAML
+
+    # ruamel, as DVC reads and writes dvc.lock (YAML 1.2): PyYAML would turn a recorded `no` (a precision)
+    # into false, and every stage listing that parameter would look changed and re-run
+    rt, lock_file = YAML(), repo / "dvc.lock"
+    lock = rt.load(lock_file)
     del lock["stages"][stage]
-    lock_file.write_text(yaml.safe_dump(lock, sort_keys=False))
+    rt.dump(lock, lock_file)
     shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
 
 
@@ -292,6 +296,8 @@ def test_each_stage_killed_part_way_then_rerun_gives_the_same_outputs(tiny):
             orphan = running[0].info.run_id
         again = tiny.dvc("repro")
         assert again.returncode == 0, (stage, again.stdout + again.stderr)
+        ran = re.findall(r"Running stage '([^']+)'", again.stdout)
+        assert ran[0] == stage and not [s for s in ran if s.startswith("train@") and s != stage], (stage, ran)
         assert _temps(tiny.repo) == [], stage
         assert _same(_outputs(tiny.repo), reference) == [], stage
         assert "Data and pipelines are up to date" in tiny.dvc("status").stdout
@@ -367,6 +373,7 @@ def test_params_changes_rerun_only_what_they_touch(tiny):
     update_params({"models": {"casdm": {"sampling": {"scheduler": "dpmsolver++"}}}}, repo / "params.yaml")
     third = dvc("repro")
     assert third.returncode == 0, third.stderr
+    assert re.search(r"casdm: test maps: 24/24 images, \d+ s", third.stdout), third.stdout  # a long stage says how far
     ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
     assert ran == {"sample@casdm-0", "evaluate@casdm-0", "maps", "evaluate-maps", "leaderboard", "report"}  # maps: casdm draws them
     _git(repo, "add", "-A")

@@ -96,3 +96,43 @@ def test_kid_is_the_same_on_every_run_and_leaves_numpys_rng_alone():
     values = {kid(g, r, num_subsets=1) for _ in range(4)} | {kid(g, r, num_subsets=1)}
     assert len(values) == 1  # clean-fid alone permutes with the global RNG: the 7th digit moved run to run
     assert np.random.rand() == expected_next
+
+
+def test_inception_weights_are_loaded_only_from_a_pinned_private_file(tmp_path, monkeypatch):
+    """A planted /tmp file is never looked at; a configured file with another SHA-256 than the pin, or one
+    others can write, is refused before TorchScript runs it; unpinned, its hash is printed to pin."""
+    import hashlib
+    import os
+    from pathlib import Path
+
+    import cleanfid.inception_torchscript as its
+
+    from benchmark.metrics.quality import INCEPTION_FILE, make_extractor, pinned
+
+    loaded = []
+    monkeypatch.setattr(its.InceptionV3W, "__init__", lambda self, path, **kw: loaded.append(path) or None)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    planted = Path("/tmp") / INCEPTION_FILE  # where the suite used to look; another local user could write it
+    ours = not planted.exists()
+    if ours:
+        planted.write_bytes(b"planted TorchScript")
+    try:
+        assert make_extractor("auto", "cpu", None, "efficientnet_lite0").name == "efficientnet_lite0"
+    finally:
+        if ours:
+            planted.unlink()
+    assert loaded == []
+
+    weights = tmp_path / "w" / INCEPTION_FILE
+    weights.parent.mkdir()
+    weights.write_bytes(b"not the real weights")
+    good = hashlib.sha256(b"not the real weights").hexdigest()
+    with pytest.raises(ValueError, match=rf"{weights}: sha256 {good}, expected {'0' * 64} .*refusing"):
+        inception("cpu", weights, "0" * 64)
+    assert loaded == []
+    lines = []
+    assert pinned(weights, None, lines.append) == weights and good in lines[0] and "not pinned" in lines[0]
+    os.chmod(weights, 0o666)
+    with pytest.raises(ValueError, match="writable by others"):
+        inception("cpu", weights, good)
+    assert loaded == []

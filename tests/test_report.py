@@ -111,3 +111,8 @@ def test_a_storage_password_is_never_shown():
     diff = params_diff({"study": {"storage": None}}, {"study": {"storage": url}})
     assert "s3cr3t" not in str(diff) and diff[0]["new"].startswith("postgresql://casdm:***@")
     assert "s3cr3t" not in str(redact_tree({"study": {"storage": url}, "list": [url]}))
+    # DVC and git remotes: a token as the whole user-info, a user and password, a user name alone
+    assert redact("https://ghp_T0KEN@dagshub.com/lab/casdm.dvc") == "https://***@dagshub.com/lab/casdm.dvc"
+    assert redact("https://lab:hunter2@webdav.example.org/dvc") == "https://lab:***@webdav.example.org/dvc"
+    assert redact("ssh://git@example.org/lab/casdm") == "ssh://git@example.org/lab/casdm"
+    assert redact("s3://bucket/casdm") == "s3://bucket/casdm"

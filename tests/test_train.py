@@ -53,6 +53,7 @@ def test_train_logs_an_mlflow_run_with_provenance(tmp_path, prepared, mlflow_tmp
     assert all(h.value > 0 for h in sp)  # and it is on: a bf16 run once logged CA-SP 0.0 at every step
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     assert len(artifacts) >= 2  # grids at steps 2 and 4
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/last_grid.png"]  # compare view
     assert (tmp_path / "models" / "casdm" / "model_index.json").exists()
     assert (tmp_path / "models" / "casdm" / "unet_raw" / "config.json").exists()
     curve = (tmp_path / "plots" / "casdm.csv").read_text().splitlines()

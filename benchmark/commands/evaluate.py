@@ -87,7 +87,7 @@ def leaderboard_show(ctx: typer.Context, params: Path = PARAMS,
 
     p = read_params(params)
     try:
-        run_id, columns, table = latest_table(p)
+        run_id, columns, table = or_fail(latest_table, p)  # a tracking store that cannot be used: one line
     except LookupError as exc:
         fail(str(exc))
     Console(width=None if sys.stdout.isatty() else 200).print(rich_table(p.leaderboard.primary, run_id, columns,

@@ -56,7 +56,7 @@ def sample_cmd(name: str = NAME, params: Path = PARAMS, data: Path = path_option
                                            "--out", out, "--metrics", metrics, "--seed", p.train.seed])
     if rc is not None:
         raise typer.Exit(rc)
-    r = or_fail(sample, p, name, model, data, out, metrics)
+    r = or_fail(sample, p, name, model, data, out, metrics, log=lambda line: console.print(line, highlight=False))
     if not r:
         return
     console.print(f"{name} (seed {p.train.seed}): {r['images']} images, {r['s_per_image']:.3f} s/image ({r['scheduler']}, "

@@ -35,7 +35,7 @@ def load(params: Path, storage: str | None):
 
     p = read_params(params)
     try:
-        return p, optuna.load_study(study_name=p.study.name, storage=storage_for(p, storage))
+        return p, optuna.load_study(study_name=p.study.name, storage=or_fail(storage_for, p, storage))
     except KeyError:
         from benchmark.provenance import redact
 

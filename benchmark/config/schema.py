@@ -65,7 +65,7 @@ class DataConfig(Section):
     @classmethod
     def _multiple_of_8(cls, v: int) -> int:
         if v % 8:
-            raise ValueError(f"must be a multiple of 8 (U-Net down-sampling), got {v}")
+            raise ValueError("must be a multiple of 8 (U-Net down-sampling)")
         return v
 
 
@@ -200,6 +200,8 @@ class FidConfig(Section):
     extractor: str = Field(description=EXTRACTOR_HELP)
     offline_extractor: str = Field(description="what `auto` uses without Inception")
     inception_weights: str | None = Field(description="local inception-2015-12-05.pt (offline GPU boxes)")
+    inception_sha256: str | None = Field(pattern=r"^[0-9a-f]{64}$",
+                                         description="the Inception weights' SHA-256; another file is refused")
     batch_size: int = Field(ge=1)
 
     @field_validator("extractor")

@@ -8,19 +8,19 @@ Outputs (all DVC outs): ``images/<id>.png`` (RGB), ``masks/<id>.png`` (class ids
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from benchmark.config import DataConfig
-from benchmark.io import atomic_dir, write_json
+from benchmark.io import atomic_dir, read_json, write_json
 from benchmark.data.classes import IGNORE_INDEX, ClassTable
 from benchmark.data.sources import open_source
 from benchmark.data.splits import split_frames
 
 SPLITS = ("train", "val", "test")
+FRAME_COLUMNS = ("id", "video", "clip", "split")  # frames.csv, in this order
 
 
 def coverage_stats(counts: dict[str, np.ndarray], frames: dict[str, np.ndarray], nframes: dict[str, int],
@@ -80,7 +80,7 @@ def prepare(cfg: DataConfig, out: Path, metrics: Path | None = None, progress=No
                 progress()
         with (tmp / "frames.csv").open("w", newline="") as fh:
             w = csv.writer(fh)
-            w.writerow(["id", "video", "clip", "split"])
+            w.writerow(FRAME_COLUMNS)
             w.writerows(rows)
         stats = {
             "source": cfg.source, "resolution": r, "ignore_index": IGNORE_INDEX,
@@ -106,10 +106,16 @@ def load_prepared(root: Path) -> tuple[list[dict], ClassTable, dict]:
     for name in ("frames.csv", "classes.json", "stats.json"):
         if not (root / name).exists():
             raise FileNotFoundError(f"{root / name}: missing; run the data stage (dvc repro prepare) first")
-    with (root / "frames.csv").open() as fh:
-        rows = list(csv.DictReader(fh))
-    table = ClassTable.from_dict(json.loads((root / "classes.json").read_text()), str(root / "classes.json"))
-    return rows, table, json.loads((root / "stats.json").read_text())
+    with (root / "frames.csv").open(encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        missing = [c for c in FRAME_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{root / 'frames.csv'}: no column {', '.join(missing)}; expected the columns "
+                             f"{', '.join(FRAME_COLUMNS)} (re-run `dvc repro prepare`)")
+        rows = list(reader)
+    table = ClassTable.from_dict(read_json(root / "classes.json", "the class table the data stage wrote"),
+                                 str(root / "classes.json"))
+    return rows, table, read_json(root / "stats.json", "the split statistics the data stage wrote")
 
 
 def coverage_table(stats: dict):

@@ -12,14 +12,47 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from benchmark.data.classes import IGNORE_INDEX
 from benchmark.data.prepare import load_prepared
 from casdm.draws import BatchDraws, as_draws
 
 
-def load_pair(image: Path, mask: Path) -> dict:
-    """An RGB PNG as a [3, H, W] tensor in [-1, 1] and a class-id PNG as [H, W] int64."""
-    img = np.asarray(Image.open(image).convert("RGB"), dtype=np.float32)
-    lab = np.asarray(Image.open(mask), dtype=np.int64)
+class DataFileError(ValueError):
+    """A data file that cannot be used, named with what was expected of it: one line.
+
+    torch's DataLoader re-raises a worker's error as ``type(exc)(message=<the worker's traceback>)``;
+    this class keeps only the traceback's last line, so the one-line error survives ``num_workers > 0``."""
+
+    def __init__(self, message: str):
+        if "Traceback" in message:  # from a DataLoader worker: "...\nbenchmark...DataFileError: <the line>"
+            message = message.strip().splitlines()[-1].split("DataFileError: ", 1)[-1]
+        super().__init__(message)
+
+
+def load_pair(image: Path, mask: Path, num_classes: int | None = None, size: int | None = None) -> dict:
+    """An RGB PNG as a [3, H, W] tensor in [-1, 1] and a class-id PNG as [H, W] int64. A file that cannot
+    be decoded (truncated, not a PNG), a mask of another size than its image (or than ``size``), and a
+    class id outside ``0..num_classes-1`` (255 = ignore is allowed) fail naming the file."""
+    try:
+        img = np.asarray(Image.open(image).convert("RGB"), dtype=np.float32)
+    except (OSError, ValueError) as exc:
+        raise DataFileError(f"{image}: cannot be read as an image ({exc}); expected an RGB PNG") from None
+    try:
+        lab = np.asarray(Image.open(mask), dtype=np.int64)
+    except (OSError, ValueError) as exc:
+        raise DataFileError(f"{mask}: cannot be read as a class-id map ({exc}); expected a one-channel PNG") from None
+    want = (size, size) if size else img.shape[:2]
+    if img.shape[:2] != want:
+        raise DataFileError(f"{image}: {img.shape[1]}x{img.shape[0]} px; expected {want[1]}x{want[0]} "
+                            "(data.resolution of the prepared data)")
+    if lab.shape != want:
+        raise DataFileError(f"{mask}: {'x'.join(map(str, lab.shape[::-1]))} px; expected a one-channel "
+                            f"{want[1]}x{want[0]} map, the size of its image")
+    if num_classes is not None:
+        bad = np.setdiff1d(np.unique(lab), [*range(num_classes), IGNORE_INDEX])
+        if bad.size:
+            raise DataFileError(f"{mask}: class id {int(bad[0])} (of {bad.size} unknown); expected 0..{num_classes - 1}"
+                                f" or {IGNORE_INDEX} (ignore), the prepared classes.json")
     return {"image": torch.from_numpy(img).permute(2, 0, 1) / 127.5 - 1, "labels": torch.from_numpy(lab)}
 
 
@@ -47,7 +80,8 @@ class PreparedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         fid = self.rows[i]["id"]
-        return {**load_pair(self.root / "images" / f"{fid}.png", self.root / "masks" / f"{fid}.png"), "id": fid}
+        return {**load_pair(self.root / "images" / f"{fid}.png", self.root / "masks" / f"{fid}.png",
+                            self.table.num_classes, self.stats.get("resolution")), "id": fid}
 
     def units(self, unit: str, ids: list[str] | None = None) -> list[str]:
         """The unit of independence of each frame (of ``ids``, default the split's rows in order): its

@@ -46,12 +46,17 @@ def autocast(setting: str, device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16 if setting == "bf16" else torch.float16)
 
 
+PROGRESS_EVERY_S = 30.0  # a long sampling stage says how far it is at most this often (DVC logs are not a tty)
+
+
 def _draw(pipe, recipe, sc, jobs: dict, data_dir: Path, folder: Path, rank: int, world: int,
-          training_seed: int) -> list:
+          training_seed: int, log=None) -> list:
     """This process's images: batch k of each split when k % world == rank. Batches are cut exactly
     as one process cuts them and every image's seed is its index's, so the images do not depend on
-    the number of processes. Returns (position, record) pairs for the manifest's order."""
-    out = []
+    the number of processes. Returns (position, record) pairs for the manifest's order. With ``log``,
+    a line of progress at most every ``PROGRESS_EVERY_S`` seconds and at the end of each split."""
+    out, t0 = [], time.perf_counter()
+    last = t0
     for split, (data, indices, stream) in jobs.items():
         (folder / split).mkdir(exist_ok=True)
         for k, s in enumerate(range(0, len(indices), sc.batch_size)):
@@ -70,10 +75,16 @@ def _draw(pipe, recipe, sc, jobs: dict, data_dir: Path, folder: Path, rank: int,
                 out.append(((split != "test", s + j), ImageRecord(
                     id=it["id"], split=split, image=f"{split}/{it['id']}.png",
                     map=str(Path(data_dir) / "masks" / f"{it['id']}.png"), seed=seed)))
+            now = time.perf_counter()
+            end = s + sc.batch_size >= len(indices)
+            if log is not None and (end or now - last >= PROGRESS_EVERY_S):
+                last = now
+                log(f"{split} maps: {min(s + sc.batch_size, len(indices))}/{len(indices)} images"
+                    f"{f' (process {rank} of {world})' if world > 1 else ''}, {now - t0:.0f} s")
     return out
 
 
-def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path, metrics: Path) -> dict:
+def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path, metrics: Path, log=None) -> dict:
     """Images of ``name`` (a key of params.models) for the test maps and the chosen training maps.
 
     Under ``accelerate launch`` every process draws its share of the batches into the one temp folder
@@ -100,7 +111,8 @@ def sample(params: Params, name: str, model_dir: Path, data_dir: Path, out: Path
     t0 = time.perf_counter()
     with (atomic_dir(out) if main else nullcontext()) as tmp:
         folder = Path(broadcast_object_list([str(tmp) if main else None])[0]) if world > 1 else tmp
-        mine = _draw(pipe, recipe, sc, jobs, data_dir, folder, rank, world, params.train.seed)
+        mine = _draw(pipe, recipe, sc, jobs, data_dir, folder, rank, world, params.train.seed,
+                     (lambda line: log(f"{name}: {line}")) if log is not None else None)
         pairs = gather_object(mine) if world > 1 else mine  # every process's, in one list
         if not main:
             return {}

@@ -173,6 +173,8 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
         tracker.log_metrics(summary, step=step)
         tracker.set_tag("model_path", str(paths.model))  # relative to the project, as dvc.yaml writes it
         tracker.set_tag("processes", str(world))
+        if last_grid is not None:
+            tracker.log_image_file(last_grid, "samples/last_grid.png")
     tracker.end()
     return metrics
 

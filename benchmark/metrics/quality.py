@@ -8,6 +8,7 @@ puts them in one column.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 
@@ -105,23 +106,51 @@ def trusted(path: Path) -> Path:
     return path
 
 
-def inception(device: str | torch.device = "cpu", weights: str | Path | None = None) -> Extractor:
-    """clean-fid's Inception; ``weights`` is a local copy of its ``inception-2015-12-05.pt``."""
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def pinned(path: Path, sha256: str | None, log=print) -> Path:
+    """``path`` if its SHA-256 is ``sha256`` (checked before TorchScript runs it). Unpinned, the hash is
+    printed so that it can be pinned (``evaluate.fid.inception_sha256``) and recorded with the run's log."""
+    found = file_sha256(path)
+    if sha256 is None:
+        log(f"inception weights {path}: sha256 {found} (not pinned: set evaluate.fid.inception_sha256 to it)")
+    elif found != sha256:
+        raise ValueError(f"inception weights {path}: sha256 {found}, expected {sha256} "
+                         "(evaluate.fid.inception_sha256); refusing to load another file")
+    return path
+
+
+def inception(device: str | torch.device = "cpu", weights: str | Path | None = None,
+              sha256: str | None = None) -> Extractor:
+    """clean-fid's Inception; ``weights`` is a local copy of its ``inception-2015-12-05.pt``, else the
+    per-user cache (downloaded there when missing). Either way the file is only loaded when its owner
+    alone can write it and, with ``sha256``, when its hash is that one."""
     from cleanfid.inception_torchscript import InceptionV3W
 
     if weights is not None:
         weights = Path(weights)
         if weights.name != INCEPTION_FILE or not weights.is_file():
             raise FileNotFoundError(f"inception weights {weights}: expected an existing file named {INCEPTION_FILE}")
-        model = InceptionV3W(str(trusted(weights).parent), download=False, resize_inside=False)
+        folder, download = pinned(trusted(weights), sha256).parent, False
     else:
-        try:
-            weights_cache().mkdir(parents=True, exist_ok=True)
-            model = InceptionV3W(str(weights_cache()), download=True, resize_inside=False)
-        except Exception as exc:  # clean-fid raises whatever its downloader raises
-            raise RuntimeError(f"Inception weights for FID could not be downloaded ({exc}); put {INCEPTION_FILE} "
-                               "on disk and set its path, or use the efficientnet_lite0 extractor") from None
-    model = model.eval().to(device)
+        folder, download = weights_cache(), True
+        cached = folder / INCEPTION_FILE
+        if not cached.exists():
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                InceptionV3W(str(folder), download=True, resize_inside=False)  # clean-fid's download, into the cache
+            except Exception as exc:  # clean-fid raises whatever its downloader raises
+                raise RuntimeError(f"Inception weights for FID could not be downloaded ({exc}); put {INCEPTION_FILE} "
+                                   "on disk and set its path, or use the efficientnet_lite0 extractor") from None
+        pinned(trusted(cached), sha256)
+        download = False
+    model = InceptionV3W(str(folder), download=download, resize_inside=False).eval().to(device)
 
     @torch.no_grad()
     def fn(x: torch.Tensor) -> torch.Tensor:
@@ -131,17 +160,17 @@ def inception(device: str | torch.device = "cpu", weights: str | Path | None = N
 
 
 def make_extractor(name: str, device: str | torch.device = "cpu", inception_weights: str | None = None,
-                   offline: str = "efficientnet_lite0") -> Extractor:
+                   offline: str = "efficientnet_lite0", inception_sha256: str | None = None) -> Extractor:
     """``inception``, ``efficientnet_lite0[:blocks.N]``, or ``auto``: Inception when a local weights
     file is given or already in the per-user cache (``weights_cache``), else ``offline``. Never a silent
     download, never a file from a fixed shared path."""
     if name == "auto":
         cached = weights_cache() / INCEPTION_FILE
         if inception_weights or cached.exists():
-            return inception(device, inception_weights or cached)
+            return inception(device, inception_weights or cached, inception_sha256)
         name = offline
     if name == "inception":
-        return inception(device, inception_weights)
+        return inception(device, inception_weights, inception_sha256)
     base, _, layer = name.partition(":")
     if base == "efficientnet_lite0" and (not layer or layer in {f"blocks.{i}" for i in range(7)}):
         return efficientnet_lite0(device, layer or None)

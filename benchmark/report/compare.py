@@ -18,6 +18,7 @@ from pathlib import Path
 
 import yaml
 
+from benchmark.io import read_json
 from benchmark.metrics.stats import higher_is_better
 from benchmark.report.sections import params_diff
 from benchmark.results import LeaderboardRow
@@ -100,7 +101,7 @@ def _from_mlflow(spec: str, tracking) -> State:
         if rows is None:
             raise FileNotFoundError(f"{spec}: the leaderboard run has no leaderboard_rows.json artifact "
                                     "(logged by the leaderboard stage since the report stage came in)")
-        return State(spec, "MLflow run", spec, json.loads(rows.read_text()),
+        return State(spec, "MLflow run", spec, read_json(rows, "the leaderboard rows the MLflow run logged"),
                      json.loads(params.read_text()) if params else {}, samples.read_bytes() if samples else None)
 
 
@@ -110,7 +111,7 @@ def resolve(spec: str, root: Path, tracking) -> State:
         files = {k: root / v for k, v in FILES.items()}
         if not files["leaderboard"].exists():
             raise FileNotFoundError(f"{files['leaderboard']}: missing; run `dvc repro` first")
-        return State(spec, "workspace", "workspace", json.loads(files["leaderboard"].read_text()),
+        return State(spec, "workspace", "workspace", read_json(files["leaderboard"], "the rows the leaderboard stage writes"),
                      yaml.safe_load(files["params"].read_text()),
                      files["samples"].read_bytes() if files["samples"].exists() else None)
     if RUN_ID.match(spec):

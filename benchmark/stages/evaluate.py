@@ -58,7 +58,8 @@ from benchmark.results import EvaluationRow, MapScores
 
 def extractor(params: Params) -> Extractor:
     f = params.evaluate.fid
-    return make_extractor(f.extractor, device(), f.inception_weights, f.offline_extractor)
+    return make_extractor(f.extractor, device(), f.inception_weights, f.offline_extractor,
+                          f.inception_sha256)
 
 
 def features_file(folder: Path, name: str) -> Path:

@@ -19,7 +19,7 @@ from benchmark.stages.comparisons import attach_seed_spread, comparisons
 from benchmark.config import Params
 from benchmark.metrics.downstream import SCALARS
 from benchmark.metrics.pooling import pool
-from benchmark.io import write_csv, write_json, write_text
+from benchmark.io import read_json, write_csv, write_json, write_text
 from benchmark.report.tables import markdown
 from benchmark.results import CONTROL, REAL, Column, Comparison, Estimate, EvaluationRow, LeaderboardRow, MapScores, columns_of
 
@@ -54,11 +54,11 @@ def read_row(path: Path, stage: str, training: Path | None = None) -> Evaluation
     """One metrics/evaluate JSON as a typed row (with its training budget when ``training`` is given)."""
     if not path.exists():
         raise FileNotFoundError(f"{path}: missing; run `dvc repro {stage}`")
-    row = json.loads(path.read_text())
+    row = read_json(path, f"the metrics JSON `dvc repro {stage}` writes")
     if training is not None:
         if not training.exists():
             raise FileNotFoundError(f"{training}: missing; run `dvc repro {stage.replace('evaluate@', 'train@')}`")
-        row["training"] = json.loads(training.read_text())
+        row["training"] = read_json(training, "the training metrics JSON the train stage writes")
     try:
         return EvaluationRow.model_validate(row)
     except ValueError as exc:

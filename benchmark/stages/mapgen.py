@@ -66,8 +66,12 @@ def read_prompt_file(path: Path, vocab: Vocabulary) -> list[Prompt]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: prompt file not found (params.yaml maps.generate.prompt_file)")
+    try:  # utf-8-sig: a byte-order mark some editors write is not read as part of the first class name
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the prompt file as UTF-8") from None
     prompts = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue

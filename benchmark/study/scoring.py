@@ -44,7 +44,8 @@ class Scorer:
         self.last_bootstrap: dict[str, list] = {}
         if any(o in ("fid", "kid") for o in s.objectives):
             f = params.evaluate.fid
-            self.extractor = make_extractor(f.extractor, device(), f.inception_weights, f.offline_extractor)
+            self.extractor = make_extractor(f.extractor, device(), f.inception_weights, f.offline_extractor,
+                                            f.inception_sha256)
             files = [Path(data_dir) / "images" / f"{it['id']}.png" for it in self.items]
             self.real = files_features(files, self.extractor, device(), params.evaluate.fid.batch_size)
 

@@ -2,6 +2,7 @@
 ``casdm study show / best`` need, without the runner (trainer, scorer) that ``run.py`` adds."""
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,16 @@ def storage_for(params: Params, override: str | None = None, folder: Path = STUD
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     # heartbeats: a trial whose worker was killed is marked FAIL once it has been silent for 2 min
-    return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    try:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 4; chosen, so not a warning
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, heartbeat_interval=30, grace_period=120)
+    except Exception as exc:  # sqlalchemy's and the driver's errors: a server down, a bad URL, a missing driver
+        from benchmark.provenance import redact
+
+        reason = redact(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+        raise RuntimeError(f"study storage {redact(url)} (--storage, else params.yaml study.storage) cannot be used: "
+                           f"{type(exc).__name__}: {reason}") from None
 
 
 def save_plots(study: optuna.Study, params: Params, folder: Path) -> list[Path]:
