@@ -2,6 +2,8 @@
 too few images is a clear error; the offline EfficientNet-Lite0 loads completely."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -103,7 +105,6 @@ def test_inception_weights_are_loaded_only_from_a_pinned_private_file(tmp_path, 
     others can write, is refused before TorchScript runs it; unpinned, its hash is printed to pin."""
     import hashlib
     import os
-    from pathlib import Path
 
     import cleanfid.inception_torchscript as its
 
@@ -136,3 +137,19 @@ def test_inception_weights_are_loaded_only_from_a_pinned_private_file(tmp_path, 
     with pytest.raises(ValueError, match="writable by others"):
         inception("cpu", weights, good)
     assert loaded == []
+
+
+def test_a_cut_inception_download_leaves_nothing_that_looks_finished(tmp_path, monkeypatch):
+    import cleanfid.downloads_helper as dl
+
+    from benchmark.metrics.quality import INCEPTION_FILE, weights_cache
+
+    def cut(fpath):  # half a file written, then the network goes away
+        (Path(fpath) / INCEPTION_FILE).write_bytes(b"half")
+        raise OSError("connection reset")
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(dl, "check_download_inception", cut)
+    with pytest.raises(RuntimeError, match="could not be downloaded \\(connection reset\\); put inception-2015-12-05.pt"):
+        inception("cpu")
+    assert list(weights_cache().iterdir()) == []  # no half file in the cache, no temp folder left

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -137,20 +138,24 @@ def inception(device: str | torch.device = "cpu", weights: str | Path | None = N
         weights = Path(weights)
         if weights.name != INCEPTION_FILE or not weights.is_file():
             raise FileNotFoundError(f"inception weights {weights}: expected an existing file named {INCEPTION_FILE}")
-        folder, download = pinned(trusted(weights), sha256).parent, False
+        folder = pinned(trusted(weights), sha256).parent
     else:
-        folder, download = weights_cache(), True
+        folder = weights_cache()
         cached = folder / INCEPTION_FILE
         if not cached.exists():
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                InceptionV3W(str(folder), download=True, resize_inside=False)  # clean-fid's download, into the cache
-            except Exception as exc:  # clean-fid raises whatever its downloader raises
-                raise RuntimeError(f"Inception weights for FID could not be downloaded ({exc}); put {INCEPTION_FILE} "
-                                   "on disk and set its path, or use the efficientnet_lite0 extractor") from None
+            from cleanfid.downloads_helper import check_download_inception
+
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:  # a cut download never looks finished
+                try:
+                    check_download_inception(fpath=tmp)  # clean-fid's own URL and downloader
+                except Exception as exc:  # clean-fid raises whatever urllib raises
+                    raise RuntimeError(f"Inception weights for FID could not be downloaded ({exc}); put "
+                                       f"{INCEPTION_FILE} on disk and set its path, or use the efficientnet_lite0 "
+                                       "extractor") from None
+                os.replace(Path(tmp) / INCEPTION_FILE, cached)
         pinned(trusted(cached), sha256)
-        download = False
-    model = InceptionV3W(str(folder), download=download, resize_inside=False).eval().to(device)
+    model = InceptionV3W(str(folder), download=False, resize_inside=False).eval().to(device)
 
     @torch.no_grad()
     def fn(x: torch.Tensor) -> torch.Tensor:
