@@ -47,17 +47,23 @@ def write_json(path: Path, data) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
 
+def read_utf8(path: Path, expected: str) -> str:
+    """The text of ``path``, a byte-order mark dropped (some editors write one); a file in another
+    encoding fails naming it, the byte and what it should hold, not with a bare decode error."""
+    try:
+        return Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); expected {expected}") from None
+
+
 def read_json(path: Path, expected: str):
     """The JSON in ``path``; a truncated or hand-broken file fails naming it, where it broke and what it
     should hold (``expected``), not with json's bare "Expecting ',' delimiter"."""
-    path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(read_utf8(path, expected))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno}); expected "
                          f"{expected}") from None
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}); expected {expected}") from None
 
 
 def write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:

@@ -171,7 +171,7 @@ def test_prompt_files_in_other_encodings_and_absurd_prompts_fail_naming_them(tmp
     assert [c.name for p in read_prompt_file(f, VOCAB) for c in p] == ["Liver"]
     for encoding in ("utf-16", "latin-1"):
         f.write_bytes("Liver, large; Fat ¬\n".encode(encoding))
-        with pytest.raises(ValueError, match=rf"{f}: not UTF-8 text \(byte \d+: .*\); save the prompt file as UTF-8"):
+        with pytest.raises(ValueError, match=rf"{f}: not UTF-8 text \(byte \d+: .*\); expected a prompt file in UTF-8"):
             read_prompt_file(f, VOCAB)
     with pytest.raises(PromptError, match="starts with no class name"):
         parse_prompt(", , ,", VOCAB)

@@ -18,7 +18,7 @@ from PIL import Image
 from benchmark.config import Params
 from benchmark.engine.data import PreparedDataset
 from benchmark.engine.trainer import RunPaths, train
-from benchmark.io import atomic_dir, write_json
+from benchmark.io import atomic_dir, read_utf8, write_json
 from benchmark.kinds.mapgen import MapGenOptions
 from benchmark.kinds.registry import get_kind, make_kind
 from benchmark.manifest import ImageRecord, Manifest
@@ -66,10 +66,7 @@ def read_prompt_file(path: Path, vocab: Vocabulary) -> list[Prompt]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: prompt file not found (params.yaml maps.generate.prompt_file)")
-    try:  # utf-8-sig: a byte-order mark some editors write is not read as part of the first class name
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the prompt file as UTF-8") from None
+    text = read_utf8(path, "a prompt file in UTF-8")  # a BOM is not read as part of the first class name
     prompts = []
     for n, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
