@@ -54,9 +54,12 @@ def forest(steps: list, metrics: list[str]) -> bytes:
     return _png(fig)
 
 
-def per_class_bars(series: dict[str, dict[str, float | None]], classes: list[str], rare: set[str], metric: str) -> bytes:
+def per_class_bars(series: dict[str, dict[str, float | None]], classes: list[str], rare: set[str], metric: str,
+                   spread: dict[str, dict[str, float | None]] | None = None, seeds: int | None = None) -> bytes:
     """Grouped horizontal bars, one group per class, one bar per row (real only first); rare classes
-    starred; a class a row has no score for (absent from its test maps) is written "absent"."""
+    starred; a class a row has no score for (absent from its test maps) is written "absent". With
+    ``spread``, each bar carries its +-1 sd over the ``seeds`` downstream segmenter seeds: two bars whose
+    whiskers overlap are not told apart by this figure (the leaderboard's tests are what decide)."""
     plt = _plt()
     names = list(series)
     h = 0.8 / max(len(names), 1)
@@ -69,15 +72,18 @@ def per_class_bars(series: dict[str, dict[str, float | None]], classes: list[str
             if v is None:
                 ax.text(0.005, y, "absent", fontsize=6, va="center", color="#6e7781")
             else:
-                ax.barh(y, v, height=h, color=cmap(i % 10), label=name if k == 0 else None)
+                sd = (spread or {}).get(name, {}).get(c)
+                ax.barh(y, v, height=h, color=cmap(i % 10), label=name if k == 0 else None,
+                        xerr=sd, error_kw={"elinewidth": 0.6, "capsize": 1.2, "ecolor": "#24292f"})
     ax.set_yticks(range(len(classes)), [f"{c} *" if c in rare else c for c in classes], fontsize=7)
     for k, c in enumerate(classes):
         if c in rare:
             ax.axhspan(k - 0.45, k + 0.45, color="#fff8c5", zorder=0)
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
-    ax.set_xlabel(f"downstream {metric} (* rare class)", fontsize=8)
-    ax.legend(fontsize=7, loc="lower right")
+    whiskers = f"; whiskers: +-1 sd over {seeds} segmenter seeds" if spread and seeds else ""
+    ax.set_xlabel(f"downstream {metric} (* rare class{whiskers})", fontsize=8)
+    ax.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)  # above: never over a bar
     return _png(fig)
 
 

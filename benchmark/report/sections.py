@@ -180,7 +180,10 @@ def per_class(inp: Inputs, assets: dict) -> dict:
     rare = set(first.rare_classes)
     for metric in ("iou", "dice"):
         series = {n: {c: (v or {}).get(metric) for c, v in inp.rows[n].downstream.per_class.items()} for n in names}
-        assets[f"per_class_{metric}"] = figures.per_class_bars(series, classes, rare, metric)
+        spread = {n: {c: (v or {}).get(f"{metric}_std") for c, v in inp.rows[n].downstream.per_class.items()}
+                  for n in names}
+        assets[f"per_class_{metric}"] = figures.per_class_bars(series, classes, rare, metric, spread,
+                                                               len(first.downstream.seeds) or None)
     return {"rare": sorted(rare), "absent": {n: inp.rows[n].downstream.absent for n in names}}
 
 
