@@ -116,3 +116,18 @@ def test_a_storage_password_is_never_shown():
     assert redact("https://lab:hunter2@webdav.example.org/dvc") == "https://lab:***@webdav.example.org/dvc"
     assert redact("ssh://git@example.org/lab/casdm") == "ssh://git@example.org/lab/casdm"
     assert redact("s3://bucket/casdm") == "s3://bucket/casdm"
+
+
+def test_per_class_bars_carry_the_segmenter_seed_spread(monkeypatch):
+    """Each bar's whisker is its class's sd over the downstream seeds; a class with no score gets none."""
+    from matplotlib.axes import Axes
+
+    from benchmark.report import figures
+
+    seen = []
+    real_barh = Axes.barh
+    monkeypatch.setattr(Axes, "barh", lambda self, y, w, **kw: seen.append((w, kw.get("xerr"))) or real_barh(self, y, w, **kw))
+    png = figures.per_class_bars({"real": {"Liver": 0.8, "Blood": None}, "casdm": {"Liver": 0.7, "Blood": 0.2}},
+                                 ["Liver", "Blood"], {"Blood"}, "iou",
+                                 {"real": {"Liver": 0.01, "Blood": None}, "casdm": {"Liver": 0.02, "Blood": 0.15}}, 3)
+    assert png.startswith(b"\x89PNG") and sorted(seen) == [(0.2, 0.15), (0.7, 0.02), (0.8, 0.01)]
