@@ -107,18 +107,11 @@ def trusted(path: Path) -> Path:
     return path
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pinned(path: Path, sha256: str | None, log=print) -> Path:
     """``path`` if its SHA-256 is ``sha256`` (checked before TorchScript runs it). Unpinned, the hash is
     printed so that it can be pinned (``evaluate.fid.inception_sha256``) and recorded with the run's log."""
-    found = file_sha256(path)
+    with Path(path).open("rb") as fh:
+        found = hashlib.file_digest(fh, "sha256").hexdigest()  # as the checkpoint manifest hashes its files
     if sha256 is None:
         log(f"inception weights {path}: sha256 {found} (not pinned: set evaluate.fid.inception_sha256 to it)")
     elif found != sha256:

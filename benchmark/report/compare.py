@@ -102,7 +102,8 @@ def _from_mlflow(spec: str, tracking) -> State:
             raise FileNotFoundError(f"{spec}: the leaderboard run has no leaderboard_rows.json artifact "
                                     "(logged by the leaderboard stage since the report stage came in)")
         return State(spec, "MLflow run", spec, read_json(rows, "the leaderboard rows the MLflow run logged"),
-                     json.loads(params.read_text()) if params else {}, samples.read_bytes() if samples else None)
+                     read_json(params, "the params the MLflow run logged") if params else {},
+                     samples.read_bytes() if samples else None)
 
 
 def resolve(spec: str, root: Path, tracking) -> State:
