@@ -129,6 +129,16 @@ def mark_killed_runs(experiment_id: str) -> list[str]:
     return ended
 
 
+def source_tags() -> dict:
+    """The commit (and DVC experiment) that made a run: ``mlflow.source.git.commit`` is the tag MLflow's
+    UI shows as the run's source version; ``git_commit`` keeps the ``-dirty`` mark it cannot carry."""
+    commit = git_commit()
+    tags = {"git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
+    if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run` only; an empty tag said nothing
+        tags["dvc_exp"] = os.environ["DVC_EXP_NAME"]
+    return tags
+
+
 def start_run(tracking, run_name: str, tags: dict, params: dict, run_id: str | None = None):
     """Start (or, with ``run_id``, resume) an MLflow run; params are logged only on a new run."""
     import mlflow
@@ -137,12 +147,7 @@ def start_run(tracking, run_name: str, tags: dict, params: dict, run_id: str | N
     run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
     mlflow.set_tags(owner_tags())  # who holds it RUNNING now (a resumed run too)
     if run_id is None:
-        commit = git_commit()
-        # mlflow.source.git.commit: the tag MLflow's UI shows as the run's source version
-        extra = {"git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty")}
-        if os.environ.get("DVC_EXP_NAME"):  # set by `dvc exp run` only; an empty tag said nothing
-            extra["dvc_exp"] = os.environ["DVC_EXP_NAME"]
-        mlflow.set_tags({**tags, **extra})
+        mlflow.set_tags({**tags, **source_tags()})
         flat = flatten(params)
         items = list(flat.items())
         for i in range(0, len(items), 100):

@@ -45,7 +45,16 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
     from benchmark.study.run import run_study
 
     params = study_params()
-    study = run_study(params, prepared, study_dir / "judge", log=lambda *a: None)
+    parent_state = []  # the parent run's status each time a trial reports: RUNNING while trials run
+
+    def log(msg, *a):
+        if str(msg).startswith("trial "):
+            client = mlflow.MlflowClient()
+            (run,) = [r for r in runs_of(study_dir) if r.data.tags.get("kind") == "study"]
+            parent_state.append(client.get_run(run.info.run_id).info.status)
+
+    study = run_study(params, prepared, study_dir / "judge", log=log)
+    assert parent_state == ["RUNNING", "RUNNING"]
     states = [t.state for t in study.trials]
     assert len(states) == 2 and all(s == optuna.trial.TrialState.COMPLETE for s in states)
     assert all(0 <= t.value <= 1 for t in study.trials)
@@ -69,9 +78,24 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
     assert (study_dir / "studies/casdm-loss-weights/plots/history_semantic_miou.png").exists()
     artifacts = mlflow.MlflowClient().list_artifacts(parent.info.run_id, "plots")
     assert "plots/history_semantic_miou.png" in [a.path for a in artifacts]
-    # every trial keeps its objective on the same bootstrap resamples: the report pairs best with trial 0
-    assert all(len(t.user_attrs["bootstrap"]["semantic_miou"]) == params.evaluate.bootstrap.resamples
-               for t in study.trials)
+    assert parent.info.status == "FINISHED"
+    for r in trials:  # the trial's run: its commit, loss curve and sample grid, as a training run has
+        assert len(r.data.tags["mlflow.source.git.commit"]) >= 7
+        history = mlflow.MlflowClient().get_metric_history(r.info.run_id, "loss")
+        assert len(history) >= 2 and sorted(m.step for m in history)[-1] == 4
+        assert "samples/last_grid.png" in [a.path for a in mlflow.MlflowClient().list_artifacts(r.info.run_id, "samples")]
+    from benchmark.study.store import trial_bootstrap
+
+    for t in study.trials:
+        # user attributes: short values (an interval, not 200 resamples) that holds the objective
+        assert all(not isinstance(v, list) or len(v) <= 2 for v in t.user_attrs.values())
+        low, high = t.user_attrs["semantic_miou_interval"]
+        assert low <= t.value <= high
+        # the trial's files are Optuna artifacts (optuna-dashboard --artifact-dir shows them)
+        names = sorted(m.filename for m in optuna.artifacts.get_all_artifact_meta(t, storage=study._storage))
+        assert names == ["bootstrap.json", "last_grid.png", "loss.csv", "train.json"]
+        # every trial keeps its objective on the same bootstrap resamples: the report pairs best with trial 0
+        assert len(trial_bootstrap(t, params.study.name)["semantic_miou"]) == params.evaluate.bootstrap.resamples
     from types import SimpleNamespace
 
     from benchmark.report.sections import study as study_section

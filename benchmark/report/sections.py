@@ -288,7 +288,7 @@ def study(inp: Inputs, assets: dict) -> dict:
     from benchmark.study.store import pick_best, versus_configured
 
     best, objective = pick_best(st, inp.params), s.objectives[0]
-    t0, found = versus_configured(st, inp.params, best)
+    t0, found = versus_configured(st, inp.params, best, inp.paths.studies)
     return {"name": s.name, "trials": len(st.trials), "complete": len(done), "objective": objective,
             "best": {"number": best.number, "value": best.values[0], "params": best.params},
             "trial0": None if t0 is None else {"number": t0.number, "value": t0.values[0]},

@@ -166,8 +166,7 @@ def parent_run(params: Params, study: optuna.Study, storage_url: str) -> str:
                  "train_steps": s.train_steps or params.train.steps, "eval_split": s.eval_split,
                  "search_space": {k: v.model_dump(exclude_none=True) for k, v in s.search_space.items()}}.items():
         client.log_param(mine, k, json.dumps(v))
-    client.set_terminated(mine, "FINISHED")
-    return mine
+    return mine  # RUNNING while trials run: run_study ends it
 
 
 # ------------------------------------------------------------------------------------- running
@@ -182,12 +181,47 @@ def reports_at(step: int, trial: Params, s) -> bool:
         step > training["sp_start_step"]
 
 
+def record_trial(trial: optuna.Trial, params: Params, scorer: Scorer, scores: dict, paths) -> None:
+    """What a finished trial leaves to read: its objectives' bootstrap intervals as user attributes (the
+    resamples themselves went in as 200 numbers each and widened optuna-dashboard's trial page past
+    5,000 px); its loss curve, metrics, sample grid and bootstrap values as Optuna artifacts; the loss
+    curve and the grid in its MLflow run too (the trainer runs untracked inside the trial's run)."""
+    import csv
+
+    import mlflow
+
+    from benchmark.io import write_json
+    from benchmark.metrics.stats import corrected_interval
+    from benchmark.study.store import BOOTSTRAP_FILE, artifact_store
+
+    level = params.evaluate.bootstrap.level
+    for name, values in scorer.last_bootstrap.items():
+        low, high = corrected_interval(values, scores.get(name), level)
+        if low is not None:
+            trial.set_user_attr(f"{name}_interval", [low, high])
+    write_json(paths.model.parent / BOOTSTRAP_FILE, scorer.last_bootstrap)
+    store = artifact_store(params.study.name, STUDIES)
+    files = [paths.plot, paths.metrics, paths.model / "last_grid.png", paths.model.parent / BOOTSTRAP_FILE]
+    for path in files:
+        if path.exists():
+            optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    with open(paths.plot, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    metrics = [mlflow.entities.Metric(k, float(v), int(time.time() * 1000), int(r["step"]))
+               for r in rows for k, v in r.items() if k != "step" and v not in ("", None)]
+    for i in range(0, len(metrics), 1000):  # MLflow's batch limit
+        client.log_batch(run_id, metrics=metrics[i:i + 1000])
+    if (paths.model / "last_grid.png").exists():
+        mlflow.log_artifact(str(paths.model / "last_grid.png"), "samples")
+
+
 def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Path, log=print):
     import mlflow
 
     from benchmark.engine.trainer import RunPaths, train
     from benchmark.kinds.registry import make_kind
-    from benchmark.tracking import owner_tags
+    from benchmark.tracking import owner_tags, source_tags
 
     s = params.study
     single = len(s.objectives) == 1
@@ -200,8 +234,8 @@ def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Pat
         p = trial_params(params, values, boosted)
         folder = STUDIES / s.name / f"trial-{trial.number:04d}"
         trial.set_user_attr("artifacts", str(folder.resolve()))
-        tags = {**owner_tags(), "mlflow.parentRunId": parent_id, "kind": "trial", "study": s.name, "trial": str(trial.number),
-                "artifacts": str(folder.resolve())}
+        tags = {**owner_tags(), **source_tags(), "mlflow.parentRunId": parent_id, "kind": "trial", "study": s.name,
+                "trial": str(trial.number), "artifacts": str(folder.resolve())}
         with mlflow.start_run(run_name=f"{s.name} trial {trial.number}", tags=tags) as run:
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             mlflow.log_params({k: json.dumps(v) if isinstance(v, dict) else v for k, v in trial.params.items()})
@@ -237,7 +271,7 @@ def make_objective(params: Params, scorer: Scorer, parent_id: str, data_dir: Pat
                 log(f"trial {trial.number} failed: {reason}")
                 raise
             mlflow.log_metrics(scores)
-            trial.set_user_attr("bootstrap", scorer.last_bootstrap)
+            record_trial(trial, params, scorer, scores, paths)
             mlflow.set_tag("state", "COMPLETE")
             values = [scores[o] for o in s.objectives]
             log(f"trial {trial.number}: " + ", ".join(f"{o} {v:.4g}" for o, v in zip(s.objectives, values))
@@ -273,38 +307,62 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
     target = n_trials or s.n_trials
     done = sum(t.state in FINISHED for t in study.trials)
     log(f"study {s.name}: {done} of {target} trials finished; MLflow parent run {parent}")
-    if done < target:
-        scorer = Scorer(params, data_dir, judge_dir, STUDIES / s.name)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        failures: list[str] = []
+    client = mlflow.MlflowClient()
+    try:
+        if done < target:
+            client.update_run(parent, "RUNNING")  # a resumed study runs again
+            optimize(params, study, data_dir, judge_dir, parent, target, log)
+    except BaseException as exc:
+        client.set_terminated(parent, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if not any(t.state == RUNNING and live(t) for t in study.get_trials(deepcopy=False)):
+        client.set_terminated(parent, "FINISHED")  # the last worker to finish ends it
+    return report_best(params, study, parent)
 
-        def stop_on_repeated_failure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            if trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("fail_reason") != SURPLUS:
-                failures.append(trial.user_attrs.get("fail_reason", "unknown"))
-            elif trial.state != optuna.trial.TrialState.FAIL:
-                failures.clear()
-            if len(failures) >= MAX_CONSECUTIVE_FAILURES:
-                study.stop()
 
-        objective = make_objective(params, scorer, parent, data_dir, log)
+def optimize(params: Params, study: optuna.Study, data_dir: Path, judge_dir: Path, parent: str, target: int,
+             log=print) -> None:
+    """This worker's share of the trials: until the study's finished (or live running) trials make
+    ``target``, or too many trials in a row failed."""
+    s = params.study
+    scorer = Scorer(params, data_dir, judge_dir, STUDIES / s.name)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    failures: list[str] = []
 
-        def within_target(trial: optuna.Trial):
-            """n_trials counts the study's trials: a trial started when the others (finished, or running
-            in a live worker, every worker's) already make the target is given up before it trains."""
-            trial.set_user_attr("worker", worker_id())
-            if counted(trial.study, below=trial.number) >= target:
-                trial.study.stop()
-                trial.set_user_attr("fail_reason", SURPLUS)
-                raise RuntimeError(SURPLUS)
-            return objective(trial)
-
-        def enough(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            if counted(study) >= target:
-                study.stop()
-
-        study.optimize(within_target, catch=(Exception,), callbacks=[enough, stop_on_repeated_failure])
+    def stop_on_repeated_failure(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if trial.state == optuna.trial.TrialState.FAIL and trial.user_attrs.get("fail_reason") != SURPLUS:
+            failures.append(trial.user_attrs.get("fail_reason", "unknown"))
+        elif trial.state != optuna.trial.TrialState.FAIL:
+            failures.clear()
         if len(failures) >= MAX_CONSECUTIVE_FAILURES:
-            raise RuntimeError(f"study {s.name}: {len(failures)} trials in a row failed; stopping. Last: {failures[-1]}")
+            study.stop()
+
+    objective = make_objective(params, scorer, parent, data_dir, log)
+
+    def within_target(trial: optuna.Trial):
+        """n_trials counts the study's trials: a trial started when the others (finished, or running
+        in a live worker, every worker's) already make the target is given up before it trains."""
+        trial.set_user_attr("worker", worker_id())
+        if counted(trial.study, below=trial.number) >= target:
+            trial.study.stop()
+            trial.set_user_attr("fail_reason", SURPLUS)
+            raise RuntimeError(SURPLUS)
+        return objective(trial)
+
+    def enough(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if counted(study) >= target:
+            study.stop()
+
+    study.optimize(within_target, catch=(Exception,), callbacks=[enough, stop_on_repeated_failure])
+    if len(failures) >= MAX_CONSECUTIVE_FAILURES:
+        raise RuntimeError(f"study {s.name}: {len(failures)} trials in a row failed; stopping. Last: {failures[-1]}")
+
+
+def report_best(params: Params, study: optuna.Study, parent: str) -> optuna.Study:
+    """The study's plots and best values on its MLflow parent run."""
+    import mlflow
+
+    s = params.study
     plots = save_plots(study, params, STUDIES / s.name / "plots")
     client = mlflow.MlflowClient()
     for path in plots:

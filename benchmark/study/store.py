@@ -2,6 +2,7 @@
 ``casdm study show / best`` need, without the runner (trainer, scorer) that ``run.py`` adds."""
 from __future__ import annotations
 
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -96,7 +97,44 @@ def pick_best(study: optuna.Study, params: Params, number: int | None = None) ->
     return max(study.best_trials, key=lambda t: sign * t.values[0])
 
 
-def versus_configured(study: optuna.Study, params: Params, best: optuna.trial.FrozenTrial):
+BOOTSTRAP_FILE = "bootstrap.json"  # a trial's objective on every bootstrap resample (an Optuna artifact)
+
+
+def artifact_store(name: str, folder: Path = STUDIES):
+    """The study's Optuna artifact store: its trials' files (loss curve, metrics, sample grid, bootstrap
+    values) beside the trial folders, ``<studies>/<name>/artifacts``; ``optuna-dashboard --artifact-dir``
+    serves them. A study whose workers run on several machines keeps each trial's files on its worker's
+    machine, as it keeps the trial folders (share ``studies/`` to see them all)."""
+    from optuna.artifacts import FileSystemArtifactStore
+
+    path = Path(folder) / name / "artifacts"
+    path.mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(path))
+
+
+def trial_bootstrap(trial: optuna.trial.FrozenTrial, name: str, folder: Path = STUDIES) -> dict[str, list]:
+    """The trial's bootstrap values, read back from its ``bootstrap.json`` artifact; {} where the
+    artifact is not in this machine's store."""
+    import json
+
+    from optuna.artifacts import download_artifact
+    from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX  # the system-attr key Optuna files metas under
+
+    for key, value in trial.system_attrs.items():
+        meta = json.loads(value) if key.startswith(ARTIFACTS_ATTR_PREFIX) else {}
+        if meta.get("filename") == BOOTSTRAP_FILE:
+            store = artifact_store(name, folder)
+            with tempfile.TemporaryDirectory() as tmp:
+                try:
+                    download_artifact(artifact_store=store, artifact_id=meta["artifact_id"],
+                                      file_path=str(Path(tmp) / BOOTSTRAP_FILE))
+                except FileNotFoundError:  # uploaded on another machine
+                    return {}
+                return json.loads((Path(tmp) / BOOTSTRAP_FILE).read_text())
+    return {}
+
+
+def versus_configured(study: optuna.Study, params: Params, best: optuna.trial.FrozenTrial, folder: Path = STUDIES):
     """The best trial against trial 0 (the configured weights) on the first objective: the paired bootstrap
     over the study's validation maps (both trials scored the same resamples), or None where trial 0 is the
     best, is missing, or either lacks its bootstrap values. Returns (trial 0, Difference | None)."""
@@ -106,9 +144,9 @@ def versus_configured(study: optuna.Study, params: Params, best: optuna.trial.Fr
     t0 = next((t for t in done if t.user_attrs.get("baseline")), None)
     if t0 is None or t0.number == best.number:
         return t0, None
-    objective = params.study.objectives[0]
-    return t0, paired_bootstrap(best.user_attrs.get("bootstrap", {}).get(objective, []),
-                                t0.user_attrs.get("bootstrap", {}).get(objective, []),
+    objective, name = params.study.objectives[0], params.study.name
+    return t0, paired_bootstrap(trial_bootstrap(best, name, folder).get(objective, []),
+                                trial_bootstrap(t0, name, folder).get(objective, []),
                                 best.values[0] - t0.values[0], objective, params.evaluate.bootstrap.level)
 
 
