@@ -244,6 +244,8 @@ def test_the_cli_says_its_version_and_lists_the_profiles():
 
     out = CliRunner().invoke(app, ["--version"])
     assert out.exit_code == 0 and out.output.startswith("casdm-bench ") and "commit" in out.output
-    listed = CliRunner().invoke(app, ["params", "profile"])
-    assert listed.exit_code == 0
-    assert {line.split()[0] for line in listed.output.splitlines() if line.strip()} >= {"tiny", "cpu-long", "cpu-seeds", "paper"}
+    for args in (["params", "profile"], ["params", "profile", "--list"], ["params", "profile", "tiny", "--list"]):
+        listed = CliRunner().invoke(app, [*args, "--params", "no-such-params.yaml"])  # --list changes nothing
+        assert listed.exit_code == 0, listed.output
+        names = {line.split()[0] for line in listed.output.splitlines() if line.strip()}
+        assert names >= {"tiny", "cpu-long", "cpu-seeds", "paper"}

@@ -114,6 +114,19 @@ def test_tiny_study_nests_trial_runs_under_one_parent(study_dir, prepared):
     if found is not None:
         assert found.delta == pytest.approx(study.trials[best].value - study.trials[0].value)
         assert found.low <= found.high and found.verdict in ("better", "worse", "indistinguishable")
+    # the CLI's --json: one document on stdout that scripts read
+    import json
+
+    (study_dir / "params.yaml").write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+    shown = subprocess.run(["casdm", "study", "show", "--json"], cwd=study_dir, env=cli_env(), capture_output=True,
+                           text=True)
+    assert [t["number"] for t in json.loads(shown.stdout)["trials"]] == [0, 1], shown.stderr
+    picked = json.loads(subprocess.run(["casdm", "study", "best", "--json"], cwd=study_dir, env=cli_env(),
+                                       capture_output=True, text=True).stdout)
+    assert picked["best"]["number"] == best and picked["trial0"]["number"] == 0
+    assert (picked["versus_trial0"] is None) == (best == 0)
+    if best != 0:
+        assert picked["versus_trial0"]["delta"] == pytest.approx(found.delta)
     # the same command again: nothing left to do, the same study and parent
     again = run_study(params, prepared, study_dir / "judge", log=lambda *a: None)
     assert len(again.trials) == 2 and len([r for r in runs_of(study_dir) if r.data.tags.get("kind") == "study"]) == 1

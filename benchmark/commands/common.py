@@ -78,3 +78,23 @@ def with_seed(params, seed: int | None):
     if seed not in params.train.seeds:
         fail(f"--seed {seed}: not one of params.yaml train.seeds {params.train.seeds}")
     return params.model_copy(update={"train": params.train.model_copy(update={"seed": seed})})
+
+
+JSON = typer.Option(False, "--json", help="print the result as JSON on stdout (for scripts), nothing else")
+
+
+def print_json(value) -> None:
+    """One JSON document on stdout: no colours, no wrapping, NaN written as null."""
+    import json
+    import math
+
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    sys.stdout.write(json.dumps(clean(value), indent=2, default=str) + "\n")

@@ -40,21 +40,22 @@ def params_check(params: Path = PARAMS) -> None:
                 try:
                     class_boost(CHOLECSEG8K.names, boost)
                 except ValueError as exc:
-                    raise ValueError(f"models.{name}.training.ca_boost: {exc}") from None
+                    raise ValueError(f"params.yaml: models.{name}.training.ca_boost: {exc}") from None
         generator_options(p)
-    except ValueError as exc:
-        fail(str(exc))
+    except ValueError as exc:  # the kinds' checks say "params.yaml:"; the file checked may be another
+        fail(f"{params}: {str(exc).removeprefix('params.yaml: ')}")
     console.print(f"[green]{params}: valid[/] (preset {p.train.preset}, {p.data.resolution} px, "
                   f"models {', '.join(p.models)})")
 
 
 @params_app.command("profile")
-def params_profile(name: str = typer.Argument(None, help="a profile; none: list them"), params: Path = PARAMS) -> None:
+def params_profile(name: str = typer.Argument(None, help="a profile; none: list them"), params: Path = PARAMS,
+                   list_: bool = typer.Option(False, "--list", help="list the profiles and change nothing")) -> None:
     """Merge benchmark/config/profiles/NAME.yaml into params.yaml (e.g. ``tiny`` for tests and CI);
-    without NAME, list the profiles with the first line of each one's header."""
+    without NAME (or with --list), list the profiles with the first line of each one's header."""
     from benchmark.config import PROFILES_DIR, ConfigError, apply_profile
 
-    if name is None:
+    if name is None or list_:
         for f in sorted(PROFILES_DIR.glob("*.yaml")):
             first = next((ln.lstrip("# ").strip() for ln in f.read_text().splitlines() if ln.startswith("#")), "")
             console.print(f"{f.stem:10s} {first}", highlight=False, soft_wrap=True)

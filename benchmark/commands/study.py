@@ -5,7 +5,7 @@ from pathlib import Path
 
 import typer
 
-from benchmark.commands.common import PARAMS, console, err, fail, or_fail, read_params
+from benchmark.commands.common import JSON, PARAMS, console, err, fail, or_fail, print_json, read_params
 
 study_app = typer.Typer(help="Optuna loss-weight studies: run (or resume), show, best.", no_args_is_help=True)
 STORAGE = typer.Option(None, "--storage", help="Optuna storage URL (sqlite:///..., postgresql://..., "
@@ -44,11 +44,15 @@ def load(params: Path, storage: str | None):
 
 
 @study_app.command("show")
-def study_show(params: Path = PARAMS, storage: str = STORAGE) -> None:
+def study_show(params: Path = PARAMS, storage: str = STORAGE, as_json: bool = JSON) -> None:
     """Every trial: state, objective values, parameters, why it failed or was pruned."""
-    from benchmark.study.store import trials_table
+    from benchmark.study.store import trial_record, trials_table
 
     p, study = load(params, storage)
+    if as_json:
+        print_json({"study": study.study_name, "objectives": p.study.objectives,
+                    "trials": [trial_record(t) for t in study.trials]})
+        return
     console.print(trials_table(study, p))
 
 
@@ -56,17 +60,24 @@ def study_show(params: Path = PARAMS, storage: str = STORAGE) -> None:
 def study_best(params: Path = PARAMS, storage: str = STORAGE,
                trial: int = typer.Option(None, "--trial", help="a Pareto-optimal trial to take (several objectives)"),
                write_params: bool = typer.Option(False, "--write-params",
-                                                 help="write its values into params.yaml's tuned model")) -> None:
+                                                 help="write its values into params.yaml's tuned model"),
+               as_json: bool = JSON) -> None:
     """The best trial (or the Pareto front); with --write-params, into params.yaml for `dvc repro`."""
     from benchmark.config import ConfigError
     from benchmark.study.space import write_best
-    from benchmark.study.store import pick_best, versus_configured
+    from benchmark.study.store import pick_best, trial_record, versus_configured
 
     p, study = load(params, storage)
     try:
         best = pick_best(study, p, trial)
     except LookupError as exc:
         fail(str(exc))
+    if as_json and not write_params:
+        t0, found = versus_configured(study, p, best)
+        print_json({"best": trial_record(best), "trial0": None if t0 is None else trial_record(t0),
+                    "versus_trial0": None if found is None else found.model_dump(),
+                    "pareto_front": [t.number for t in study.best_trials] if len(p.study.objectives) > 1 else None})
+        return
     if len(p.study.objectives) > 1:
         console.print("Pareto front: " + "; ".join(f"trial {t.number}: {dict(zip(p.study.objectives, t.values))}"
                                                    for t in study.best_trials), soft_wrap=True)

@@ -150,6 +150,13 @@ def versus_configured(study: optuna.Study, params: Params, best: optuna.trial.Fr
                                 best.values[0] - t0.values[0], objective, params.evaluate.bootstrap.level)
 
 
+def trial_record(t: optuna.trial.FrozenTrial) -> dict:
+    """A trial as ``--json`` prints it: number, state, values, parameters, user attributes."""
+    return {"number": t.number, "state": t.state.name, "values": t.values, "params": t.params,
+            "user_attrs": t.user_attrs,
+            "duration_s": None if t.duration is None else t.duration.total_seconds()}
+
+
 def trials_table(study: optuna.Study, params: Params):
     """Every trial as a rich Table: state, objective values, parameters, why it failed or was pruned."""
     from rich.table import Table
