@@ -25,6 +25,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
+from casdm.pipeline import sampler_settings
 from casdm.unet import groups_for
 
 COND_CHANNELS = (16,)  # pixel space: the control image already has the sample's size, no down-sampling
@@ -86,14 +87,23 @@ class ControlNetPair(nn.Module):
 class ControlNetPixelPipeline(DiffusionPipeline):
     """Maps in, images out, with the ControlNet steering the frozen base at every step."""
 
-    def __init__(self, prompt, unet, controlnet, scheduler):
+    def __init__(self, prompt, unet, controlnet, scheduler, num_inference_steps: int = 50, guidance_scale: float = 1.0,
+                 conditioning_scale: float = 1.0):
+        """The sampler the model was benchmarked with (steps, guidance, ControlNet scale) goes into
+        model_index.json: ``pipe(segmap)`` after ``from_pretrained`` samples as the benchmark did."""
         super().__init__()
         self.register_modules(prompt=prompt, unet=unet, controlnet=controlnet, scheduler=scheduler)
-        self.conditioning_scale = 1.0
+        self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                conditioning_scale=conditioning_scale)
+
+    @property
+    def conditioning_scale(self) -> float:
+        return self.config.conditioning_scale
 
     @torch.no_grad()
-    def __call__(self, segmap: torch.Tensor, num_inference_steps: int = 50, guidance_scale: float = 1.0,
+    def __call__(self, segmap: torch.Tensor, num_inference_steps: int | None = None, guidance_scale: float | None = None,
                  generator=None, output_type: str = "pt", return_dict: bool = True):
+        num_inference_steps, guidance_scale = sampler_settings(self.config, num_inference_steps, guidance_scale)
         if segmap.dim() != 3:
             raise ValueError("ControlNetPixelPipeline takes [B, H, W] class-id maps")
         pair = ControlNetPair(self.prompt, self.unet, self.controlnet)

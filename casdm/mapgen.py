@@ -53,7 +53,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
-from casdm.pipeline import to_onehot
+from casdm.pipeline import sampler_settings, to_onehot
 from casdm.prompts import LOCATIONS, QUANTITIES, SIZES, Prompt, Vocabulary, field_ids, parse_prompt, render_layout
 from casdm.schedulers import make_scheduler
 from casdm.text import encode_phrases
@@ -190,9 +190,11 @@ class MapGenOutput(BaseOutput):
 class MapGenPipeline(DiffusionPipeline):
     """Prompts in (text or parsed), class-id maps out; a thin loop over the generator and a scheduler."""
 
-    def __init__(self, mapgen: MapGenerator, scheduler):
+    def __init__(self, mapgen: MapGenerator, scheduler, num_inference_steps: int = 25, guidance_scale: float = 1.0):
+        """The sampler the generator was benchmarked with is saved in model_index.json (see CASDMPipeline)."""
         super().__init__()
         self.register_modules(mapgen=mapgen, scheduler=scheduler)
+        self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
         self._conditioner: PromptConditioner | None = None
 
     @property
@@ -204,10 +206,13 @@ class MapGenPipeline(DiffusionPipeline):
         return self._conditioner
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str | Prompt], num_inference_steps: int = 25, guidance_scale: float = 1.0,
+    def __call__(self, prompts: list[str | Prompt], num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None, output_type: str = "pt",
                  return_dict: bool = True):
-        """Guidance s on the logits: l(empty prompt) + s * (l(prompt) - l(empty prompt))."""
+        """Guidance s on the logits: l(empty prompt) + s * (l(prompt) - l(empty prompt)). Steps and guidance
+        left out: the saved sampler's."""
+        num_inference_steps, guidance_scale = sampler_settings(self.config, num_inference_steps, guidance_scale)
         parsed = [parse_prompt(p, self.mapgen.vocab) if isinstance(p, str) else tuple(p) for p in prompts]
         c, b = self.mapgen.config, len(parsed)
         cond = self.conditioner(parsed, self.device)

@@ -22,23 +22,35 @@ def to_onehot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     return oh * valid.unsqueeze(1)
 
 
+def sampler_settings(config, num_inference_steps: int | None, guidance_scale: float | None) -> tuple[int, float]:
+    """The steps and guidance a call asked for, else the ones the pipeline was saved with."""
+    return (config.num_inference_steps if num_inference_steps is None else num_inference_steps,
+            config.guidance_scale if guidance_scale is None else guidance_scale)
+
+
 class CASDMPipeline(DiffusionPipeline):
     """Map-conditioned sampling with classifier-free guidance (conditional and null halves in one batch)."""
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(self, unet, scheduler):
+    def __init__(self, unet, scheduler, num_inference_steps: int = 50, guidance_scale: float = 1.0):
+        """``num_inference_steps`` and ``guidance_scale`` are the sampler the model was benchmarked with:
+        saved in model_index.json, so ``pipe(segmap)`` after ``from_pretrained`` samples as the benchmark did."""
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
 
     @torch.no_grad()
-    def __call__(self, segmap: torch.Tensor, num_inference_steps: int = 50, guidance_scale: float = 1.0,
+    def __call__(self, segmap: torch.Tensor, num_inference_steps: int | None = None,
+                 guidance_scale: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  output_type: str = "pil", spade_reuse: bool = True, classifier_free: bool | None = None,
                  return_dict: bool = True):
         """``segmap``: [B, H, W] class ids or [B, K, H, W] one-hot. Guidance s gives
         eps(null) + s * (eps(map) - eps(null)), the null map being all zeros; ``classifier_free``
-        defaults to ``guidance_scale != 1`` (at s = 1 the single conditional pass is the same thing)."""
+        defaults to ``guidance_scale != 1`` (at s = 1 the single conditional pass is the same thing).
+        Steps and guidance left out: the saved sampler's (``self.config``)."""
+        num_inference_steps, guidance_scale = sampler_settings(self.config, num_inference_steps, guidance_scale)
         unet = self.unet
         if segmap.dim() == 3:
             segmap = to_onehot(segmap, unet.config.num_classes)

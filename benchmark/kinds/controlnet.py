@@ -92,9 +92,11 @@ class ControlNetKind(ModelKind):
         return terms[name], terms
 
     def pipeline(self, model: ControlNetPair) -> ControlNetPixelPipeline:
+        s = self.sampling
         pipe = ControlNetPixelPipeline(model.prompt, model.unet, model.controlnet,
-                                       make_scheduler(self.sampling.scheduler, self.ctx.diffusion))
-        pipe.conditioning_scale = self.options.conditioning_scale
+                                       make_scheduler(s.scheduler, self.ctx.diffusion),
+                                       num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
+                                       conditioning_scale=self.options.conditioning_scale)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

@@ -148,7 +148,9 @@ class MapGenKind(ModelKind):
         return terms["map_ce"], terms
 
     def pipeline(self, model) -> MapGenPipeline:
-        pipe = MapGenPipeline(model, map_scheduler(self.sampling.scheduler, self.ctx.diffusion))
+        s = self.sampling
+        pipe = MapGenPipeline(model, map_scheduler(s.scheduler, self.ctx.diffusion),
+                              num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale)
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
