@@ -23,6 +23,16 @@ def flatten(d: dict, prefix: str = "") -> dict:
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # the UI opens on runs, not traces
 
 
+def ui_url(uri: str, experiment_id: str, run_id: str | None = None) -> str:
+    """Where a browser finds the experiment's runs (or one run) in MLflow's UI. MLflow 3.17's UI ignores the
+    ``mlflow.experimentKind`` tag (its workflow switch is always on) and opens every experiment on the GenAI
+    view unless the page's ``workflowType`` query says ``machine_learning`` ("Model training"); a store that is
+    a file or a database is served by ``mlflow ui`` on 127.0.0.1:5000, a tracking server is its own URL."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    page = f"experiments/{experiment_id}" + (f"/runs/{run_id}" if run_id else "")
+    return f"{redact(base)}/#/{page}?workflowType=machine_learning"
+
+
 def tracking_uri(tracking) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI", tracking.uri)
 
@@ -185,12 +195,43 @@ class Tracker:
             mlflow.log_image(image, key=key, step=step)
 
     def log_image_file(self, image, artifact_file: str) -> None:
-        """An image at a fixed artifact path (``samples/last_grid.png``): MLflow's compare view shows
-        the same path of several runs side by side, which the per-step images (uuid names) never are."""
+        """An image at a fixed artifact path (``samples/last_grid.png``), and beside it the same image as
+        a one-row table (``samples/last_grid.json``). MLflow 3.17 compares runs' artifacts side by side
+        only for tables (the runs page's artifact view), so that view, grouped by the ``maps`` column that
+        every run shares, shows each run's grid of the same maps in one row; the per-step images (uuid
+        names) are never comparable."""
+        if self.enabled:
+            import mlflow
+            from PIL import Image
+
+            mlflow.log_image(image, artifact_file=artifact_file)
+            mlflow.log_table({"maps": ["the training grid's maps"], "grid": [Image.fromarray(image)]},
+                             artifact_file=str(Path(artifact_file).with_suffix(".json")))
+
+    def log_dataset(self, prepared: Path, name: str, digest: str) -> None:
+        """The prepared dataset as the run's MLflow dataset input (the runs table's Dataset column, the run's
+        Datasets): its frame index (id, video, clip, split), the folder as source, the suite's dataset hash as
+        digest, so runs trained on the same data show the same dataset."""
+        if self.enabled:
+            import warnings
+
+            import mlflow
+            import pandas as pd
+
+            frames = pd.read_csv(Path(prepared) / "frames.csv")
+            with warnings.catch_warnings():  # MLflow registers its local-path source twice and warns that a
+                warnings.simplefilter("ignore", UserWarning)  # path "can be interpreted in multiple ways"
+                dataset = mlflow.data.from_pandas(frames, source=str(prepared), name=name, digest=digest)
+            mlflow.log_input(dataset, context="training")
+
+    def log_model_link(self, name: str, path: Path, tags: dict) -> None:
+        """The trained pipeline in MLflow's Models tab as an external model: its weights stay where DVC keeps
+        them (``path``, relative to the project), the model names them and links back to this run."""
         if self.enabled:
             import mlflow
 
-            mlflow.log_image(image, artifact_file=artifact_file)
+            mlflow.create_external_model(name=name, source_run_id=self.run_id, model_type="diffusers-pipeline",
+                                         tags={**tags, "path": str(path)})
 
     def set_tag(self, key: str, value: str) -> None:
         if self.enabled:

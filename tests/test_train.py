@@ -5,7 +5,7 @@ import json
 import signal
 import subprocess
 import time
-
+from pathlib import Path
 
 import mlflow
 import pytest
@@ -53,9 +53,21 @@ def test_train_logs_an_mlflow_run_with_provenance(tmp_path, prepared, mlflow_tmp
     assert all(h.value > 0 for h in sp)  # and it is on: a bf16 run once logged CA-SP 0.0 at every step
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
     assert len(artifacts) >= 2  # grids at steps 2 and 4
-    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/last_grid.png"]  # compare view
+    # fixed paths for the compare views: the grid, and the grid as a table (MLflow's artifact view compares tables)
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "samples")] == ["samples/last_grid.json",
+                                                                                   "samples/last_grid.png"]
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "samples/last_grid.json")).read_text())
+    assert table["columns"] == ["maps", "grid"] and table["data"][0][0] == "the training grid's maps"
+    assert table["data"][0][1]["type"] == "image"  # MLflow renders the cell as the image
     assert (tmp_path / "models" / "casdm" / "model_index.json").exists()
     assert (tmp_path / "models" / "casdm" / "unet_raw" / "config.json").exists()
+    # the prepared data as the run's dataset input, the pipeline as a model in the Models tab linked to the run
+    (used,) = run.inputs.dataset_inputs
+    assert used.dataset.digest == tags["dataset_hash"] and used.dataset.name.endswith(f"-{p.data.resolution}px")
+    assert [t.value for t in used.tags if t.key == "mlflow.data.context"] == ["training"]
+    (model,) = client.search_logged_models([run.info.experiment_id])
+    assert model.source_run_id == run.info.run_id and model.name == "casdm-seed0"
+    assert model.tags["path"] == str(tmp_path / "models" / "casdm") and model.tags["role"] == "method"
     curve = (tmp_path / "plots" / "casdm.csv").read_text().splitlines()
     assert curve[0].startswith("step,") and len(curve) == 5
 

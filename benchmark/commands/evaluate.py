@@ -7,7 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from benchmark.commands.common import PARAMS, console, err, fail, need_tracking, or_fail, path_option, read_params
+from benchmark.commands.common import (JSON, PARAMS, console, err, fail, need_tracking, or_fail, path_option,
+                                       print_json, read_params)
 
 evaluate_app = typer.Typer(help="Evaluation stages: real features, real-only row, one model's row, the "
                            "generated-maps row.", no_args_is_help=True)
@@ -78,7 +79,8 @@ def evaluate_maps_cmd(params: Path = PARAMS, data: Path = DATA,
 
 @leaderboard_app.callback(invoke_without_command=True)
 def leaderboard_show(ctx: typer.Context, params: Path = PARAMS,
-                     full: bool = typer.Option(False, "--full", help="every column, deltas included")) -> None:
+                     full: bool = typer.Option(False, "--full", help="every column, deltas included"),
+                     as_json: bool = JSON) -> None:
     """Print the newest leaderboard run's table from MLflow."""
     if ctx.invoked_subcommand is not None:
         return
@@ -90,14 +92,24 @@ def leaderboard_show(ctx: typer.Context, params: Path = PARAMS,
         run_id, columns, table = or_fail(latest_table, p)  # a tracking store that cannot be used: one line
     except LookupError as exc:
         fail(str(exc))
+    if as_json:
+        print_json({"run_id": run_id, "rows": [row.flat(columns) for row in table]})
+        return
     Console(width=None if sys.stdout.isatty() else 200).print(rich_table(p.leaderboard.primary, run_id, columns,
                                                                          table, full))
+    import mlflow
+
+    from benchmark.tracking import tracking_uri, ui_url
+
+    err.print(f"in MLflow's UI: {ui_url(tracking_uri(p.tracking), mlflow.get_run(run_id).info.experiment_id, run_id)}",
+              soft_wrap=True, highlight=False)
 
 
 @leaderboard_app.command("build")
 def leaderboard_build(params: Path = PARAMS, rows: Path = path_option("folder of the rows' metrics JSON"),
                       train_metrics: Path = path_option("folder of the models' training metrics JSON"),
-                      metrics: Path = path_option("the leaderboard metrics JSON"),
+                      metrics: Path = path_option("the leaderboard JSON: every column, interval and verdict"),
+                      headline: Path = path_option("model x the headline scores, numbers only (dvc metrics show)"),
                       comparisons: Path = path_option("every comparison's interval and verdict, JSON"),
                       plots: Path = path_option("folder of the leaderboard's plot CSVs"),
                       report: Path = path_option("the markdown leaderboard"),
@@ -111,7 +123,8 @@ def leaderboard_build(params: Path = PARAMS, rows: Path = path_option("folder of
     if mlflow_log:
         need_tracking(p)
     loaded = or_fail(load_rows, rows, p, train_metrics)
-    table, found = or_fail(write_outputs, p, loaded, metrics, plots, report, comparisons, seed_spread)
+    table, found = or_fail(write_outputs, p, loaded, metrics, plots, report, comparisons, seed_spread, headline)
     if mlflow_log:
-        err.print(f"MLflow leaderboard run {or_fail(log_mlflow, p, table, loaded, report, found)}")
+        err.print(f"MLflow leaderboard run: {or_fail(log_mlflow, p, table, loaded, report, found)}", soft_wrap=True,
+                  highlight=False)
     console.print(report.read_text(), markup=False, highlight=False)

@@ -47,7 +47,7 @@ def report_build(params: Path = PARAMS,
     if mlflow_log:
         from benchmark.report.mlflow_log import log_report
 
-        run = or_fail(log_report, p, out)
+        run = or_fail(log_report, p, out, r["headline"])
         err.print(f"MLflow: report logged to leaderboard run {run}" if run else
                   "[yellow]MLflow: no leaderboard run with these params; report not logged[/]")
 

@@ -104,6 +104,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     tracker.start(params.tracking, name, tags, config, run_id)
     if run_id is None:
         tracker.log_param("num_parameters", n_params)
+        tracker.log_dataset(paths.data, f"{tags['dataset']}-{params.data.resolution}px", tags["dataset_hash"])
     grid_maps = _grid_batch(paths.data, device)
 
     loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), local_batch, tc.seed, start, tc.steps,
@@ -173,6 +174,8 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
         tracker.log_metrics(summary, step=step)
         tracker.set_tag("model_path", str(paths.model))  # relative to the project, as dvc.yaml writes it
         tracker.set_tag("processes", str(world))
+        tracker.log_model_link(f"{name}-seed{tc.seed}", paths.model, {"model": name, "kind": entry.kind,
+                                                                        "role": entry.role, "seed": str(tc.seed)})
         if last_grid is not None:
             tracker.log_image_file(last_grid, "samples/last_grid.png")
     tracker.end()

@@ -72,5 +72,5 @@ def build(params: Params, paths: ReportPaths, out: Path) -> dict:
     t0 = time.perf_counter()
     ctx, assets = context(params, paths)
     sizes = write(out, ctx, assets)
-    return {"sizes": sizes, "seconds": time.perf_counter() - t0,
+    return {"sizes": sizes, "seconds": time.perf_counter() - t0, "headline": ctx["headline"].get("sentence"),
             "skipped": {k: v["skipped"] for k, v in ctx.items() if isinstance(v, dict) and "skipped" in v}}

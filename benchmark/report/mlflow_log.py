@@ -22,14 +22,18 @@ def leaderboard_run(params: Params) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def log_report(params: Params, folder: Path) -> str | None:
-    """Log index.html, report.md and assets/ under ``report/``; the run id, or None when there is none."""
+def log_report(params: Params, folder: Path, headline: str | None = None) -> str | None:
+    """Log index.html, report.md and assets/ under ``report/`` and make the report's headline the run's
+    description (``mlflow.note.content``, shown on the run's page and as the runs table's description);
+    the run id, or None when there is none."""
     import mlflow
 
     run_id = leaderboard_run(params)
     if run_id is None:
         return None
     client = mlflow.MlflowClient()
+    if headline:
+        client.set_tag(run_id, "mlflow.note.content", headline)
     for name in ("index.html", "report.md"):
         client.log_artifact(run_id, str(Path(folder) / name), artifact_path="report")
     client.log_artifacts(run_id, str(Path(folder) / "assets"), artifact_path="report/assets")

@@ -169,8 +169,21 @@ def flat_table(columns: list[Column], table: list[LeaderboardRow]) -> tuple[list
     return ["model", "role", *(n for c in columns for n in c.flat_names())], [r.flat(columns) for r in table]
 
 
+HEADLINE = ("fid", "semantic_miou", "downstream_miou", "downstream_rare_miou")
+
+
+def headline_metrics(columns: list[Column], table: list[LeaderboardRow]) -> dict[str, dict[str, float | None]]:
+    """Model x the headline scores, numbers only: what ``dvc metrics show`` and ``dvc exp show`` print in a
+    terminal (the leaderboard file, with intervals, verdicts and segmenter names, is hundreds of columns)."""
+    fid = next((c.name for c in columns if c.name.startswith("fid:")), None)
+    names = {"fid": fid, "semantic_miou": "semantic_miou", "downstream_miou": "downstream_miou",
+             "downstream_rare_miou": "downstream_rare_miou"}
+    return {r.model: {key: None if names[key] is None else r.value(names[key]) for key in HEADLINE} for r in table}
+
+
 def write_outputs(params: Params, rows: dict[str, EvaluationRow], metrics: Path, plots: Path, report: Path,
-                  comparisons_file: Path, seed_spread: Path | None = None) -> tuple[list[dict], list[Comparison]]:
+                  comparisons_file: Path, seed_spread: Path | None = None,
+                  headline: Path | None = None) -> tuple[list[dict], list[Comparison]]:
     roles = {n: e.role for n, e in params.models.items()}
     found = comparisons(rows, roles, params.leaderboard.ladder, params.evaluate.bootstrap.level,
                         params.evaluate.bootstrap.unit)
@@ -180,6 +193,8 @@ def write_outputs(params: Params, rows: dict[str, EvaluationRow], metrics: Path,
     names, table = flat_table(columns, typed)
     write_json(metrics, {r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table})
     write_json(comparisons_file, [c.to_json() for c in found])
+    if headline is not None:
+        write_json(headline, headline_metrics(columns, typed))
     write_csv(Path(plots) / "summary.csv", names, table)
     write_csv(Path(plots) / "per_class.csv", ["model", "class", "rare", "iou", "iou_std", "dice", "dice_std"],
               [{"model": model, "class": cls, "rare": int(cls in r.rare_classes), **d}
@@ -192,12 +207,13 @@ def write_outputs(params: Params, rows: dict[str, EvaluationRow], metrics: Path,
 
 def log_mlflow(params: Params, table: list[dict], rows: dict[str, EvaluationRow], report: Path,
                found: list[Comparison]) -> str:
-    """A leaderboard run with the table artifact; each model's training run gets its numbers."""
+    """A leaderboard run with the table artifact; each model's training run gets its numbers. Returns the
+    address of the run in MLflow's UI (``tracking.ui_url``)."""
     import mlflow
 
     from benchmark.kinds.registry import training_config
     from benchmark.provenance import git_commit, hash_json, redact_tree
-    from benchmark.tracking import connect, flatten, owner_tags
+    from benchmark.tracking import connect, flatten, owner_tags, tracking_uri, ui_url
 
     exp = connect(params.tracking)
     numeric = lambda r: {k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and v is not None}
@@ -232,7 +248,7 @@ def log_mlflow(params: Params, table: list[dict], rows: dict[str, EvaluationRow]
         # what `casdm report compare RUN_ID ...` reads back: the rows as metrics/leaderboard.json holds them, the params
         mlflow.log_dict({r["model"]: {k: v for k, v in r.items() if k != "model"} for r in table}, "leaderboard_rows.json")
         mlflow.log_dict(redact_tree(params.model_dump(mode="json")), "params.json")  # no password of a storage URL
-        return run.info.run_id
+        return ui_url(tracking_uri(params.tracking), exp.experiment_id, run.info.run_id)
 
 
 def latest_table(params: Params) -> tuple[str, list[Column], list[LeaderboardRow]]:
