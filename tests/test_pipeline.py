@@ -10,6 +10,7 @@ import re
 import resource
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,6 +115,18 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(tiny):
             assert row["images_seen"] == 4 * 4 and row["map_conditioned_steps"] == (2 if name == "controlnet" else 4)
         assert all(isinstance(v, float) and math.isfinite(v) for v in numbers), (name, row)
     assert board["real"]["delta_miou"] is None and board["real+control"][f"fid:{ex}"] is None
+    # the metrics file of the result: model x headline scores, numbers only; the string-holding files are outputs
+    headline = json.loads((repo / "metrics" / "headline.json").read_text())
+    assert set(headline) == set(board)
+    assert headline["casdm"] == {"fid": board["casdm"][f"fid:{ex}"], "semantic_miou": board["casdm"]["semantic_miou"],
+                                 "downstream_miou": board["casdm"]["downstream_miou"],
+                                 "downstream_rare_miou": board["casdm"]["downstream_rare_miou"]}
+    assert all(v is None or isinstance(v, float) for row in headline.values() for v in row.values())
+    shown = tiny.dvc("metrics", "show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    declared = {f for rev in json.loads(shown.stdout).values() for f in rev.get("data", {})}
+    assert "metrics/headline.json" in declared and not declared & {"metrics/leaderboard.json", "metrics/comparisons.json"}
+    assert not [f for f in declared if f.startswith("metrics/evaluate/")]
     found = json.loads((repo / "metrics" / "comparisons.json").read_text())
     kinds = {c["kind"] for c in found}
     assert {"control vs real", "vs real", "vs real+control", "method vs ablation", "method vs baseline",
@@ -135,6 +148,10 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(tiny):
     shown = subprocess.run(["casdm", "leaderboard"], cwd=repo, env=env, capture_output=True, text=True)
     assert shown.returncode == 0, shown.stderr
     assert all(name in shown.stdout for name in board) and "efficientnet_lite0:blocks.0" in shown.stdout
+    assert "Downloading artifacts" not in shown.stdout + shown.stderr  # MLflow's bar stays out of the table
+    as_json = subprocess.run(["casdm", "leaderboard", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+    rows = json.loads(as_json.stdout)["rows"]  # stdout holds the JSON document and nothing else
+    assert sorted(r["model"] for r in rows) == sorted(board)
     client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
     runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
     trained = [r for r in runs if r.data.tags.get("kind") not in ("leaderboard", "maps")]
@@ -156,6 +173,13 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(tiny):
     table = json.loads(Path(client.download_artifacts(leader.info.run_id, "leaderboard.json")).read_text())
     assert sorted(table["data"][i][table["columns"].index("model")] for i in range(len(table["data"]))) == sorted(board)
     assert not [c for c in table["columns"] if "." in c]  # the artifact viewer shows a dotted column blank
+    # the leaderboard run is described with the report's headline, and the command names its page in the UI
+    # with the query that opens MLflow 3.17 on "Model training" (the experimentKind tag alone does not)
+    headline = leader.data.tags["mlflow.note.content"]
+    assert headline.startswith("The top row on ") and headline in (repo / "reports" / "report.md").read_text()
+    page = (f"{env['MLFLOW_TRACKING_URI']}/#/experiments/{leader.info.experiment_id}/runs/{leader.info.run_id}"
+            "?workflowType=machine_learning")
+    assert page in " ".join(shown.stderr.split()), shown.stderr
     check_report(repo, board, models, client, leader.info.run_id)
 
     # over HTTP: the experiment opens on its runs (a model-training experiment), the training runs'
@@ -171,6 +195,48 @@ def test_dvc_repro_runs_the_whole_benchmark_end_to_end(tiny):
     assert grid.size[0] > 32 and grid.size[1] > 32
     second = tiny.dvc("repro")
     assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
+
+
+COLD = {"casdm": "from casdm import CASDMPipeline as P", "sdm": "from casdm import CASDMPipeline as P",
+        "controlnet": "from baselines.controlnet import ControlNetPixelPipeline as P"}
+
+
+def test_every_trained_pipeline_loads_cold_and_samples_as_the_benchmark_did(tiny, tmp_path):
+    """diffusers' way, in a fresh interpreter that imported nothing else: ``P.from_pretrained(folder)``, then
+    ``pipe(segmap, generator=...)`` with no sampler arguments draws the sample stage's own image of that map,
+    pixel for pixel (model_index.json carries the steps, guidance and ControlNet scale it sampled with; the
+    scheduler folder its sampler). The map generator loads the same way and keeps its sampler."""
+    from benchmark.config import load_params
+
+    p = load_params(tiny.repo / "params.yaml")
+    for name, imp in COLD.items():
+        manifest = json.loads((tiny.repo / "samples" / name / "seed0" / "manifest.json").read_text())
+        rec = next(r for r in manifest["images"] if r["split"] == "test")
+        script = (f"{imp}\nimport numpy as np, torch\nfrom PIL import Image\n"
+                  f"pipe = P.from_pretrained({str(tiny.repo / 'models' / name / 'seed0')!r})\n"
+                  f"segmap = torch.from_numpy(np.asarray(Image.open({str(tiny.repo / rec['map'])!r}))).long()[None]\n"
+                  f"image = pipe(segmap, generator=[torch.Generator().manual_seed({rec['seed']})], output_type='pt').images\n"
+                  "Image.fromarray((image[0].permute(1, 2, 0).numpy().clip(0, 1) * 255).round().astype(np.uint8))"
+                  f".save({str(tmp_path / f'{name}.png')!r})\n"
+                  "print(pipe.config.num_inference_steps, pipe.config.guidance_scale, type(pipe.scheduler).__name__)")
+        out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=tiny.env, capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        recipe = p.models[name].sampling
+        steps, guidance, _ = out.stdout.split()
+        assert (int(steps), float(guidance)) == (recipe.num_inference_steps, recipe.guidance_scale), name
+        made = np.asarray(Image.open(tmp_path / f"{name}.png"))
+        drawn = np.asarray(Image.open(tiny.repo / "samples" / name / "seed0" / rec["image"]))
+        assert made.shape == drawn.shape and np.array_equal(made, drawn), (name, np.abs(made.astype(int) - drawn).max())
+    generator = p.maps.generator.sampling
+    script = ("from casdm import MapGenPipeline\n"
+              f"pipe = MapGenPipeline.from_pretrained({str(tiny.repo / 'models' / 'mapgen')!r})\n"
+              "maps = pipe(['Liver, large, upper left; Grasper, small'], output_type='np').maps\n"
+              "print(maps.shape[0], maps.max() < pipe.mapgen.config.num_classes, pipe.config.num_inference_steps)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=tiny.env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "True", str(generator.num_inference_steps)]
 
 
 def test_dvc_plots_show_renders_every_plot_offline(tiny, tmp_path):
