@@ -41,6 +41,8 @@ def check(*extra: str) -> list[str]:
     return ["casdm", "params", "check", *extra]
 
 
+BOOST = "ca_boost: {Hepatic Vein: 1.5, Blood: 1.5, Cystic Duct: 1.5}"
+
 CASES = [
     Case("guidance_scale inf", check(), "guidance_scale", ("guidance_scale: 1.0", "guidance_scale: .inf")),
     Case("lr inf", check(), "train.lr", ("  lr: 0.004", "  lr: .inf")),
@@ -68,6 +70,14 @@ CASES = [
     Case("study storage down, password", ["casdm", "study", "show"], "***@127.0.0.1:1",
          ("storage: null", "storage: postgresql://casdm:s3cr3t@127.0.0.1:1/optuna")),
     Case("study --n-trials 0", ["casdm", "study", "run", "--n-trials", "0"], "--n-trials"),
+    Case("study --n-trials -1", ["casdm", "study", "run", "--n-trials", "-1"], "--n-trials -1"),
+    Case("study storage not a URL", ["casdm", "study", "show"], "notaurl://x", ("storage: null", "storage: notaurl://x")),
+    Case("ca_boost NaN", check("--params", "other.yaml"), "other.yaml: models.casdm.training.ca_boost",
+         (BOOST, BOOST.replace("1.5", ".nan", 1)), params_file="other.yaml"),
+    Case("ca_boost -100", check(), "ca_boost", (BOOST, BOOST.replace("1.5", "-100", 1))),
+    Case("ca_boost unknown class", check("--params", "other.yaml"), "other.yaml: models.casdm.training.ca_boost: "
+         "unknown class 'Hepatic Veins'", (BOOST, BOOST.replace("Hepatic Vein", "Hepatic Veins")),
+         params_file="other.yaml"),
     Case("maps generate --out foreign folder", ["casdm", "maps", "generate", "--prompt", "Liver", "--out", "mine"],
          "notes.txt", files={"mine/notes.txt": b"a colleague's notes"}),
     Case("maps generate --out .", ["casdm", "maps", "generate", "--prompt", "Liver", "--out", "."], "working directory"),
