@@ -6,6 +6,8 @@ the data commands start quickly. The commands live in ``benchmark/commands/``, o
 """
 from __future__ import annotations
 
+import os
+
 import typer
 
 from benchmark.commands.data import data_app, params_app
@@ -42,6 +44,9 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="the installed version and the checkout's commit")) -> None:
     """casdm-bench: mask-conditioned surgical image synthesis benchmark."""
+    # MLflow draws a progress bar on stderr for every artifact it downloads (casdm leaderboard, report compare):
+    # it lands between the tables and in DVC's logs. Off unless the user's environment says otherwise.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 
