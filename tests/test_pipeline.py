@@ -412,8 +412,9 @@ def test_a_tracking_server_that_is_down_fails_at_once_naming_it(tiny):
     down = {**tiny.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
     board = (tiny.repo / "metrics" / "leaderboard.json").read_bytes()
     out = tiny.run("casdm", "leaderboard", "build", "--rows", "metrics/evaluate", "--train-metrics", "metrics/train",
-                   "--metrics", "metrics/leaderboard.json", "--comparisons", "metrics/comparisons.json", "--plots",
-                   "plots/leaderboard", "--report", "reports/leaderboard.md", env=down, timeout=60)
+                   "--metrics", "metrics/leaderboard.json", "--headline", "metrics/headline.json", "--comparisons",
+                   "metrics/comparisons.json", "--plots", "plots/leaderboard", "--report", "reports/leaderboard.md",
+                   env=down, timeout=60)
     assert out.returncode == 1 and down["MLFLOW_TRACKING_URI"] in out.stderr and "not reachable" in out.stderr
     assert (tiny.repo / "metrics" / "leaderboard.json").read_bytes() == board
     trained = tiny.run("casdm", "train", "casdm", "--data", "data/prepared", "--checkpoints", "runs/down",

@@ -305,6 +305,9 @@ def test_workers_on_one_storage_never_draw_the_same_trial(tmp_path):
 
     params = study_params(**{"storage": f"sqlite:///{tmp_path / 's.db'}"})
     workers = [load_study(params), load_study(params)]
+    # the baseline is enqueued once, by the worker that created the study, not by every worker that found it empty
+    assert [(t.state, t.user_attrs.get("baseline")) for t in workers[1].trials] == [
+        (optuna.trial.TrialState.WAITING, "params.yaml")]
     drawn = []
     for k in range(6):
         trial = workers[k % 2].ask()

@@ -116,22 +116,29 @@ def counted(study: optuna.Study, below: int | None = None) -> int:
 
 
 def load_study(params: Params, storage=None) -> optuna.Study:
-    """Create or load the study. Workers starting together on a fresh SQLite file race to create its
-    tables (one died with ``table study_directions already exists``): the loser retries once."""
+    """Create or load the study; the process that creates it enqueues params.yaml's values as its
+    first trial. Why here: the storage's unique study name makes creation happen once, so two workers
+    starting on a fresh study cannot both see it empty and both enqueue the baseline (CI saw that).
+    Workers starting together on a fresh SQLite file also race to create its tables (one died with
+    ``table study_directions already exists``): the loser retries once."""
     import sqlalchemy.exc
 
     s = params.study
+    kwargs = dict(study_name=s.name, storage=storage_for(params, storage), directions=s.directions,
+                  sampler=make_sampler(params), pruner=make_pruner(params))
     for attempt in (0, 1):
         try:
-            study = optuna.create_study(study_name=s.name, storage=storage_for(params, storage), load_if_exists=True,
-                                        directions=s.directions, sampler=make_sampler(params),
-                                        pruner=make_pruner(params))
+            try:
+                study = optuna.create_study(**kwargs)
+                study.enqueue_trial(configured_values(params), user_attrs={"baseline": "params.yaml"})
+            except optuna.exceptions.DuplicatedStudyError:
+                study = optuna.create_study(**kwargs, load_if_exists=True)
             if study.metric_names != list(s.objectives):  # optuna-dashboard's axes: the objectives' names
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.set_metric_names(list(s.objectives))
             return study
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, optuna.exceptions.DuplicatedStudyError):
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
             if attempt:
                 raise
             time.sleep(1.0)
@@ -302,8 +309,6 @@ def run_study(params: Params, data_dir: Path, judge_dir: Path, storage: str | No
     connect(params.tracking)
     study = load_study(params, storage)
     parent = parent_run(params, study, storage or s.storage or f"sqlite:///{(STUDIES / s.name).resolve()}.db")
-    if not study.trials:
-        study.enqueue_trial(configured_values(params), user_attrs={"baseline": "params.yaml"})
     target = n_trials or s.n_trials
     done = sum(t.state in FINISHED for t in study.trials)
     log(f"study {s.name}: {done} of {target} trials finished; MLflow parent run {parent}")
