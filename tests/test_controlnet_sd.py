@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
+from PIL import Image
 
 from benchmark.data.classes import CHOLECSEG8K
 from benchmark.kinds.registry import make_kind
-from tests.conftest import tiny_params
+from tests.conftest import cli_env, tiny_params
 
 
 @pytest.fixture(scope="module")
@@ -126,3 +130,25 @@ def test_the_shared_trainer_runs_the_sd_route(tiny_sd, tmp_path, prepared, monke
     r = sample(p, "controlnet", rp.model, prepared, tmp_path / "samples", tmp_path / "sample.json")
     assert r["test_images"] == 8 and len(list((tmp_path / "samples" / "test").glob("*.png"))) == 8
     assert r["train_images"] == 8 and len(list((tmp_path / "samples" / "train").glob("*.png"))) == 8
+    # cold, in a fresh interpreter, with diffusers' own loaders: the ControlNet on the user's checkpoint, the
+    # saved sampler, steps and guidance; pipe(segmap) draws the sample stage's own image pixel for pixel
+    manifest = json.loads((tmp_path / "samples" / "manifest.json").read_text())
+    rec = next(r for r in manifest["images"] if r["split"] == "test")
+    script = ("import numpy as np, torch\nfrom PIL import Image\nfrom baselines.controlnet_sd import MapToImage\n"
+              f"pipe = MapToImage.from_pretrained({str(rp.model)!r})\n"
+              f"segmap = torch.from_numpy(np.asarray(Image.open({rec['map']!r}))).long()[None]\n"
+              f"image = pipe(segmap, generator=[torch.Generator().manual_seed({rec['seed']})]).images\n"
+              "Image.fromarray((image[0].permute(1, 2, 0).numpy().clip(0, 1) * 255).round().astype(np.uint8))"
+              ".save('cold.png')\n"
+              "print(pipe.num_inference_steps, pipe.guidance_scale, type(pipe.pipe.scheduler).__name__)")
+    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["2", "1.0", "DDIMScheduler"]
+    made, drawn = (np.asarray(Image.open(f)) for f in (tmp_path / "cold.png", tmp_path / "samples" / rec["image"]))
+    assert made.shape == drawn.shape and np.array_equal(made, drawn), np.abs(made.astype(int) - drawn).max()
+    # the checkpoint moved: the recorded path fails naming the folder, pretrained= points at the new one
+    moved = subprocess.run([sys.executable, "-c", "from baselines.controlnet_sd import MapToImage\n"
+                            f"MapToImage.from_pretrained({str(rp.model)!r}, pretrained='/nonexistent/sd')"],
+                           cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=120)
+    assert moved.returncode == 1 and "/nonexistent/sd not found" in moved.stderr.splitlines()[-1]

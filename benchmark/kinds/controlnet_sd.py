@@ -4,14 +4,13 @@
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import ControlNetModel, DDPMScheduler, StableDiffusionControlNetPipeline
+from diffusers import ControlNetModel, DDPMScheduler
 
-from baselines.controlnet_sd import PARTS, MapToImage, SDControlNet
+from baselines.controlnet_sd import PARTS, MapToImage, SDControlNet, sd_pipeline
 from benchmark.kinds.base import ModelKind
 from benchmark.kinds.controlnet import ControlNetOptions
 from casdm.draws import as_draws
@@ -64,17 +63,12 @@ class ControlNetSDKind(ModelKind):
         return terms["controlnet_mse"], terms
 
     def pipeline(self, model: SDControlNet) -> MapToImage:
-        pipe = StableDiffusionControlNetPipeline(
-            vae=model.vae, text_encoder=model.text_encoder, tokenizer=model.tokenizer, unet=model.unet,
-            controlnet=model.controlnet, scheduler=scheduler_like(self.sampling.scheduler, self.noise_scheduler.config),
-            safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-        pipe.set_progress_bar_config(disable=True)
-        return MapToImage(pipe, model, self.options.conditioning_scale)
+        pipe = sd_pipeline(model, scheduler_like(self.sampling.scheduler, self.noise_scheduler.config))
+        return MapToImage(pipe, model, self.options.conditioning_scale, self.sampling.num_inference_steps,
+                          self.sampling.guidance_scale)
 
     def export(self, model, folder: Path) -> None:
-        self.pipeline(model).save_pretrained(folder)
-        (Path(folder) / "model_index.json").write_text(json.dumps({"pretrained": str(self.root.resolve()),
-                                                                   "controlnet": "controlnet"}, indent=2))
+        self.pipeline(model).save_pretrained(folder)  # controlnet/, scheduler/, model_index.json
 
     def load_model(self, folder: Path, suffix: str) -> SDControlNet:
         model = self.build()
