@@ -126,13 +126,16 @@ def load_study(params: Params, storage=None) -> optuna.Study:
     s = params.study
     kwargs = dict(study_name=s.name, storage=storage_for(params, storage), directions=s.directions,
                   sampler=make_sampler(params), pruner=make_pruner(params))
+    study, created = None, False
     for attempt in (0, 1):
         try:
-            try:
-                study = optuna.create_study(**kwargs)
+            if study is None:
+                try:
+                    study, created = optuna.create_study(**kwargs), True
+                except optuna.exceptions.DuplicatedStudyError:
+                    study = optuna.create_study(**kwargs, load_if_exists=True)
+            if created and not study.trials:  # a retry after a locked SQLite file enqueues it still, once
                 study.enqueue_trial(configured_values(params), user_attrs={"baseline": "params.yaml"})
-            except optuna.exceptions.DuplicatedStudyError:
-                study = optuna.create_study(**kwargs, load_if_exists=True)
             if study.metric_names != list(s.objectives):  # optuna-dashboard's axes: the objectives' names
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
