@@ -59,6 +59,39 @@ def test_offline_efficientnet_encoder_weights_load_and_imagenet_fails_fast(monke
         build_segmenter("deeplab", 13)
 
 
+@pytest.mark.parametrize("arch,suffix", [("unet", ".pth"), ("segformer", ".safetensors")])
+def test_imagenet_encoder_weights_load_from_a_local_file_offline(monkeypatch, tmp_path, arch, suffix):
+    """An offline GPU box: encoder_files names smp's published state dict (classifier head included, as
+    published); every encoder tensor comes from it and nothing is downloaded. A partial file, a file of
+    another encoder and a missing path each fail naming the file."""
+    from safetensors.torch import save_file
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(1)
+    donor = build_segmenter(arch, 13, "none").encoder.state_dict()
+    published = {**{k: v.clone() for k, v in donor.items()}, "fc.weight": torch.zeros(1000, 4)}
+    path = tmp_path / f"{arch}{suffix}"
+    (save_file if suffix == ".safetensors" else lambda d, f: torch.save(d, f))(published, str(path))
+    torch.manual_seed(2)
+    model = build_segmenter(arch, 13, "imagenet", encoder_file=str(path))
+    assert all(torch.equal(v, donor[k]) for k, v in model.encoder.state_dict().items())
+    assert not all(torch.equal(v, donor[k]) for k, v in build_segmenter(arch, 13, "none").encoder.state_dict().items())
+    partial = tmp_path / "partial.pth"
+    torch.save(dict(list(donor.items())[:3]), partial)
+    with pytest.raises(ValueError, match=rf"encoder_files\.{arch}: .*partial\.pth holds 3 of the"):
+        build_segmenter(arch, 13, "imagenet", encoder_file=str(partial))
+    other = tmp_path / "other.pth"  # the other segmenter's encoder: none of its names fit
+    torch.save(build_segmenter("segformer" if arch == "unet" else "unet", 13, "none").encoder.state_dict(), other)
+    with pytest.raises(ValueError, match=rf"encoder_files\.{arch}: .*other\.pth holds 0 of the"):
+        build_segmenter(arch, 13, "imagenet", encoder_file=str(other))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a tensor file")
+    with pytest.raises(ValueError, match=r"garbage\.pth cannot be read as a state dict"):
+        build_segmenter(arch, 13, "imagenet", encoder_file=str(garbage))
+    with pytest.raises(FileNotFoundError, match=rf"encoder_files\.{arch}: /nonexistent/w.pth is not a file"):
+        build_segmenter(arch, 13, "imagenet", encoder_file="/nonexistent/w.pth")
+
+
 def test_missing_manifest_or_split_is_named(prepared, tmp_path):
     with pytest.raises(FileNotFoundError, match="manifest.json"):
         GeneratedDataset(tmp_path)

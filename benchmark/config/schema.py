@@ -221,6 +221,9 @@ class SegmenterRecipe(Section):
     """One segmentation-models-pytorch training recipe (cross-entropy, AdamW, flips)."""
 
     encoder_weights: Literal["none", "efficientnet_lite0", "imagenet"]
+    encoder_files: dict[Literal["segformer", "unet"], str] = Field(
+        description="imagenet weights of each segmenter's encoder from a local file (smp's published state "
+                    "dict, .pth or .safetensors) on a box that cannot download them; {} downloads")
     steps: int = Field(ge=1)
     batch_size: int = Field(ge=1)
     lr: float = Field(gt=0)

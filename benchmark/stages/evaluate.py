@@ -195,7 +195,8 @@ def train_judge(params: Params, data_dir: Path, judge_dir: Path, log=print) -> t
     sem = params.evaluate.semantic
     log(f"judge: {sem.segmenter} ({sem.encoder_weights}), {sem.steps} steps on {len(train)} real images")
     torch.manual_seed(sem.seed)
-    judge = build_segmenter(sem.segmenter, train.table.num_classes, sem.encoder_weights)
+    judge = build_segmenter(sem.segmenter, train.table.num_classes, sem.encoder_weights,
+                            encoder_file=sem.encoder_files.get(sem.segmenter))
     train_segmenter(judge, [train], sem.steps, sem.batch_size, sem.lr, sem.seed, device())
     with atomic_dir(judge_dir) as tmp:
         torch.save(judge.state_dict(), tmp / "judge.pt")
