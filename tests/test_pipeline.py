@@ -252,6 +252,11 @@ def test_dvc_plots_show_renders_every_plot_offline(tiny, tmp_path):
     assert shown["errors"] == [] and shown["failed"] == [], shown
     assert all(not u.startswith(("http:", "https:")) for u in shown["requests"]), shown["requests"]
     assert page.count("vegaEmbed('#") >= 5  # loss curves, map generator, IoU, Dice, semantic IoU
+    # the sample grids are image plots (dvc plots diff shows two revisions' grids side by side), each file there
+    grids = ["samples", *(f"grid_{m}" for m in ("casdm", "casdm-mse", "casdm-camse", "sdm", "controlnet"))]
+    for g in grids:
+        assert f'<img src="static/workspace_reports_assets_{g}.png"' in page, g
+        assert (tmp_path / "plots" / "static" / f"workspace_reports_assets_{g}.png").stat().st_size > 1000, g
 
 
 def test_dvc_remote_round_trip(tiny, tmp_path):
