@@ -14,6 +14,14 @@ from pathlib import Path
 from typing import Iterable
 
 
+def time_left(done: int, total: int, elapsed_s: float) -> str:
+    """``", ~N s left"`` for a progress line (the pace so far, carried to the end); empty when done or
+    when nothing is done yet to pace by. Stages print plain lines, not a live bar: DVC prints their output."""
+    if done <= 0 or done >= total:
+        return ""
+    return f", ~{elapsed_s / done * (total - done):.0f} s left"
+
+
 def failpoint(name: str) -> None:
     """Fault-test hook: with ``CASDM_KILL_AT=<name>`` the process kills itself here with SIGKILL, as
     ``kill -9`` would, at a point a timer could not hit reliably (tests/test_pipeline.py)."""

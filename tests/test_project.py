@@ -67,3 +67,11 @@ def test_a_run_s_own_outputs_do_not_make_the_commit_dirty_but_code_does(tmp_path
     assert not git_commit().endswith("-dirty")
     (tmp_path / "code.py").write_text("1")
     assert git_commit().endswith("-dirty")
+
+
+def test_progress_lines_carry_the_time_left_at_the_pace_so_far():
+    from benchmark.io import time_left
+
+    assert time_left(1, 4, 10.0) == ", ~30 s left"  # 10 s per item, 3 to go
+    assert time_left(3, 4, 9.0) == ", ~3 s left"
+    assert time_left(0, 4, 5.0) == "" and time_left(4, 4, 40.0) == ""  # nothing to pace by; finished

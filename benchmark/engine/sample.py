@@ -18,7 +18,7 @@ from PIL import Image
 from benchmark.config import Params, SampleConfig
 from benchmark.devices import mixed_precision
 from benchmark.engine.data import PreparedDataset
-from benchmark.io import atomic_dir, write_json
+from benchmark.io import atomic_dir, time_left, write_json
 from benchmark.kinds.registry import make_kind
 from benchmark.manifest import ImageRecord, Manifest
 from benchmark.seeds import TEST_IMAGES, TRAIN_IMAGES, image_seed
@@ -59,6 +59,7 @@ def _draw(pipe, recipe, sc, jobs: dict, data_dir: Path, folder: Path, rank: int,
     last = t0
     for split, (data, indices, stream) in jobs.items():
         (folder / split).mkdir(exist_ok=True)
+        split_t0 = time.perf_counter()
         for k, s in enumerate(range(0, len(indices), sc.batch_size)):
             if k % world != rank:
                 continue
@@ -79,8 +80,10 @@ def _draw(pipe, recipe, sc, jobs: dict, data_dir: Path, folder: Path, rank: int,
             end = s + sc.batch_size >= len(indices)
             if log is not None and (end or now - last >= PROGRESS_EVERY_S):
                 last = now
-                log(f"{split} maps: {min(s + sc.batch_size, len(indices))}/{len(indices)} images"
-                    f"{f' (process {rank} of {world})' if world > 1 else ''}, {now - t0:.0f} s")
+                done = min(s + sc.batch_size, len(indices))
+                log(f"{split} maps: {done}/{len(indices)} images"
+                    f"{f' (process {rank} of {world})' if world > 1 else ''}, {now - t0:.0f} s"
+                    f"{time_left(done, len(indices), now - split_t0)}")
     return out
 
 

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from benchmark.data.classes import IGNORE_INDEX, ClassTable
 from benchmark.devices import device
 from benchmark.engine.data import load_pair
+from benchmark.io import time_left
 from benchmark.manifest import Manifest
 from benchmark.metrics.segmentation import SegmentationMeter, SegScores
 
@@ -213,7 +215,7 @@ def downstream(cfg, datasets: list, test: Dataset, log=print) -> dict:
     """Every segmenter x seed of ``cfg`` (``evaluate.downstream``) trained on ``datasets`` with the same step
     budget, scored on the real test split; the label of each segmenter goes with the scores."""
     table = test.table
-    runs = []
+    runs, t0, total = [], time.perf_counter(), len(cfg.segmenters) * len(cfg.seeds)
     for arch in cfg.segmenters:
         for seed in cfg.seeds:
             torch.manual_seed(seed)
@@ -223,7 +225,8 @@ def downstream(cfg, datasets: list, test: Dataset, log=print) -> dict:
             s = evaluate_segmenter(model, test, table, device=device())
             runs.append({"segmenter": arch, "seed": seed, **{k: getattr(s, k) for k in SCALARS},
                          "iou": s.iou, "dice": s.dice})
-            log(f"  {arch} seed {seed}: mIoU {s.miou:.3f}, rare mIoU {s.rare_miou}")
+            log(f"  {arch} seed {seed}: mIoU {s.miou:.3f}, rare mIoU {s.rare_miou} ({len(runs)} of {total} "
+                f"segmenters{time_left(len(runs), total, time.perf_counter() - t0)})")
     return {**aggregate(runs, table.names),
             "segmenter_labels": {a: segmenter_label(a, cfg.encoder_weights) for a in cfg.segmenters}}
 
