@@ -19,7 +19,6 @@ samples). Writes ``bench/results/authors_<resolution>px.json``.
 from __future__ import annotations
 
 import argparse
-import platform
 import re
 import statistics
 import sys
@@ -30,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmark.devices import cpu_model
 from benchmark.io import write_json
 from casdm.unet import SPADEUNet, SpadeCache
 
@@ -96,7 +96,7 @@ def main() -> None:
     t = torch.randint(0, 1000, (a.batch,), generator=g)
     calls = {"authors": lambda m, s: m(x, t, s).sample, "ours": lambda m, s: m(x, t, s).sample}
     result = {"authors_file": str(a.authors), "channels": a.channels, "resolution": a.resolution, "batch": a.batch,
-              "dtype": "float32", "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+              "dtype": "float32", "threads": torch.get_num_threads(), "cpu": cpu_model(),
               "torch": torch.__version__, "networks": {}}
     for name, model in (("authors", theirs), ("ours", ours)):
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
