@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import re
-import statistics
 import sys
-import time
 import types
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench.speed import median_time
 from benchmark.devices import cpu_model
 from benchmark.io import write_json
 from casdm.unet import SPADEUNet, SpadeCache
@@ -63,17 +62,6 @@ def networks(authors: types.ModuleType, channels: int, resolution: int, classes:
                      attention_resolutions=tuple(resolution // d for d in (8, 16, 32)), head_channels=64,
                      spade_hidden=128)
     return theirs, ours
-
-
-def median_s(fn, warmup: int, steps: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -113,9 +101,9 @@ def main() -> None:
 
         cache = SpadeCache(onehot)  # ours: the SPADE modulation of this map, made at the first step and reused
         model.train()
-        train = median_s(train_step, 2, a.steps)
+        train = median_time(train_step, 2, a.steps)
         model.eval()
-        sample = median_s(sample_step, 2, a.steps)
+        sample = median_time(sample_step, 2, a.steps)
         result["networks"][name] = {"parameters": sum(p.numel() for p in model.parameters()),
                                     "train_s_per_step": train, "sample_s_per_step": sample}
         print(f"{name}: {result['networks'][name]['parameters']:,} parameters, train {train:.3f} s/step, "

@@ -26,7 +26,7 @@ from casdm.schedulers import make_scheduler
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _median_time(fn, warmup: int, steps: int) -> float:
+def median_time(fn, warmup: int, steps: int) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -98,10 +98,10 @@ def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: in
         def step():  # the kind's loss runs under the accelerator's autocast: FLOPs counted in the timed dtype
             return _train_step(kind, model, opt, x0, labels, accelerator)
 
-        result["train_s_per_step"][loss] = _median_time(step, 2, steps)
+        result["train_s_per_step"][loss] = median_time(step, 2, steps)
         result["roofline"][loss] = roofline(count_flops(step), result["train_s_per_step"][loss], result["peak"])
     result["ca_sp_over_ca_mse"] = result["train_s_per_step"]["ca_mse+ca_sp"] / result["train_s_per_step"]["ca_mse"]
-    result["train_s_per_step"]["ca_weights_only"] = _median_time(weights_only, 2, steps)
+    result["train_s_per_step"]["ca_weights_only"] = median_time(weights_only, 2, steps)
     if device.startswith("cuda"):
         result["peak_memory_gib"] = torch.cuda.max_memory_allocated() / 2**30
     model.eval()
@@ -111,7 +111,7 @@ def bench(preset: str, batch: int, steps: int, sample_steps: int, resolution: in
         pipe.set_progress_bar_config(disable=True)
         for reuse in (True, False):
             with autocast:
-                sec = _median_time(lambda: pipe(labels[:n_img], nsteps, spade_reuse=reuse, output_type="pt"), 1, 2)
+                sec = median_time(lambda: pipe(labels[:n_img], nsteps, spade_reuse=reuse, output_type="pt"), 1, 2)
             result["sample_s_per_image"][f"{name}-{nsteps}{'' if reuse else ' (no SPADE reuse)'}"] = sec / n_img
     return result
 
@@ -137,13 +137,13 @@ def bench_models(batch: int, steps: int, dtype: torch.dtype = torch.float32) -> 
         trainable = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(trainable, lr=1e-4)
         losses = []
-        train_s = _median_time(lambda: losses.append(_train_step(kind, model, opt, images, labels, acc)), 2, steps)
+        train_s = median_time(lambda: losses.append(_train_step(kind, model, opt, images, labels, acc)), 2, steps)
         model.eval()
         s = entry.sampling
         n_img = min(batch, 8)
         pipe = kind.pipeline(model)
         with autocast:
-            sample_s = _median_time(lambda: pipe(labels[:n_img], s.num_inference_steps, s.guidance_scale,
+            sample_s = median_time(lambda: pipe(labels[:n_img], s.num_inference_steps, s.guidance_scale,
                                                  output_type="pt"), 1, 2) / n_img
         rows[name] = {"kind": entry.kind, "loss": entry.training["loss"],
                       "num_parameters": sum(p.numel() for p in model.parameters()),
