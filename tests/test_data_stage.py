@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmark.data.classes import IGNORE_INDEX
+from benchmark.data.classes import CHOLECSEG8K, IGNORE_INDEX
 from benchmark.data.prepare import load_prepared, prepare
 from benchmark.data.sources import DatasetError, Frame
 from benchmark.data.splits import split_frames
-from tests.conftest import cli_env, tiny_params
+from tests.conftest import REPO, cli_env, tiny_params
 
 
 def split_cfg(**over):
@@ -62,7 +62,7 @@ def test_prepare_writes_resized_data_stats_and_coverage(synth_root, tmp_path):
     assert stats2 == json.loads(json.dumps(stats))
     assert len(rows) == 34 and {r["split"] for r in rows} == {"train", "val", "test"}
     assert sum(r["split"] == "test" for r in rows) == 8  # 4 test videos x 2 frames
-    assert {r["video"] for r in rows if r["split"] == "val"} == {"video27"}  # data.split.val_videos: a training video
+    assert {r["video"] for r in rows if r["split"] == "val"} == {"video27", "video28", "video43"}  # data.split.val_videos
     img = Image.open(tmp_path / "prepared" / "images" / f"{rows[0]['id']}.png")
     mask = np.asarray(Image.open(tmp_path / "prepared" / "masks" / f"{rows[0]['id']}.png"))
     assert img.size == (32, 32) and img.mode == "RGB" and mask.shape == (32, 32)
@@ -114,3 +114,21 @@ def test_dvc_data_stages_run_then_are_cached(repo_copy):
     second = subprocess.run(["dvc", "repro", "prepare"], cwd=repo_copy, env=env, capture_output=True, text=True)
     assert second.returncode == 0, second.stderr
     assert "didn't change, skipping" in second.stdout and "Running stage" not in second.stdout
+
+
+def test_the_default_validation_split_can_score_every_leaderboard_metric(tmp_path):
+    """params.yaml's validation videos: more frames than the FID layer has dimensions (FID's covariance is
+    singular below that), and every rare class in validation and still in training."""
+    from benchmark.config import load_params
+    from benchmark.data.synthetic import generate
+    from benchmark.metrics.quality import EFFNET_BLOCK_CHANNELS
+
+    p = load_params(REPO / "params.yaml")
+    generate(p.data.synthetic, tmp_path / "raw")
+    cfg = p.data.model_copy(update={"source": "cholecseg8k", "root": str(tmp_path / "raw"), "resolution": 32})
+    stats = prepare(cfg, tmp_path / "prepared", tmp_path / "metrics.json")
+    val, train = stats["splits"]["val"], stats["splits"]["train"]
+    layer = p.evaluate.fid.offline_extractor.partition(":blocks.")[2]
+    assert val["frames"] > EFFNET_BLOCK_CHANNELS[int(layer)] == 112
+    for name in CHOLECSEG8K.rare_names:
+        assert val["class_frames"][name] > 0 and train["class_frames"][name] > 0, name

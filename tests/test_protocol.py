@@ -183,3 +183,29 @@ def test_the_map_generator_predicts_clean_maps_whatever_the_prediction_type(prep
     labels = torch.stack([data[i]["labels"] for i in range(4)])
     loss, _ = kind.loss(model, None, labels, torch.Generator().manual_seed(0), Accelerator(cpu=True))
     assert torch.isfinite(loss)
+
+
+def test_sdm_drops_the_map_only_in_its_guidance_phase_and_reports_it():
+    """SDM's recipe: the map always given, then a classifier-free fine-tune (the last guidance_fraction of the
+    steps) where drop_rate of the maps are zeroed; its map-conditioned steps count only what was seen."""
+    p = tiny_params(train={"steps": 20}, models={"sdm": {"training": {"drop_rate": 1.0, "guidance_fraction": 0.25}}})
+    kind = make_kind(p, "sdm", CHOLECSEG8K)
+    assert kind.guidance_start == 15 and kind.conditioned_steps(20) == 15
+    model = kind.build()
+    x0 = torch.rand(2, 3, 32, 32) * 2 - 1
+    labels = torch.randint(0, 13, (2, 32, 32))
+    seen = {}
+
+    def record(module, args, kwargs, out):
+        seen["cond"] = args[2].detach().clone()
+
+    handle = model.register_forward_hook(record, with_kwargs=True)
+    for step, conditioned in ((0, True), (14, True), (15, False), (19, False)):
+        kind.on_step(step, model)
+        kind.loss(model, x0, labels, torch.Generator().manual_seed(step), Accelerator(cpu=True))
+        assert (seen["cond"].abs().sum() > 0) == conditioned, step  # drop_rate 1: every map zeroed in the phase
+    handle.remove()
+    half = make_kind(tiny_params(train={"steps": 20}, models={"sdm": {"training": {"drop_rate": 0.2,
+                                                                                     "guidance_fraction": 1.0}}}),
+                     "sdm", CHOLECSEG8K)
+    assert half.guidance_start == 0 and half.conditioned_steps(20) == 16  # dropped from step 0: 20 - 0.2 x 20
