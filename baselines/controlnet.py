@@ -26,6 +26,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from torch import nn
 
 from casdm.pipeline import sampler_settings
+from casdm.schedulers import clamp_terminal
 from casdm.unet import groups_for
 
 COND_CHANNELS = (16,)  # pixel space: the control image already has the sample's size, no down-sampling
@@ -92,7 +93,7 @@ class ControlNetPixelPipeline(DiffusionPipeline):
         """The sampler the model was benchmarked with (steps, guidance, ControlNet scale) goes into
         model_index.json: ``pipe(segmap)`` after ``from_pretrained`` samples as the benchmark did."""
         super().__init__()
-        self.register_modules(prompt=prompt, unet=unet, controlnet=controlnet, scheduler=scheduler)
+        self.register_modules(prompt=prompt, unet=unet, controlnet=controlnet, scheduler=clamp_terminal(scheduler))
         self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                 conditioning_scale=conditioning_scale)
 

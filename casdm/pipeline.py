@@ -13,6 +13,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 import casdm.unet  # noqa: F401 - model_index.json names casdm.unet; diffusers loads only from modules imported
 from casdm.labels import IGNORE_INDEX
+from casdm.schedulers import clamp_terminal
 
 
 def to_onehot(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -37,7 +38,7 @@ class CASDMPipeline(DiffusionPipeline):
         """``num_inference_steps`` and ``guidance_scale`` are the sampler the model was benchmarked with:
         saved in model_index.json, so ``pipe(segmap)`` after ``from_pretrained`` samples as the benchmark did."""
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+        self.register_modules(unet=unet, scheduler=clamp_terminal(scheduler))
         self.register_to_config(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
 
     @torch.no_grad()

@@ -86,6 +86,44 @@ def test_zero_terminal_snr_is_finite_for_sdms_bound_and_casdms_estimate():
 def test_zero_snr_with_epsilon_prediction_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"diffusion: .*zero_snr: true needs prediction_type: v_prediction"):
         tiny_params(diffusion={"zero_snr": True, "prediction_type": "epsilon"})
+    with pytest.raises(ConfigError, match=r"release_pair: true is the released run's pair: it needs prediction_type: "
+                                          r"epsilon, beta_schedule: scaled_linear and zero_snr: true"):
+        tiny_params(diffusion={"release_pair": True})  # params.yaml's v-prediction on linear betas
+
+
+RELEASE = {"diffusion": {"prediction_type": "epsilon", "beta_schedule": "scaled_linear", "zero_snr": True,
+                         "release_pair": True}}
+
+
+def test_the_released_schedule_pair_trains_on_scaled_linear_samples_on_linear_and_gives_an_image_at_t_T():
+    """The released CASDM: epsilon trained on zero-SNR scaled-linear betas, sampled on zero-SNR linear betas
+    from t = T, where alpha_bar is 0; clamped to 2^-24, x0 at t = T is the hand formula, finite."""
+    from diffusers import DDIMScheduler
+
+    from casdm.pipeline import CASDMPipeline
+    from casdm.schedulers import TERMINAL_ALPHA_BAR
+
+    d = tiny_params(**RELEASE).diffusion
+    train, sample = make_scheduler("ddpm", d), make_scheduler("ddim", d, sampling=True)
+    assert (train.config.beta_schedule, sample.config.beta_schedule) == ("scaled_linear", "linear")
+    assert train.alphas_cumprod[-1] == sample.alphas_cumprod[-1] == TERMINAL_ALPHA_BAR
+    assert not torch.allclose(train.alphas_cumprod[:-1], sample.alphas_cumprod[:-1])  # two schedules, as released
+    sample.set_timesteps(4)
+    t = int(sample.timesteps[0])
+    assert t == d.num_train_timesteps - 1
+    x, eps = torch.randn(1, 3, 4, 4), torch.randn(1, 3, 4, 4)
+    x0 = sample.step(eps, t, x).pred_original_sample
+    a = TERMINAL_ALPHA_BAR
+    assert torch.isfinite(x0).all()
+    assert torch.allclose(x0, ((x - (1 - a) ** 0.5 * eps) / a ** 0.5).clamp(-1, 1))
+    # a pipeline built on an unclamped scheduler (a cold from_pretrained reads only the config) is clamped
+    raw = DDIMScheduler(**{k: v for k, v in sample.config.items() if not k.startswith("_")})
+    assert raw.alphas_cumprod[-1] == 0
+    pipe = CASDMPipeline(make_kind(tiny_params(**RELEASE), "casdm-mse", CHOLECSEG8K).build(), raw)
+    assert pipe.scheduler.alphas_cumprod[-1] == TERMINAL_ALPHA_BAR
+    # the default: one schedule for both
+    d0 = tiny_params().diffusion
+    assert torch.equal(make_scheduler("ddpm", d0).alphas_cumprod, make_scheduler("ddim", d0, sampling=True).alphas_cumprod)
 
 
 def test_ca_sp_fresh_noise_is_not_the_next_steps_training_noise(monkeypatch):

@@ -112,12 +112,21 @@ class DiffusionConfig(Section):
     snr_gamma: float | None = Field(gt=0, description="min-SNR-gamma timestep weighting of every model's "
                                     "denoising loss (null = off: the losses as published)")
     offset_noise: float = Field(ge=0, le=1, description="offset-noise strength (0 = off)")
+    release_pair: bool = Field(description="the released CASDM's schedule pair: train epsilon on scaled-linear "
+                               "zero-SNR betas, sample on linear zero-SNR betas, alpha_bar_T clamped to 2^-24 "
+                               "(casdm/schedulers.py); false: one schedule for training and sampling")
 
     @model_validator(mode="after")
     def _zero_snr_needs_v(self):
-        if self.zero_snr and self.prediction_type != "v_prediction":
+        if self.release_pair and (self.prediction_type, self.beta_schedule, self.zero_snr) != (
+                "epsilon", "scaled_linear", True):
+            raise ValueError("release_pair: true is the released run's pair: it needs prediction_type: epsilon, "
+                             "beta_schedule: scaled_linear and zero_snr: true (got "
+                             f"{self.prediction_type}, {self.beta_schedule}, zero_snr {self.zero_snr})")
+        if self.zero_snr and self.prediction_type != "v_prediction" and not self.release_pair:
             raise ValueError("zero_snr: true needs prediction_type: v_prediction (at zero SNR the last step's "
-                             "input is pure noise: epsilon gives no image, x0 = (x_t - sqrt(1-abar) eps) / 0)")
+                             "input is pure noise: epsilon gives no image, x0 = (x_t - sqrt(1-abar) eps) / 0), "
+                             "or release_pair: true, which clamps alpha_bar_T to 2^-24 as the release's samplers need")
         return self
 
 

@@ -94,7 +94,7 @@ class ControlNetKind(ModelKind):
     def pipeline(self, model: ControlNetPair) -> ControlNetPixelPipeline:
         s = self.sampling
         pipe = ControlNetPixelPipeline(model.prompt, model.unet, model.controlnet,
-                                       make_scheduler(s.scheduler, self.ctx.diffusion),
+                                       make_scheduler(s.scheduler, self.ctx.diffusion, sampling=True),
                                        num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale,
                                        conditioning_scale=self.options.conditioning_scale)
         pipe.set_progress_bar_config(disable=True)

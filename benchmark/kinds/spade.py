@@ -41,7 +41,7 @@ class SpadeKind(ModelKind):
 
     def pipeline(self, model) -> CASDMPipeline:
         s = self.sampling
-        pipe = CASDMPipeline(model, make_scheduler(s.scheduler, self.ctx.diffusion, model.config.learn_sigma),
+        pipe = CASDMPipeline(model, make_scheduler(s.scheduler, self.ctx.diffusion, model.config.learn_sigma, sampling=True),
                              num_inference_steps=s.num_inference_steps, guidance_scale=s.guidance_scale)
         pipe.set_progress_bar_config(disable=True)
         return pipe

@@ -22,6 +22,9 @@ from benchmark.tracking import flatten
 REFERENCES = (REAL, CONTROL)
 LADDER_METRICS = ("downstream_miou", "downstream_rare_miou", "fid", "semantic_miou")
 SAMPLE_ROWS = 6  # test maps shown: rare-class maps first
+BUDGET_RULE = ("every model: {steps} optimiser steps of {batch} images ({images} images seen), from scratch; "
+               "map-conditioned steps per model below (a recipe that withholds the map for part of its steps, "
+               "ControlNet's base phase or SDM's guidance phase, counts only the rest)")
 
 
 def protocol(inp: Inputs) -> dict:
@@ -39,7 +42,8 @@ def protocol(inp: Inputs) -> dict:
         entry, tr, sm = p.models[name], inp.train.get(name, {}), inp.sample.get(name, {})
         models.append({"name": name, "kind": entry.kind, "role": entry.role, "loss": entry.training.get("loss", "-"),
                        "preset": p.train.preset, "parameters": tr.get("num_parameters"), "steps": tr.get("steps"),
-                       "images_seen": tr.get("images_seen"), "sampler": entry.sampling.scheduler,
+                       "images_seen": tr.get("images_seen"), "map_conditioned_steps": tr.get("map_conditioned_steps"),
+                       "sampler": entry.sampling.scheduler,
                        "sampling_steps": entry.sampling.num_inference_steps, "guidance": entry.sampling.guidance_scale,
                        "device": tr.get("device", "-"), "precision": tr.get("mixed_precision", "-"),
                        "train_s": tr.get("train_s"), "sample_s": (sm["s_per_image"] * sm["images"]) if sm else None,
@@ -55,7 +59,9 @@ def protocol(inp: Inputs) -> dict:
                   "bootstrap": f"{p.evaluate.bootstrap.resamples} resamples by {p.evaluate.bootstrap.unit}, "
                                f"{p.evaluate.bootstrap.level:.0%} bias-corrected intervals; verdicts Holm-adjusted "
                                "within each comparison family",
-                  "train_seeds": p.train.seeds, "sample_seed": p.sample.seed}
+                  "train_seeds": p.train.seeds, "sample_seed": p.sample.seed,
+                  "budget": BUDGET_RULE.format(steps=p.train.steps, batch=p.train.batch_size,
+                                               images=p.train.steps * p.train.batch_size)}
     provenance = {"git_commit": git_commit(), "dvc_lock": file_hash(inp.paths.lock) or "no dvc.lock"}
     return {"data": data, "models": models, "evaluation": evaluation, "provenance": provenance,
             "environment": environment()}
