@@ -190,3 +190,23 @@ def test_a_truncated_latest_checkpoint_is_skipped_for_the_one_before(tmp_path, p
     resumed = load_file(where.model / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)  # steps 3-4 trained again, alike
     assert (where.checkpoints / "latest").read_text() == "step-4"  # and the bad checkpoint was replaced
+
+
+def test_a_model_trains_at_its_own_lr_where_its_training_block_sets_one(tmp_path, prepared, mlflow_tmp):
+    """models.<name>.training.lr (a learning rate screened for that model) replaces train.lr for it alone:
+    in its optimiser, its resume hash and its MLflow params; the other models keep train.lr."""
+    from benchmark.kinds.registry import model_options, train_config, training_config
+
+    p = tiny_params(train={"steps": 2, "warmup_steps": 0}, models={"sdm": {"training": {"lr": 0.0123}}})
+    assert train_config(p, "sdm").lr == 0.0123 and train_config(p, "casdm").lr == p.train.lr != 0.0123
+    assert training_config(p, "sdm")["train"]["lr"] == 0.0123
+    assert training_config(p, "sdm") != training_config(tiny_params(train={"steps": 2, "warmup_steps": 0}), "sdm")
+    with pytest.raises(ValueError, match=r"models\.sdm\.training\.lr: Input should be greater than 0"):
+        model_options(tiny_params(models={"sdm": {"training": {"lr": -1.0}}}), "sdm")
+    rp = paths(tmp_path, prepared, "sdm")
+    train(p, "sdm", rp)
+    client = mlflow.MlflowClient(mlflow_tmp)
+    run = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])[0]
+    lrs = [m.value for m in client.get_metric_history(run.info.run_id, "lr")]
+    assert lrs and max(lrs) == pytest.approx(0.0123 * 0.5)  # logged after step 1 of a 2-step cosine: half the peak
+    assert run.data.params["train.lr"] == "0.0123"

@@ -21,7 +21,7 @@ from benchmark.devices import mixed_precision
 from benchmark.engine import checkpoints
 from benchmark.engine.data import PreparedDataset, StepBatchSampler, augment
 from benchmark.io import atomic_dir, write_csv, write_json
-from benchmark.kinds.registry import make_kind, training_config
+from benchmark.kinds.registry import make_kind, train_config, training_config
 from benchmark.seeds import RANK, derive_seed
 from casdm.draws import BatchDraws
 from casdm.pipeline import to_uint8
@@ -69,7 +69,7 @@ def train(params: Params, name: str, paths: RunPaths, console=None, hook=None, h
     console = console or Console(stderr=True)
     if name not in params.models:
         raise ValueError(f"unknown model {name!r}; params.yaml models: {sorted(params.models)}")
-    entry, tc, rc = params.models[name], params.train, params.runtime
+    entry, tc, rc = params.models[name], train_config(params, name), params.runtime  # tc: the model's own lr
     config = training_config(params, name)
     config_hash = hash_json(config)
     data = PreparedDataset(paths.data, "train").check_resolution(params.data.resolution)

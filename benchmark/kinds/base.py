@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from benchmark.config import DiffusionConfig, SamplingRecipe, UNetPreset, describe
 from benchmark.data.classes import ClassTable
@@ -25,6 +25,9 @@ class KindOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
     loss: str
+    # the one optional key: a model whose learning rate was screened apart from train.lr's (docs/protocol.md)
+    lr: float | None = Field(default=None, gt=0, le=1, description="this model's learning rate (absent or "
+                             "null: train.lr)")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from benchmark.config import Params
+from benchmark.config import Params, TrainConfig
 from benchmark.data.classes import ClassTable
 from benchmark.kinds.base import KindContext, KindOptions, ModelKind
 from benchmark.kinds.casdm import CASDMKind
@@ -65,11 +65,17 @@ def make_kind(params: Params, model_name: str, table: ClassTable) -> ModelKind:
     return get_kind(entry.kind)(options, ctx)
 
 
+def train_config(params: Params, name: str) -> TrainConfig:
+    """``params.train`` as model ``name`` trains with it: its own ``training.lr`` where it has one."""
+    lr = model_options(params, name).lr
+    return params.train if lr is None else params.train.model_copy(update={"lr": lr})
+
+
 def training_config(params: Params, name: str) -> dict:
     """Everything that determines a model's training run: hashed to decide whether to resume, and to
     find the run again (the leaderboard links each row to its training run by this hash)."""
     entry = params.models[name]
     return {"kind": entry.kind, "training": model_options(params, name).model_dump(),  # params.runtime: not here
             "preset": params.presets[params.train.preset].model_dump(),
-            "train": params.train.run_config(), "diffusion": params.diffusion.model_dump(),
+            "train": train_config(params, name).run_config(), "diffusion": params.diffusion.model_dump(),
             "resolution": params.data.resolution}
