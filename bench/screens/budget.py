@@ -13,8 +13,9 @@ train@, sample@ and evaluate@ of the model. Writes ``bench/results/budget_<tag>.
 steps, CPU seconds per stage, the scores next to their references) and ``budget_<tag>.png`` (each score
 against the CPU-minutes the model cost: training + sampling).
 
-The copy's stages run the installed ``casdm`` (the working tree, an editable install): do not edit the
-code while it runs. Minutes are only comparable between runs that had the cores to themselves.
+The copy's stages run the copy's own code (``bench.pipeline.env_for`` puts it first on the import path),
+copied from the working tree when each invocation starts. Minutes are only comparable between runs that
+had the cores to themselves.
 """
 from __future__ import annotations
 
