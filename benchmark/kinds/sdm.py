@@ -13,7 +13,6 @@ from pydantic import Field
 from baselines.sdm import hybrid_loss
 from benchmark.kinds.spade import SpadeKind, SpadeOptions
 from casdm.labels import IGNORE_INDEX
-from casdm.objective import spade_forward
 
 
 class SDMOptions(SpadeOptions):
@@ -43,11 +42,11 @@ class SDMKind(SpadeKind):
         phase = max(0, steps - self.guidance_start)
         return steps - round(phase * self.options.drop_rate)
 
+    def drop_rate(self) -> float:
+        return self.options.drop_rate if self.dropping else 0.0
+
     def loss(self, model, images, labels, g, accelerator):
-        d = self.ctx.diffusion
-        r = spade_forward(model, self.noise_scheduler, images, labels, self.table.num_classes, g,
-                          drop_rate=self.options.drop_rate if self.dropping else 0.0, offset_noise=d.offset_noise,
-                          snr_gamma=d.snr_gamma, autocast=accelerator.autocast)
+        r = self.forward(model, images, labels, g, accelerator)
         nb = r.noised
         terms = hybrid_loss(self.noise_scheduler, r.out, nb.target, images, nb.x_t, nb.t, nb.sample_weights,
                             ignore=labels == IGNORE_INDEX)

@@ -32,11 +32,15 @@ class SpadeKind(ModelKind):
         return unet_from_preset(self.ctx.preset, self.ctx.resolution, self.table.num_classes,
                                 learn_sigma=self.learned_variance)
 
+    def drop_rate(self) -> float:
+        """The null-map dropout of the current step (a kind whose recipe has phases overrides it)."""
+        return self.options.drop_rate
+
     def forward(self, model, images, labels, g, accelerator) -> SpadeForward:
         """Map dropout, noise, timesteps, one forward pass (``casdm.objective.spade_forward``)."""
         d = self.ctx.diffusion
         return spade_forward(model, self.noise_scheduler, images, labels, self.table.num_classes, g,
-                             drop_rate=self.options.drop_rate, offset_noise=d.offset_noise, snr_gamma=d.snr_gamma,
+                             drop_rate=self.drop_rate(), offset_noise=d.offset_noise, snr_gamma=d.snr_gamma,
                              autocast=accelerator.autocast)
 
     def pipeline(self, model) -> CASDMPipeline:
