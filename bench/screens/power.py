@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from benchmark.io import write_json
+from benchmark.provenance import git_commit
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--split", default="val", help="the split scored: val (test is the leaderboard's alone)")
     ap.add_argument("--tag", default="default")
     a = ap.parse_args(argv)
+    commit = git_commit(REPO)  # at the start: the code that ran, not the tree at the end
     if a.split == "test":
         ap.error("--split test: the test split is for the leaderboard only; screen on val")
     from torch.utils.data import Subset
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"steps {steps}, fraction {fraction}: {len(real)} real frames; control - real mIoU "
                   f"{row['miou'].get('delta', float('nan')):+.4f} (p {row['miou'].get('p')}, MDE "
                   f"{row['miou'].get('mde')}), rare {row['rare_miou'].get('delta')}; {t2 - t0:.0f} s", flush=True)
-    result = {"split": a.split, "frames_scored": len(scored), "rows": rows,
+    result = {"commit": commit, "split": a.split, "frames_scored": len(scored), "rows": rows,
               "params": {"segmenters": base.segmenters, "encoder_weights": base.encoder_weights,
                          "batch_size": base.batch_size, "lr": base.lr, "train_maps": params.sample.train_maps}}
     write_json(REPO / "bench" / "results" / f"power_{a.tag}.json", result)

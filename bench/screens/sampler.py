@@ -19,6 +19,7 @@ from pathlib import Path
 
 from bench.screens import add_split_args, check_split, scores_on_validation
 from benchmark.io import write_json
+from benchmark.provenance import git_commit
 from benchmark.seeds import seed_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -35,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="a sampling-time option of the model's training block, e.g. conditioning_scale=2")
     add_split_args(ap)
     a = ap.parse_args(argv)
+    commit = git_commit(REPO)  # at the start: the code that ran, not the tree at the end
     check_split(a.split, a.allow_test_split)
     from bench.screens.budget import parse_set
 
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> dict:
     test = PreparedDataset(data, "test")
     ex = extractor(base)
     judge = load_judge(root / "segmenters" / "judge")
-    result = {"model": a.model, "root": str(root), "split": a.split, "training": training, "samplers": {}}
+    result = {"model": a.model, "commit": commit, "root": str(root), "split": a.split, "training": training, "samplers": {}}
     for spec in a.samplers:
         name, _, steps = spec.partition(":")
         recipe = base.models[a.model].sampling.model_copy(update={"scheduler": name, "num_inference_steps": int(steps)})
