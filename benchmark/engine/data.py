@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from benchmark.config import SampleConfig
 from benchmark.data.classes import IGNORE_INDEX
 from benchmark.data.prepare import load_prepared
 from casdm.draws import BatchDraws, as_draws
@@ -147,3 +148,15 @@ def augment(images: torch.Tensor, labels: torch.Tensor, generator: BatchDraws | 
         out_i.append(img)
         out_l.append(lab)
     return torch.stack(out_i), torch.stack(out_l)
+
+
+def pick_train_maps(data: PreparedDataset, cfg: SampleConfig) -> list[int]:
+    """Indices of the training maps to turn into images: ``rare_first`` takes maps holding a rare
+    class first (each group in a seeded random order), ``random`` a seeded random draw."""
+    n = len(data) if cfg.train_maps is None else min(cfg.train_maps, len(data))
+    order = np.random.default_rng(cfg.seed).permutation(len(data)).tolist()
+    if cfg.train_selection == "rare_first":
+        rare, masks = set(data.table.rare_ids), data.masks()
+        has_rare = {i for i in order if rare & set(np.unique(masks[i]))}
+        order = [i for i in order if i in has_rare] + [i for i in order if i not in has_rare]
+    return sorted(order[:n])

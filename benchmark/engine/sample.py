@@ -15,26 +15,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from benchmark.config import Params, SampleConfig
+from benchmark.config import Params
 from benchmark.devices import mixed_precision
-from benchmark.engine.data import PreparedDataset
+from benchmark.engine.data import PreparedDataset, pick_train_maps
 from benchmark.io import atomic_dir, time_left, write_json
 from benchmark.kinds.registry import make_kind
 from benchmark.manifest import ImageRecord, Manifest
 from benchmark.seeds import TEST_IMAGES, TRAIN_IMAGES, image_seed
 from casdm.pipeline import to_uint8
-
-
-def pick_train_maps(data: PreparedDataset, cfg: SampleConfig) -> list[int]:
-    """Indices of the training maps to turn into images: ``rare_first`` takes maps holding a rare
-    class first (each group in a seeded random order), ``random`` a seeded random draw."""
-    n = len(data) if cfg.train_maps is None else min(cfg.train_maps, len(data))
-    order = np.random.default_rng(cfg.seed).permutation(len(data)).tolist()
-    if cfg.train_selection == "rare_first":
-        rare, masks = set(data.table.rare_ids), data.masks()
-        has_rare = {i for i in order if rare & set(np.unique(masks[i]))}
-        order = [i for i in order if i in has_rare] + [i for i in order if i not in has_rare]
-    return sorted(order[:n])
 
 
 def autocast(setting: str, device: torch.device):

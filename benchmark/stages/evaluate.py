@@ -38,8 +38,7 @@ from benchmark.metrics.downstream import (
     real_subset,
     train_segmenter,
 )
-from benchmark.engine.data import PreparedDataset
-from benchmark.engine.sample import pick_train_maps
+from benchmark.engine.data import PreparedDataset, pick_train_maps
 from benchmark.io import atomic_dir, write_csv, write_json
 from benchmark.metrics.quality import (
     Extractor,
