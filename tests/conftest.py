@@ -81,3 +81,17 @@ def prepared(synth_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     prepare(tiny_params().data.model_copy(update={"root": str(synth_root), "source": "cholecseg8k"}), out)
     return out
+
+
+# Modules in order of their cost, longest first (pytest-xdist --dist loadscope: one module to a worker,
+# handed out in collection order): the tiny pipeline module, whose nine tests share one `dvc repro`,
+# starts at once on one worker while the other works through the rest. Longest first keeps the two
+# workers' finishing times close; the order within a module is kept (test_pipeline's tests build on
+# each other in file order).
+LONGEST_FIRST = ("test_pipeline.py", "test_multiprocess.py", "test_train.py", "test_study.py",
+                 "test_stage_deps.py", "test_new_kind.py", "test_controlnet_sd.py", "test_bench_scripts.py")
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order

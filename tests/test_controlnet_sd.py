@@ -16,8 +16,6 @@ from benchmark.data.classes import CHOLECSEG8K
 from benchmark.kinds.registry import make_kind
 from tests.conftest import cli_env, tiny_params
 
-pytestmark = pytest.mark.xdist_group("controlnet-sd")  # one worker builds this module's module-scoped fixture
-
 
 @pytest.fixture(scope="module")
 def tiny_sd(tmp_path_factory):

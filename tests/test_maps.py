@@ -19,8 +19,6 @@ from casdm.prompts import (
 )
 from tests.conftest import tiny_params
 
-pytestmark = pytest.mark.xdist_group("maps-generator")  # one worker builds this module's module-scoped fixture
-
 NAMES = ("Black Background", "Abdominal Wall", "Liver", "Gastrointestinal Tract", "Fat", "Grasper",
          "Connective Tissue", "Blood", "Cystic Duct", "L-hook Electrocautery", "Gallbladder", "Hepatic Vein",
          "Liver Ligament")

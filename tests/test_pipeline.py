@@ -26,8 +26,7 @@ from tests.mlflow_server import mlflow_server
 from tests.postgres import free_port
 from tests.report_checks import check_compare, check_report
 
-# one xdist worker runs the whole module: its tests share (and change, in file order) one pipeline run
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("tiny-pipeline")]
+pytestmark = pytest.mark.slow
 
 
 @dataclass
