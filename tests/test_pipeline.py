@@ -328,10 +328,12 @@ def _temps(repo: Path) -> list[str]:
 
 
 # one stage of each kind, and where it dies: just before it publishes its output (the output is written
-# in full to a temp folder or file beside it), or for training at its first checkpoint
-FAULTS = [("prepare", "publish:prepared"), ("train@casdm-mse-0", "publish:step-2"),
-          ("sample@casdm-mse-0", "publish:seed0"), ("evaluate@casdm-mse-0", "publish:seed0.json"),
-          ("leaderboard", "publish:leaderboard.json"), ("report", "publish:assets")]
+# in full to a temp folder or file beside it), or for training at its first checkpoint. Downstream first:
+# DVC removes a stage's outputs before running it, so a killed stage leaves its outputs missing, and no
+# stage killed later may need them
+FAULTS = [("report", "publish:assets"), ("leaderboard", "publish:leaderboard.json"),
+          ("evaluate@casdm-mse-0", "publish:seed0.json"), ("sample@casdm-mse-0", "publish:seed0"),
+          ("train@casdm-mse-0", "publish:step-2"), ("prepare", "publish:prepared")]
 
 
 def _forget(repo: Path, stage: str) -> None:
@@ -350,9 +352,10 @@ def _forget(repo: Path, stage: str) -> None:
 
 
 def test_each_stage_killed_part_way_then_rerun_gives_the_same_outputs(tiny):
-    """Each stage of FAULTS killed in turn (each run leaves its own temp behind), then one `dvc repro`:
-    it re-runs exactly the killed stages, removes every temp and reproduces every output. One re-run for
-    all six kills instead of one each: the same checks, five `dvc repro` and `dvc status` calls fewer."""
+    """Each stage of FAULTS killed in turn, downstream first (each run leaves its own temp behind), then
+    one `dvc repro`: it re-runs exactly the killed stages, removes every temp and reproduces every output.
+    One re-run for all six kills instead of one each: the same checks, five `dvc repro` and `dvc status`
+    calls fewer."""
     reference = _outputs(tiny.repo)
     client = mlflow.MlflowClient(tiny.env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("casdm-bench").experiment_id
