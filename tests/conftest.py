@@ -84,7 +84,7 @@ def prepared(synth_root, tmp_path_factory) -> Path:
 
 
 # Modules in order of their cost, longest first (pytest-xdist --dist loadscope: one module to a worker,
-# handed out in collection order): the tiny pipeline module, whose nine tests share one `dvc repro`,
+# handed out in collection order): the tiny pipeline module, whose tests share one `dvc repro`,
 # starts at once on one worker while the other works through the rest. Longest first keeps the two
 # workers' finishing times close; the order within a module is kept (test_pipeline's tests build on
 # each other in file order).

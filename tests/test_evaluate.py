@@ -128,8 +128,7 @@ def test_missing_evaluation_is_named_with_its_stage(tmp_path):
 
 
 def test_rare_first_picks_maps_holding_rare_classes(prepared):
-    from benchmark.engine.data import PreparedDataset
-    from benchmark.engine.data import pick_train_maps
+    from benchmark.engine.data import PreparedDataset, pick_train_maps
 
     train = PreparedDataset(prepared, "train")
     rare = set(train.table.rare_ids)
@@ -165,8 +164,7 @@ def test_efficientnet_stage_features_and_extractor_names_are_checked():
 def test_the_control_row_re_shows_exactly_the_sampled_training_maps(prepared, tmp_path, monkeypatch):
     """Size-matched control: real + the real images of the maps the sample stage turns into images."""
     import benchmark.stages.evaluate as ev
-    from benchmark.engine.data import PreparedDataset
-    from benchmark.engine.data import pick_train_maps
+    from benchmark.engine.data import PreparedDataset, pick_train_maps
 
     params = tiny_params(evaluate={"downstream": {"seeds": [0], "steps": 2}})
     seen = {}

@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.utils.data import Subset
 
     from benchmark.config import load_params
-    from benchmark.engine.data import PreparedDataset
-    from benchmark.engine.data import pick_train_maps
+    from benchmark.engine.data import PreparedDataset, pick_train_maps
     from benchmark.metrics.downstream import downstream, real_subset
     from benchmark.metrics.stats import paired_seeds
 
