@@ -12,6 +12,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
+PIPELINE = "tests/test_pipeline.py"  # its checks read the tiny run that tests/tiny_run.py builds once
+
+
+def _threads(workers: int) -> str | None:
+    """OMP_NUM_THREADS for a run of ``workers`` test processes: the cores shared out (two workers on two
+    cores, each running two OpenMP threads, mostly wait on each other); unset for one process."""
+    return str(max(1, (os.cpu_count() or 1) // workers)) if workers > 1 else None
+
+
+# Each pytest-xdist worker (and every process it starts) gets its share of the cores before torch is
+# imported; the tiny run built beside them gets the same count, so a check that redraws one of its
+# images in another process meets the same reduction order.
+if (_t := _threads(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))) is not None:
+    os.environ.setdefault("OMP_NUM_THREADS", _t)
 
 
 @pytest.fixture(autouse=True)
@@ -83,15 +97,59 @@ def prepared(synth_root, tmp_path_factory) -> Path:
     return out
 
 
-# Modules in order of their cost, longest first (pytest-xdist --dist loadscope: one module to a worker,
-# handed out in collection order): the tiny pipeline module, whose tests share one `dvc repro`,
-# starts at once on one worker while the other works through the rest. Longest first keeps the two
-# workers' finishing times close; the order within a module is kept (test_pipeline's tests build on
-# each other in file order).
-LONGEST_FIRST = ("test_pipeline.py", "test_multiprocess.py", "test_train.py", "test_study.py",
-                 "test_stage_deps.py", "test_new_kind.py", "test_controlnet_sd.py", "test_bench_scripts.py")
+_TINY: dict = {}  # the build this process started, if any
+
+
+def _tiny_root(base: Path) -> Path:
+    return base / "tiny-run"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node, ids: list[str]) -> None:
+    """On the xdist controller: start the tiny run's build as soon as a worker has collected a check that
+    reads it, before any test is handed out, so it runs beside the other modules instead of first."""
+    if "build" in _TINY or not any(i.startswith(PIPELINE) for i in ids):
+        return
+    from tests.tiny_run import TinyBuild
+
+    config = node.config
+    threads = _threads(int(config.option.numprocesses or 1))
+    _TINY["build"] = TinyBuild(_tiny_root(config._tmp_path_factory.getbasetemp()),
+                               {"OMP_NUM_THREADS": threads} if threads else {}).start()
+
+
+def pytest_sessionfinish(session) -> None:
+    if "build" in _TINY:
+        _TINY.pop("build").stop()  # its MLflow server and PostgreSQL go with it
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory) -> tuple[Path, str]:
+    """The tiny run (read-only: checks work on ``tests.tiny_run.clone``s) and its MLflow server's URI. An
+    xdist worker waits for the controller's build; a single process builds it here."""
+    from tests.tiny_run import TinyBuild, wait_for
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return wait_for(_tiny_root(base.parent))  # xdist gives each worker base/popen-gwN
+    if "build" not in _TINY:
+        _TINY["build"] = TinyBuild(_tiny_root(base)).start()
+    return wait_for(_tiny_root(base))
+
+
+# Modules in order of their cost, longest first (pytest-xdist --dist loadscope: one module, or one class,
+# to a worker, handed out in this order), then the tiny run's checks, one class each, last: by the time a
+# worker reaches them the controller's build (started with the session) is done or nearly so, and the
+# classes spread over both workers. The order within a module or class is kept.
+LONGEST_FIRST = ("test_multiprocess.py", "test_train.py", "test_study.py", "test_stage_deps.py",
+                 "test_new_kind.py", "test_controlnet_sd.py", "test_bench_scripts.py")
+TINY_LAST = ("TestTheTinyRun", "TestASamplerChange", "TestKilledStagesUpstream", "TestATrainingKnobInAnExperiment",
+             "TestKilledStagesDownstream")
 
 
 def pytest_collection_modifyitems(items: list) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+    last = {name: len(rank) + 1 + i for i, name in enumerate(TINY_LAST)}
+    key = lambda item: (last.get(item.cls.__name__ if item.cls else "", len(rank) + len(last) + 1)
+                        if item.path.name == Path(PIPELINE).name else rank.get(item.path.name, len(rank)))
+    items.sort(key=key)  # stable: the rest keep their order

@@ -40,26 +40,33 @@ def check_report(repo, board: dict, models: list[str], client, leaderboard_run: 
     assert {"report/index.html", "report/report.md", "report/assets"} <= logged
 
 
+def _compare(repo, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["casdm", "report", "compare", *args], cwd=repo, env=env, capture_output=True, text=True)
+
+
 def check_compare(repo, env: dict, leaderboard_run: str) -> None:
-    """`casdm report compare` between two commits and between a commit and a DVC experiment: the
-    params that differ and every metric's delta; a name that is none of the three is an error naming it."""
-    compare = lambda *a: subprocess.run(["casdm", "report", "compare", *a], cwd=repo, env=env, capture_output=True,
-                                        text=True)
-    done = compare("HEAD~1", "HEAD", "--out", "cmp")
+    """`casdm report compare` between two commits (the newer one with casdm on DPM-Solver++) and between
+    a leaderboard's MLflow run and a commit: the params that differ and every metric's delta; a name that
+    is none of a commit, a DVC experiment or a run is an error naming it."""
+    done = _compare(repo, env, "HEAD~1", "HEAD", "--out", "cmp")
     assert done.returncode == 0, done.stderr
     page = (repo / "cmp" / "index.html").read_text()
     assert "models.casdm.sampling.scheduler" in page and "dpmsolver++" in page
     rows = re.findall(r"<tr><td>casdm</td><td>downstream_miou</td><td>([^<]+)</td><td>([^<]+)</td><td>([^<]+)</td>", page)
     assert len(rows) == 1 and float(rows[0][2]) == pytest.approx(float(rows[0][1]) - float(rows[0][0]), abs=2e-4)
     assert "samples of a" in page and "samples of b" in page
-    done = compare("HEAD", "no-maps", "--out", "cmp-exp")
-    assert done.returncode == 0, done.stderr
-    page = (repo / "cmp-exp" / "index.html").read_text()
-    assert "DVC experiment" in page and "models.sdm.training.drop_rate" in page
-    done = compare(leaderboard_run, "HEAD", "--out", "cmp-run")  # the first run's leaderboard, from MLflow
+    done = _compare(repo, env, leaderboard_run, "HEAD", "--out", "cmp-run")  # the first run's leaderboard, from MLflow
     assert done.returncode == 0, done.stderr
     page = (repo / "cmp-run" / "index.html").read_text()
     assert "MLflow run" in page and "models.casdm.sampling.scheduler" in page and "samples of a" in page
-    bad = compare("HEAD", "no-such-rev")
+    bad = _compare(repo, env, "HEAD", "no-such-rev")
     assert bad.returncode == 1 and "'no-such-rev': not a git revision, a DVC experiment or an MLflow run id" in bad.stderr
+
+
+def check_compare_experiment(repo, env: dict, experiment: str) -> None:
+    """`casdm report compare` between a commit and a DVC experiment that changed one of sdm's params."""
+    done = _compare(repo, env, "HEAD", experiment, "--out", "cmp-exp")
+    assert done.returncode == 0, done.stderr
+    page = (repo / "cmp-exp" / "index.html").read_text()
+    assert "DVC experiment" in page and "models.sdm.training.drop_rate" in page
 

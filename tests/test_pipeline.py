@@ -1,7 +1,8 @@
 """The tiny benchmark end to end, as a lab runs it: `dvc repro` with every MLflow record on a tracking
 server (PostgreSQL backend, served artifacts) read back over HTTP; the DVC remote round trip; every
 stage kind killed with SIGKILL part-way and re-run; a full disk, a read-only data root and a server
-that is down. One pipeline run (a module fixture) serves every test here, in file order."""
+that is down. One pipeline run serves every check here (``tiny_build``: built once per session, beside
+the other tests, tests/tiny_run.py); each class works on a private copy of it, its tests in file order."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,6 @@ import resource
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -22,265 +22,27 @@ import yaml
 from PIL import Image
 
 from tests.conftest import REPO, cli_env
-from tests.mlflow_server import mlflow_server
 from tests.postgres import free_port
-from tests.report_checks import check_compare, check_report
+from tests.report_checks import check_compare, check_compare_experiment, check_report
+from tests.tiny_run import TinyRun, clone
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class TinyRun:
-    repo: Path
-    env: dict
-
-    def run(self, *args, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run(args, cwd=kw.pop("cwd", self.repo), env=env or self.env, capture_output=True,
-                              text=True, **kw)
-
-    def dvc(self, *args, env: dict | None = None) -> subprocess.CompletedProcess:
-        return self.run("dvc", *args, env=env)
-
-    def git(self, *args, cwd: Path | None = None) -> None:
-        out = self.run("git", "-c", "user.name=t", "-c", "user.email=t@t", *args, cwd=cwd or self.repo)
-        assert out.returncode == 0, out.stderr
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """The tiny profile's `dvc repro` in a fresh copy of the project, logging to an MLflow server."""
-    from benchmark.provenance import copy_project
-    from tests.conftest import REPO
-
-    root = tmp_path_factory.mktemp("pipeline")
-    repo = copy_project(REPO, root / "repo")
-    with mlflow_server(root) as uri:
-        env = cli_env()
-        env["MLFLOW_TRACKING_URI"] = uri
-        t = TinyRun(repo, env)
-        assert t.run("casdm", "params", "profile", "tiny").returncode == 0
-        first = t.dvc("repro")
-        assert first.returncode == 0, first.stdout + first.stderr
-        yield t
-
-
-def test_dvc_repro_runs_the_whole_benchmark_end_to_end(tiny):
-    repo, env = tiny.repo, tiny.env
-    from benchmark.config import load_params
-
-    models = list(load_params(repo / "params.yaml").models)
-    assert {"casdm", "casdm-mse", "casdm-camse", "sdm", "controlnet"} <= set(models)
-    for name in models:
-        manifest = json.loads((repo / "samples" / name / "seed0" / "manifest.json").read_text())
-        splits = [r["split"] for r in manifest["images"]]
-        assert splits.count("test") == 24 and splits.count("train") == 8 and manifest["model"] == name
-        assert manifest["training_seed"] == 0
-        for r in manifest["images"]:
-            assert (repo / "samples" / name / "seed0" / r["image"]).exists() and (repo / r["map"]).exists()
-        assert json.loads((repo / "metrics" / "train" / name / "seed0.json").read_text())["steps"] == 4
-    # the map generator's chain: prompts of training maps -> maps -> casdm images -> a downstream row
-    generated = json.loads((repo / "samples" / "maps" / "manifest.json").read_text())["images"]
-    assert len(generated) == 8 and all(r["prompt"] for r in generated)
-
-    for r in generated:
-        ids = np.unique(np.asarray(Image.open(repo / "samples" / "maps" / r["map"])))
-        assert ids.max() < 13 and (repo / "samples" / "maps" / r["image"]).exists()
-    board = json.loads((repo / "metrics" / "leaderboard.json").read_text())
-    assert set(board) == {"real", "real+control", *models, "casdm+maps"}
-    ex = "efficientnet_lite0:blocks.0"
-    maps_cols = {f"maps_{b}{k}" for b in ("", "baseline_") for k in ("adherence", "rare_presence", "cooccurrence_l1",
-                                                                     "area_w1", "diversity")}
-    columns = {"role", f"fid:{ex}", f"kid:{ex}_low", f"precision:{ex}", f"coverage:{ex}", "semantic_miou_high",
-               "delta_miou_verdict", "vs_control_rare_miou_low", "map_conditioned_steps", "images_seen",
-               "downstream_segmenter"} | {f"downstream_{k}{s}" for s in ("", "_std")
-                                          for k in ("miou", "mdice", "rare_miou", "rare_mdice")} | maps_cols
-    for name, row in board.items():
-        assert columns <= set(row), (name, columns - set(row))
-        assert "EfficientNet-Lite0 encoder" in row["downstream_segmenter"]  # the segmenter is named as it is
-        numbers = [row["downstream_miou"], row["downstream_miou_std"]]
-        if name not in ("real", "real+control"):
-            numbers += [row["delta_miou"], row["delta_miou_low"], row["vs_control_miou"]]
-            assert row["delta_miou_verdict"] in ("better", "worse", "indistinguishable")
-        if name == "casdm+maps":
-            numbers += [row["maps_adherence"], row["maps_baseline_adherence"], row["maps_area_w1"],
-                        row["semantic_miou"]]
-        else:
-            assert row["maps_adherence"] is None, name
-        if name not in ("real+control", "casdm+maps"):  # the real row has the reference FID (the floor)
-            numbers += [row[f"fid:{ex}"], row[f"fid:{ex}_low"], row[f"kid:{ex}"], row["semantic_miou"],
-                        row["semantic_miou_low"]]
-            withheld = "precision / recall / density / coverage withheld" in (repo / "reports" / "leaderboard.md").read_text()
-            assert (row[f"precision:{ex}"] is None) == withheld  # shown only when real vs real passes the check
-        if name in models:
-            assert row["images_seen"] == 4 * 4 and row["map_conditioned_steps"] == (2 if name == "controlnet" else 4)
-        assert all(isinstance(v, float) and math.isfinite(v) for v in numbers), (name, row)
-    assert board["real"]["delta_miou"] is None and board["real+control"][f"fid:{ex}"] is None
-    # the metrics file of the result: model x headline scores, numbers only; the string-holding files are outputs
-    headline = json.loads((repo / "metrics" / "headline.json").read_text())
-    assert set(headline) == set(board)
-    assert headline["casdm"] == {"fid": board["casdm"][f"fid:{ex}"], "semantic_miou": board["casdm"]["semantic_miou"],
-                                 "downstream_miou": board["casdm"]["downstream_miou"],
-                                 "downstream_rare_miou": board["casdm"]["downstream_rare_miou"]}
-    assert all(v is None or isinstance(v, float) for row in headline.values() for v in row.values())
-    shown = tiny.dvc("metrics", "show", "--json")
-    assert shown.returncode == 0, shown.stderr
-    declared = {f for rev in json.loads(shown.stdout).values() for f in rev.get("data", {})}
-    assert "metrics/headline.json" in declared and not declared & {"metrics/leaderboard.json", "metrics/comparisons.json"}
-    assert not [f for f in declared if f.startswith("metrics/evaluate/")]
-    found = json.loads((repo / "metrics" / "comparisons.json").read_text())
-    kinds = {c["kind"] for c in found}
-    assert {"control vs real", "vs real", "vs real+control", "method vs ablation", "method vs baseline",
-            "ladder step"} <= kinds
-    assert all(c["family"] and c["scope"] == ("data" if c["kind"] == "control vs real" else "weights") for c in found)
-    assert all(c["mde"] is not None for c in found if c["metric"].startswith("downstream_") and c["n"] > 1)
-    ladder = {(c["a"], c["b"]) for c in found if c["kind"] == "ladder step"}
-    assert ladder == {("casdm-camse", "casdm-mse"), ("casdm", "casdm-camse")}
-    assert {c["metric"] for c in found if c["kind"] == "ladder step"} >= {"downstream_miou", "fid", "semantic_miou"}
-    assert "## Comparisons" in (repo / "reports" / "leaderboard.md").read_text()
-    made = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, large, upper left; Grasper, small",
-                           "--num", "2", "--out", "gen"], cwd=repo, env=env, capture_output=True, text=True)
-    assert made.returncode == 0, made.stderr
-    assert sorted(p.name for p in (repo / "gen").glob("*.png")) == [
-        "image-000.png", "image-001.png", "map-000-colour.png", "map-000.png", "map-001-colour.png", "map-001.png"]
-    bad = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, hughe"], cwd=repo, env=env,
-                         capture_output=True, text=True)
-    assert bad.returncode == 1 and "unknown word 'hughe'" in bad.stderr and "did you mean" in bad.stderr
-    shown = subprocess.run(["casdm", "leaderboard"], cwd=repo, env=env, capture_output=True, text=True)
-    assert shown.returncode == 0, shown.stderr
-    assert all(name in shown.stdout for name in board) and "efficientnet_lite0:blocks.0" in shown.stdout
-    assert "Downloading artifacts" not in shown.stdout + shown.stderr  # MLflow's bar stays out of the table
-    as_json = subprocess.run(["casdm", "leaderboard", "--json"], cwd=repo, env=env, capture_output=True, text=True)
-    rows = json.loads(as_json.stdout)["rows"]  # stdout holds the JSON document and nothing else
-    assert sorted(r["model"] for r in rows) == sorted(board)
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
-    trained = [r for r in runs if r.data.tags.get("kind") not in ("leaderboard", "maps")]
-    roles = {r.data.tags["model"]: r.data.tags["role"] for r in trained}
-    assert roles == {"casdm": "method", "casdm-mse": "ablation", "casdm-camse": "ablation", "sdm": "baseline",
-                     "controlnet": "baseline", "mapgen": "generator"}
-    assert all(r.info.status == "FINISHED" for r in runs)
-    # provenance in a copy: every run records the copy's one commit, whose message names the source's
-    git = lambda cwd, *a: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True).stdout.strip()
-    copy_head, subject = git(repo, "log", "-1", "--format=%H %s").split(" ", 1)
-    assert subject.startswith(f"copy of {git(REPO, 'rev-parse', 'HEAD')}"), subject
-    assert {r.data.tags["git_commit"].removesuffix("-dirty") for r in runs} == {copy_head}
-    (maps_run,) = [r for r in runs if r.data.tags.get("kind") == "maps"]
-    assert maps_run.data.metrics["generator/adherence"] == board["casdm+maps"]["maps_adherence"]
-    # each model's training run carries its leaderboard numbers; one leaderboard run holds the table
-    assert all(r.data.metrics["eval/downstream_miou"] == board[r.data.tags["model"]]["downstream_miou"]
-               for r in trained if r.data.tags["model"] in models)
-    (leader,) = [r for r in runs if r.data.tags.get("kind") == "leaderboard"]
-    table = json.loads(Path(client.download_artifacts(leader.info.run_id, "leaderboard.json")).read_text())
-    assert sorted(table["data"][i][table["columns"].index("model")] for i in range(len(table["data"]))) == sorted(board)
-    assert not [c for c in table["columns"] if "." in c]  # the artifact viewer shows a dotted column blank
-    # the leaderboard run is described with the report's headline, and the command names its page in the UI
-    # with the query that opens MLflow 3.17 on "Model training" (the experimentKind tag alone does not)
-    headline = leader.data.tags["mlflow.note.content"]
-    assert headline.startswith("The top row on ") and headline in (repo / "reports" / "report.md").read_text()
-    page = (f"{env['MLFLOW_TRACKING_URI']}/#/experiments/{leader.info.experiment_id}/runs/{leader.info.run_id}"
-            "?workflowType=machine_learning")
-    assert page in " ".join(shown.stderr.split()), shown.stderr
-    check_report(repo, board, models, client, leader.info.run_id)
-
-    # over HTTP: the experiment opens on its runs (a model-training experiment), the training runs'
-    # sample-grid images and the leaderboard table come back from the served artifact store
-    assert env["MLFLOW_TRACKING_URI"].startswith("http://")
-    experiment = client.get_experiment_by_name("casdm-bench")
-    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
-    (casdm_run,) = [r for r in trained if r.data.tags["model"] == "casdm"]
-    images = [a.path for a in client.list_artifacts(casdm_run.info.run_id, "images")]
-    assert images, "no sample grid logged"
-    png = [p for p in images if p.endswith(".png")][0]
-    grid = Image.open(client.download_artifacts(casdm_run.info.run_id, png))
-    assert grid.size[0] > 32 and grid.size[1] > 32
-    second = tiny.dvc("repro")
-    assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
+@pytest.fixture(scope="class")
+def tiny(request, tiny_build, tmp_path_factory) -> TinyRun:
+    """A private copy of the session's tiny run for one class of checks, on the class's own MLflow
+    experiment where it names one (``experiment``), else on the run's own ("casdm-bench")."""
+    built, uri = tiny_build
+    experiment = getattr(request.cls, "experiment", None)
+    repo = clone(built, tmp_path_factory.mktemp("tiny") / "repo", experiment)
+    if experiment:
+        mlflow.MlflowClient(uri).create_experiment(experiment)
+    return TinyRun(repo, {**cli_env(), "MLFLOW_TRACKING_URI": uri})
 
 
 COLD = {"casdm": "from casdm import CASDMPipeline as P", "sdm": "from casdm import CASDMPipeline as P",
         "controlnet": "from baselines.controlnet import ControlNetPixelPipeline as P"}
-
-
-def test_every_trained_pipeline_loads_cold_and_samples_as_the_benchmark_did(tiny, tmp_path):
-    """diffusers' way, in a fresh interpreter that imported nothing else: ``P.from_pretrained(folder)``, then
-    ``pipe(segmap, generator=...)`` with no sampler arguments draws the sample stage's own image of that map,
-    pixel for pixel (model_index.json carries the steps, guidance and ControlNet scale it sampled with; the
-    scheduler folder its sampler). The map generator loads the same way and keeps its sampler."""
-    from benchmark.config import load_params
-
-    p = load_params(tiny.repo / "params.yaml")
-    for name, imp in COLD.items():
-        manifest = json.loads((tiny.repo / "samples" / name / "seed0" / "manifest.json").read_text())
-        rec = next(r for r in manifest["images"] if r["split"] == "test")
-        script = (f"{imp}\nimport numpy as np, torch\nfrom PIL import Image\n"
-                  f"pipe = P.from_pretrained({str(tiny.repo / 'models' / name / 'seed0')!r})\n"
-                  f"segmap = torch.from_numpy(np.asarray(Image.open({str(tiny.repo / rec['map'])!r}))).long()[None]\n"
-                  f"image = pipe(segmap, generator=[torch.Generator().manual_seed({rec['seed']})], output_type='pt').images\n"
-                  "Image.fromarray((image[0].permute(1, 2, 0).numpy().clip(0, 1) * 255).round().astype(np.uint8))"
-                  f".save({str(tmp_path / f'{name}.png')!r})\n"
-                  "print(pipe.config.num_inference_steps, pipe.config.guidance_scale, type(pipe.scheduler).__name__)")
-        out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=tiny.env, capture_output=True,
-                             text=True, timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        recipe = p.models[name].sampling
-        steps, guidance, _ = out.stdout.split()
-        assert (int(steps), float(guidance)) == (recipe.num_inference_steps, recipe.guidance_scale), name
-        made = np.asarray(Image.open(tmp_path / f"{name}.png"))
-        drawn = np.asarray(Image.open(tiny.repo / "samples" / name / "seed0" / rec["image"]))
-        assert made.shape == drawn.shape and np.array_equal(made, drawn), (name, np.abs(made.astype(int) - drawn).max())
-    generator = p.maps.generator.sampling
-    script = ("from casdm import MapGenPipeline\n"
-              f"pipe = MapGenPipeline.from_pretrained({str(tiny.repo / 'models' / 'mapgen')!r})\n"
-              "maps = pipe(['Liver, large, upper left; Grasper, small'], output_type='np').maps\n"
-              "print(maps.shape[0], maps.max() < pipe.mapgen.config.num_classes, pipe.config.num_inference_steps)")
-    out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=tiny.env, capture_output=True, text=True,
-                         timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == ["1", "True", str(generator.num_inference_steps)]
-
-
-def test_dvc_plots_show_renders_every_plot_offline(tiny, tmp_path):
-    """`dvc plots show` on the committed template (.dvc/config plots.html_template): every plot's files
-    found, the vega libraries inline, no script or request that leaves the machine."""
-    from tests.browser import load_page
-
-    out = tiny.dvc("plots", "show", "-o", str(tmp_path / "plots"))
-    assert out.returncode == 0 and "failed to load" not in out.stdout + out.stderr, out.stdout + out.stderr
-    page = (tmp_path / "plots" / "index.html").read_text()
-    assert not re.search(r"<script[^>]+src=[\"']?https?:", page) and "vega-embed@6" in page
-    shown = load_page(tmp_path / "plots" / "index.html", tmp_path / "plots.png")
-    assert shown["errors"] == [] and shown["failed"] == [], shown
-    assert all(not u.startswith(("http:", "https:")) for u in shown["requests"]), shown["requests"]
-    assert page.count("vegaEmbed('#") >= 5  # loss curves, map generator, IoU, Dice, semantic IoU
-    # the sample grids are image plots (dvc plots diff shows two revisions' grids side by side), each file there
-    grids = ["samples", *(f"grid_{m}" for m in ("casdm", "casdm-mse", "casdm-camse", "sdm", "controlnet"))]
-    for g in grids:
-        assert f'<img src="static/workspace_reports_assets_{g}.png"' in page, g
-        assert (tmp_path / "plots" / "static" / f"workspace_reports_assets_{g}.png").stat().st_size > 1000, g
-
-
-def test_dvc_remote_round_trip(tiny, tmp_path):
-    """Push to a remote, clone, pull: the colleague's copy is up to date without running a stage."""
-    remote = tmp_path / "remote"
-    assert tiny.dvc("remote", "add", "-d", "lab", str(remote)).returncode == 0
-    tiny.git("add", "-A")
-    tiny.git("commit", "-qm", "tiny run")
-    pushed = tiny.dvc("push")
-    assert pushed.returncode == 0, pushed.stdout + pushed.stderr
-    clone = tmp_path / "clone"
-    tiny.git("clone", "-q", str(tiny.repo), str(clone), cwd=tmp_path)
-    assert not (clone / "models" / "casdm").exists()
-    pulled = tiny.run("dvc", "pull", cwd=clone)
-    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
-    status = tiny.run("dvc", "status", cwd=clone)
-    assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
-    dry = tiny.run("dvc", "repro", "--dry", cwd=clone)
-    assert "Running stage" not in dry.stdout, dry.stdout
-    assert (clone / "models" / "casdm" / "seed0" / "model_index.json").exists()
-    assert (clone / "samples" / "casdm" / "seed0" / "manifest.json").read_text() == (
-        tiny.repo / "samples" / "casdm" / "seed0" / "manifest.json").read_text()
-    tiny.dvc("remote", "remove", "lab")
-    tiny.git("commit", "-qam", "no remote")
 
 
 TIMING = re.compile(r"(second|_s$|^s_per|per_s$|steps_per_s|^time)")
@@ -351,116 +113,358 @@ def _forget(repo: Path, stage: str) -> None:
     shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
 
 
-def test_each_stage_killed_part_way_then_rerun_gives_the_same_outputs(tiny):
-    """Each stage of FAULTS killed in turn, downstream first (each run leaves its own temp behind), then
-    one `dvc repro`: it re-runs exactly the killed stages, removes every temp and reproduces every output.
-    One re-run for all six kills instead of one each: the same checks, five `dvc repro` and `dvc status`
-    calls fewer."""
-    reference = _outputs(tiny.repo)
-    client = mlflow.MlflowClient(tiny.env["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("casdm-bench").experiment_id
-    for stage, point in FAULTS:
-        if stage.startswith("train@"):  # a first training run, not a resume of the finished one
-            shutil.rmtree(tiny.repo / "runs" / "casdm-mse" / "seed0")
-        _forget(tiny.repo, stage)
-        before = set(_temps(tiny.repo))
-        killed = tiny.dvc("repro", "-s", stage, env={**tiny.env, "CASDM_KILL_AT": point})
-        assert killed.returncode != 0 and ("-9" in killed.stderr + killed.stdout or "137" in killed.stderr + killed.stdout
-                                           or "SIGKILL" in killed.stderr + killed.stdout), (stage, killed.stderr)
-        assert set(_temps(tiny.repo)) - before, f"{stage}: the kill left no temp behind: the fault was not part-way"
-        if stage.startswith("train@"):  # killed before its first checkpoint: its MLflow run is left RUNNING
-            running = client.search_runs([experiment], "attributes.status = 'RUNNING'")
-            assert [r.data.tags["model"] for r in running] == ["casdm-mse"]
-            orphan = running[0].info.run_id
-    again = tiny.dvc("repro")
-    assert again.returncode == 0, again.stdout + again.stderr
-    ran = re.findall(r"Running stage '([^']+)'", again.stdout)
-    assert sorted(ran) == sorted(stage for stage, _ in FAULTS), ran  # each killed stage re-runs, nothing else
-    assert _temps(tiny.repo) == []
-    assert _same(_outputs(tiny.repo), reference) == []
-    assert "Data and pipelines are up to date" in tiny.dvc("status").stdout
-    # the killed training run was marked KILLED by the next stage that connected; nothing is RUNNING
-    assert client.get_run(orphan).info.status == "KILLED"
-    assert client.search_runs([experiment], "attributes.status = 'RUNNING'") == []
+class TestTheTinyRun:
+    """What the run produced, read back from its files, DVC and the server; faults that change nothing."""
 
+    def test_dvc_repro_runs_the_whole_benchmark_end_to_end(self, tiny):
+        repo, env = tiny.repo, tiny.env
+        from benchmark.config import load_params
 
-def test_a_full_disk_fails_naming_the_file_and_publishes_nothing(tiny):
-    """RLIMIT_FSIZE stands in for a full disk: the first write past 1 KiB fails (EFBIG)."""
-    cmd = ["casdm", "sample", "casdm-mse", "--data", "data/prepared", "--model", "models/casdm-mse/seed0",
-           "--out", "samples/full", "--metrics", "metrics/full.json"]
-    limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
-    out = tiny.run(*cmd, preexec_fn=limit)
-    assert out.returncode == 1, out.stdout + out.stderr
-    assert "the file size limit is reached" in out.stderr and "samples/full" in out.stderr, out.stderr
-    assert not (tiny.repo / "samples" / "full").exists() and not (tiny.repo / "metrics" / "full.json").exists()
-    assert _temps(tiny.repo) == []
+        models = list(load_params(repo / "params.yaml").models)
+        assert {"casdm", "casdm-mse", "casdm-camse", "sdm", "controlnet"} <= set(models)
+        for name in models:
+            manifest = json.loads((repo / "samples" / name / "seed0" / "manifest.json").read_text())
+            splits = [r["split"] for r in manifest["images"]]
+            assert splits.count("test") == 24 and splits.count("train") == 8 and manifest["model"] == name
+            assert manifest["training_seed"] == 0
+            for r in manifest["images"]:
+                assert (repo / "samples" / name / "seed0" / r["image"]).exists() and (repo / r["map"]).exists()
+            assert json.loads((repo / "metrics" / "train" / name / "seed0.json").read_text())["steps"] == 4
+        # the map generator's chain: prompts of training maps -> maps -> casdm images -> a downstream row
+        generated = json.loads((repo / "samples" / "maps" / "manifest.json").read_text())["images"]
+        assert len(generated) == 8 and all(r["prompt"] for r in generated)
 
+        for r in generated:
+            ids = np.unique(np.asarray(Image.open(repo / "samples" / "maps" / r["map"])))
+            assert ids.max() < 13 and (repo / "samples" / "maps" / r["image"]).exists()
+        board = json.loads((repo / "metrics" / "leaderboard.json").read_text())
+        assert set(board) == {"real", "real+control", *models, "casdm+maps"}
+        ex = "efficientnet_lite0:blocks.0"
+        maps_cols = {f"maps_{b}{k}" for b in ("", "baseline_") for k in ("adherence", "rare_presence", "cooccurrence_l1",
+                                                                         "area_w1", "diversity")}
+        columns = {"role", f"fid:{ex}", f"kid:{ex}_low", f"precision:{ex}", f"coverage:{ex}", "semantic_miou_high",
+                   "delta_miou_verdict", "vs_control_rare_miou_low", "map_conditioned_steps", "images_seen",
+                   "downstream_segmenter"} | {f"downstream_{k}{s}" for s in ("", "_std")
+                                              for k in ("miou", "mdice", "rare_miou", "rare_mdice")} | maps_cols
+        for name, row in board.items():
+            assert columns <= set(row), (name, columns - set(row))
+            assert "EfficientNet-Lite0 encoder" in row["downstream_segmenter"]  # the segmenter is named as it is
+            numbers = [row["downstream_miou"], row["downstream_miou_std"]]
+            if name not in ("real", "real+control"):
+                numbers += [row["delta_miou"], row["delta_miou_low"], row["vs_control_miou"]]
+                assert row["delta_miou_verdict"] in ("better", "worse", "indistinguishable")
+            if name == "casdm+maps":
+                numbers += [row["maps_adherence"], row["maps_baseline_adherence"], row["maps_area_w1"],
+                            row["semantic_miou"]]
+            else:
+                assert row["maps_adherence"] is None, name
+            if name not in ("real+control", "casdm+maps"):  # the real row has the reference FID (the floor)
+                numbers += [row[f"fid:{ex}"], row[f"fid:{ex}_low"], row[f"kid:{ex}"], row["semantic_miou"],
+                            row["semantic_miou_low"]]
+                withheld = "precision / recall / density / coverage withheld" in (repo / "reports" / "leaderboard.md").read_text()
+                assert (row[f"precision:{ex}"] is None) == withheld  # shown only when real vs real passes the check
+            if name in models:
+                assert row["images_seen"] == 4 * 4 and row["map_conditioned_steps"] == (2 if name == "controlnet" else 4)
+            assert all(isinstance(v, float) and math.isfinite(v) for v in numbers), (name, row)
+        assert board["real"]["delta_miou"] is None and board["real+control"][f"fid:{ex}"] is None
+        # the metrics file of the result: model x headline scores, numbers only; the string-holding files are outputs
+        headline = json.loads((repo / "metrics" / "headline.json").read_text())
+        assert set(headline) == set(board)
+        assert headline["casdm"] == {"fid": board["casdm"][f"fid:{ex}"], "semantic_miou": board["casdm"]["semantic_miou"],
+                                     "downstream_miou": board["casdm"]["downstream_miou"],
+                                     "downstream_rare_miou": board["casdm"]["downstream_rare_miou"]}
+        assert all(v is None or isinstance(v, float) for row in headline.values() for v in row.values())
+        shown = tiny.dvc("metrics", "show", "--json")
+        assert shown.returncode == 0, shown.stderr
+        declared = {f for rev in json.loads(shown.stdout).values() for f in rev.get("data", {})}
+        assert "metrics/headline.json" in declared and not declared & {"metrics/leaderboard.json", "metrics/comparisons.json"}
+        assert not [f for f in declared if f.startswith("metrics/evaluate/")]
+        found = json.loads((repo / "metrics" / "comparisons.json").read_text())
+        kinds = {c["kind"] for c in found}
+        assert {"control vs real", "vs real", "vs real+control", "method vs ablation", "method vs baseline",
+                "ladder step"} <= kinds
+        assert all(c["family"] and c["scope"] == ("data" if c["kind"] == "control vs real" else "weights") for c in found)
+        assert all(c["mde"] is not None for c in found if c["metric"].startswith("downstream_") and c["n"] > 1)
+        ladder = {(c["a"], c["b"]) for c in found if c["kind"] == "ladder step"}
+        assert ladder == {("casdm-camse", "casdm-mse"), ("casdm", "casdm-camse")}
+        assert {c["metric"] for c in found if c["kind"] == "ladder step"} >= {"downstream_miou", "fid", "semantic_miou"}
+        assert "## Comparisons" in (repo / "reports" / "leaderboard.md").read_text()
+        made = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, large, upper left; Grasper, small",
+                               "--num", "2", "--out", "gen"], cwd=repo, env=env, capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        assert sorted(p.name for p in (repo / "gen").glob("*.png")) == [
+            "image-000.png", "image-001.png", "map-000-colour.png", "map-000.png", "map-001-colour.png", "map-001.png"]
+        bad = subprocess.run(["casdm", "maps", "generate", "--prompt", "Liver, hughe"], cwd=repo, env=env,
+                             capture_output=True, text=True)
+        assert bad.returncode == 1 and "unknown word 'hughe'" in bad.stderr and "did you mean" in bad.stderr
+        shown = subprocess.run(["casdm", "leaderboard"], cwd=repo, env=env, capture_output=True, text=True)
+        assert shown.returncode == 0, shown.stderr
+        assert all(name in shown.stdout for name in board) and "efficientnet_lite0:blocks.0" in shown.stdout
+        assert "Downloading artifacts" not in shown.stdout + shown.stderr  # MLflow's bar stays out of the table
+        as_json = subprocess.run(["casdm", "leaderboard", "--json"], cwd=repo, env=env, capture_output=True, text=True)
+        rows = json.loads(as_json.stdout)["rows"]  # stdout holds the JSON document and nothing else
+        assert sorted(r["model"] for r in rows) == sorted(board)
+        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        runs = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id])
+        trained = [r for r in runs if r.data.tags.get("kind") not in ("leaderboard", "maps")]
+        roles = {r.data.tags["model"]: r.data.tags["role"] for r in trained}
+        assert roles == {"casdm": "method", "casdm-mse": "ablation", "casdm-camse": "ablation", "sdm": "baseline",
+                         "controlnet": "baseline", "mapgen": "generator"}
+        assert all(r.info.status == "FINISHED" for r in runs)
+        # provenance in a copy: every run records the copy's one commit, whose message names the source's
+        git = lambda cwd, *a: subprocess.run(["git", *a], cwd=cwd, capture_output=True, text=True).stdout.strip()
+        copy_head, subject = git(repo, "log", "-1", "--format=%H %s").split(" ", 1)
+        assert subject.startswith(f"copy of {git(REPO, 'rev-parse', 'HEAD')}"), subject
+        assert {r.data.tags["git_commit"].removesuffix("-dirty") for r in runs} == {copy_head}
+        (maps_run,) = [r for r in runs if r.data.tags.get("kind") == "maps"]
+        assert maps_run.data.metrics["generator/adherence"] == board["casdm+maps"]["maps_adherence"]
+        # each model's training run carries its leaderboard numbers; one leaderboard run holds the table
+        assert all(r.data.metrics["eval/downstream_miou"] == board[r.data.tags["model"]]["downstream_miou"]
+                   for r in trained if r.data.tags["model"] in models)
+        (leader,) = [r for r in runs if r.data.tags.get("kind") == "leaderboard"]
+        table = json.loads(Path(client.download_artifacts(leader.info.run_id, "leaderboard.json")).read_text())
+        assert sorted(table["data"][i][table["columns"].index("model")] for i in range(len(table["data"]))) == sorted(board)
+        assert not [c for c in table["columns"] if "." in c]  # the artifact viewer shows a dotted column blank
+        # the leaderboard run is described with the report's headline, and the command names its page in the UI
+        # with the query that opens MLflow 3.17 on "Model training" (the experimentKind tag alone does not)
+        headline = leader.data.tags["mlflow.note.content"]
+        assert headline.startswith("The top row on ") and headline in (repo / "reports" / "report.md").read_text()
+        page = (f"{env['MLFLOW_TRACKING_URI']}/#/experiments/{leader.info.experiment_id}/runs/{leader.info.run_id}"
+                "?workflowType=machine_learning")
+        assert page in " ".join(shown.stderr.split()), shown.stderr
+        check_report(repo, board, models, client, leader.info.run_id)
 
-def test_a_read_only_data_root_is_read_and_never_written(tiny, tmp_path):
-    """The data root's folder mounted read-only (a private mount namespace): preparing from it works;
-    writing the synthetic set into it fails naming the file system as read-only, and changes nothing."""
-    share = tmp_path / "share"
-    root = share / "cholec"
-    shutil.copytree(tiny.repo / "data" / "raw" / "synthetic", root)
-    before = sorted(str(p.relative_to(share)) for p in share.rglob("*"))
-    ro = ["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(share)]
-    params = tiny.repo / "params.yaml"
-    original = params.read_text()
-    params.write_text(original.replace("root: data/raw/synthetic", f"root: {root}"))
-    try:
-        prepared = tiny.run(*ro, "casdm", "data", "prepare", "--out", str(tmp_path / "prepared"), "--metrics",
-                            str(tmp_path / "data.json"))
-        written = tiny.run(*ro, "casdm", "data", "synth", "--out", str(root))
-    finally:
-        params.write_text(original)
-    assert prepared.returncode == 0, prepared.stderr
-    assert (tmp_path / "prepared" / "frames.csv").exists()
-    assert written.returncode == 1 and "the file system is read-only" in written.stderr, written.stderr
-    assert str(share) in written.stderr
-    assert sorted(str(p.relative_to(share)) for p in share.rglob("*")) == before
+        # over HTTP: the experiment opens on its runs (a model-training experiment), the training runs'
+        # sample-grid images and the leaderboard table come back from the served artifact store
+        assert env["MLFLOW_TRACKING_URI"].startswith("http://")
+        experiment = client.get_experiment_by_name("casdm-bench")
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+        (casdm_run,) = [r for r in trained if r.data.tags["model"] == "casdm"]
+        images = [a.path for a in client.list_artifacts(casdm_run.info.run_id, "images")]
+        assert images, "no sample grid logged"
+        png = [p for p in images if p.endswith(".png")][0]
+        grid = Image.open(client.download_artifacts(casdm_run.info.run_id, png))
+        assert grid.size[0] > 32 and grid.size[1] > 32
+        second = tiny.dvc("repro")
+        assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
 
+    def test_every_trained_pipeline_loads_cold_and_samples_as_the_benchmark_did(self, tiny, tmp_path):
+        """diffusers' way, in a fresh interpreter that imported nothing else: ``P.from_pretrained(folder)``, then
+        ``pipe(segmap, generator=...)`` with no sampler arguments draws the sample stage's own image of that map,
+        pixel for pixel (model_index.json carries the steps, guidance and ControlNet scale it sampled with; the
+        scheduler folder its sampler). The map generator loads the same way and keeps its sampler."""
+        from benchmark.config import load_params
 
-def test_a_tracking_server_that_is_down_fails_at_once_naming_it(tiny):
-    down = {**tiny.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
-    board = (tiny.repo / "metrics" / "leaderboard.json").read_bytes()
-    out = tiny.run("casdm", "leaderboard", "build", "--rows", "metrics/evaluate", "--train-metrics", "metrics/train",
-                   "--metrics", "metrics/leaderboard.json", "--headline", "metrics/headline.json", "--comparisons",
-                   "metrics/comparisons.json", "--plots", "plots/leaderboard", "--report", "reports/leaderboard.md",
-                   env=down, timeout=60)
-    assert out.returncode == 1 and down["MLFLOW_TRACKING_URI"] in out.stderr and "not reachable" in out.stderr
-    assert (tiny.repo / "metrics" / "leaderboard.json").read_bytes() == board
-    trained = tiny.run("casdm", "train", "casdm", "--data", "data/prepared", "--checkpoints", "runs/down",
-                       "--out", "models/down", "--metrics", "metrics/down.json", "--plot", "plots/down.csv",
+        p = load_params(tiny.repo / "params.yaml")
+        for name, imp in COLD.items():
+            manifest = json.loads((tiny.repo / "samples" / name / "seed0" / "manifest.json").read_text())
+            rec = next(r for r in manifest["images"] if r["split"] == "test")
+            script = (f"{imp}\nimport numpy as np, torch\nfrom PIL import Image\n"
+                      f"pipe = P.from_pretrained({str(tiny.repo / 'models' / name / 'seed0')!r})\n"
+                      f"segmap = torch.from_numpy(np.asarray(Image.open({str(tiny.repo / rec['map'])!r}))).long()[None]\n"
+                      f"image = pipe(segmap, generator=[torch.Generator().manual_seed({rec['seed']})], output_type='pt').images\n"
+                      "Image.fromarray((image[0].permute(1, 2, 0).numpy().clip(0, 1) * 255).round().astype(np.uint8))"
+                      f".save({str(tmp_path / f'{name}.png')!r})\n"
+                      "print(pipe.config.num_inference_steps, pipe.config.guidance_scale, type(pipe.scheduler).__name__)")
+            out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=tiny.env, capture_output=True,
+                                 text=True, timeout=300)
+            assert out.returncode == 0, out.stderr[-2000:]
+            recipe = p.models[name].sampling
+            steps, guidance, _ = out.stdout.split()
+            assert (int(steps), float(guidance)) == (recipe.num_inference_steps, recipe.guidance_scale), name
+            made = np.asarray(Image.open(tmp_path / f"{name}.png"))
+            drawn = np.asarray(Image.open(tiny.repo / "samples" / name / "seed0" / rec["image"]))
+            assert made.shape == drawn.shape and np.array_equal(made, drawn), (name, np.abs(made.astype(int) - drawn).max())
+        generator = p.maps.generator.sampling
+        script = ("from casdm import MapGenPipeline\n"
+                  f"pipe = MapGenPipeline.from_pretrained({str(tiny.repo / 'models' / 'mapgen')!r})\n"
+                  "maps = pipe(['Liver, large, upper left; Grasper, small'], output_type='np').maps\n"
+                  "print(maps.shape[0], maps.max() < pipe.mapgen.config.num_classes, pipe.config.num_inference_steps)")
+        out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=tiny.env, capture_output=True, text=True,
+                             timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.split() == ["1", "True", str(generator.num_inference_steps)]
+
+    def test_dvc_plots_show_renders_every_plot_offline(self, tiny, tmp_path):
+        """`dvc plots show` on the committed template (.dvc/config plots.html_template): every plot's files
+        found, the vega libraries inline, no script or request that leaves the machine."""
+        from tests.browser import load_page
+
+        out = tiny.dvc("plots", "show", "-o", str(tmp_path / "plots"))
+        assert out.returncode == 0 and "failed to load" not in out.stdout + out.stderr, out.stdout + out.stderr
+        page = (tmp_path / "plots" / "index.html").read_text()
+        assert not re.search(r"<script[^>]+src=[\"']?https?:", page) and "vega-embed@6" in page
+        shown = load_page(tmp_path / "plots" / "index.html", tmp_path / "plots.png")
+        assert shown["errors"] == [] and shown["failed"] == [], shown
+        assert all(not u.startswith(("http:", "https:")) for u in shown["requests"]), shown["requests"]
+        assert page.count("vegaEmbed('#") >= 5  # loss curves, map generator, IoU, Dice, semantic IoU
+        # the sample grids are image plots (dvc plots diff shows two revisions' grids side by side), each file there
+        grids = ["samples", *(f"grid_{m}" for m in ("casdm", "casdm-mse", "casdm-camse", "sdm", "controlnet"))]
+        for g in grids:
+            assert f'<img src="static/workspace_reports_assets_{g}.png"' in page, g
+            assert (tmp_path / "plots" / "static" / f"workspace_reports_assets_{g}.png").stat().st_size > 1000, g
+
+    def test_dvc_remote_round_trip(self, tiny, tmp_path):
+        """Push to a remote, clone, pull: the colleague's copy is up to date without running a stage."""
+        remote = tmp_path / "remote"
+        assert tiny.dvc("remote", "add", "-d", "lab", str(remote)).returncode == 0
+        tiny.git("add", "-A")
+        tiny.git("commit", "-qm", "tiny run")
+        pushed = tiny.dvc("push")
+        assert pushed.returncode == 0, pushed.stdout + pushed.stderr
+        clone = tmp_path / "clone"
+        tiny.git("clone", "-q", str(tiny.repo), str(clone), cwd=tmp_path)
+        assert not (clone / "models" / "casdm").exists()
+        pulled = tiny.run("dvc", "pull", cwd=clone)
+        assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+        status = tiny.run("dvc", "status", cwd=clone)
+        assert status.returncode == 0 and "Data and pipelines are up to date" in status.stdout, status.stdout
+        dry = tiny.run("dvc", "repro", "--dry", cwd=clone)
+        assert "Running stage" not in dry.stdout, dry.stdout
+        assert (clone / "models" / "casdm" / "seed0" / "model_index.json").exists()
+        assert (clone / "samples" / "casdm" / "seed0" / "manifest.json").read_text() == (
+            tiny.repo / "samples" / "casdm" / "seed0" / "manifest.json").read_text()
+        tiny.dvc("remote", "remove", "lab")
+        tiny.git("commit", "-qam", "no remote")
+
+    def test_a_full_disk_fails_naming_the_file_and_publishes_nothing(self, tiny):
+        """RLIMIT_FSIZE stands in for a full disk: the first write past 1 KiB fails (EFBIG)."""
+        cmd = ["casdm", "sample", "casdm-mse", "--data", "data/prepared", "--model", "models/casdm-mse/seed0",
+               "--out", "samples/full", "--metrics", "metrics/full.json"]
+        limit = lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))
+        out = tiny.run(*cmd, preexec_fn=limit)
+        assert out.returncode == 1, out.stdout + out.stderr
+        assert "the file size limit is reached" in out.stderr and "samples/full" in out.stderr, out.stderr
+        assert not (tiny.repo / "samples" / "full").exists() and not (tiny.repo / "metrics" / "full.json").exists()
+        assert _temps(tiny.repo) == []
+
+    def test_a_read_only_data_root_is_read_and_never_written(self, tiny, tmp_path):
+        """The data root's folder mounted read-only (a private mount namespace): preparing from it works;
+        writing the synthetic set into it fails naming the file system as read-only, and changes nothing."""
+        share = tmp_path / "share"
+        root = share / "cholec"
+        shutil.copytree(tiny.repo / "data" / "raw" / "synthetic", root)
+        before = sorted(str(p.relative_to(share)) for p in share.rglob("*"))
+        ro = ["unshare", "-rm", "sh", "-c", 'mount --bind -o ro "$0" "$0" && exec "$@"', str(share)]
+        params = tiny.repo / "params.yaml"
+        original = params.read_text()
+        params.write_text(original.replace("root: data/raw/synthetic", f"root: {root}"))
+        try:
+            prepared = tiny.run(*ro, "casdm", "data", "prepare", "--out", str(tmp_path / "prepared"), "--metrics",
+                                str(tmp_path / "data.json"))
+            written = tiny.run(*ro, "casdm", "data", "synth", "--out", str(root))
+        finally:
+            params.write_text(original)
+        assert prepared.returncode == 0, prepared.stderr
+        assert (tmp_path / "prepared" / "frames.csv").exists()
+        assert written.returncode == 1 and "the file system is read-only" in written.stderr, written.stderr
+        assert str(share) in written.stderr
+        assert sorted(str(p.relative_to(share)) for p in share.rglob("*")) == before
+
+    def test_a_tracking_server_that_is_down_fails_at_once_naming_it(self, tiny):
+        down = {**tiny.env, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{free_port()}"}
+        board = (tiny.repo / "metrics" / "leaderboard.json").read_bytes()
+        out = tiny.run("casdm", "leaderboard", "build", "--rows", "metrics/evaluate", "--train-metrics", "metrics/train",
+                       "--metrics", "metrics/leaderboard.json", "--headline", "metrics/headline.json", "--comparisons",
+                       "metrics/comparisons.json", "--plots", "plots/leaderboard", "--report", "reports/leaderboard.md",
                        env=down, timeout=60)
-    assert trained.returncode == 1 and "not reachable" in trained.stderr, trained.stderr
-    assert not (tiny.repo / "models" / "down").exists() and not (tiny.repo / "runs" / "down").exists()
-    assert requests.get(tiny.env["MLFLOW_TRACKING_URI"] + "/health", timeout=5).ok  # the real one is still up
+        assert out.returncode == 1 and down["MLFLOW_TRACKING_URI"] in out.stderr and "not reachable" in out.stderr
+        assert (tiny.repo / "metrics" / "leaderboard.json").read_bytes() == board
+        trained = tiny.run("casdm", "train", "casdm", "--data", "data/prepared", "--checkpoints", "runs/down",
+                           "--out", "models/down", "--metrics", "metrics/down.json", "--plot", "plots/down.csv",
+                           env=down, timeout=60)
+        assert trained.returncode == 1 and "not reachable" in trained.stderr, trained.stderr
+        assert not (tiny.repo / "models" / "down").exists() and not (tiny.repo / "runs" / "down").exists()
+        assert requests.get(tiny.env["MLFLOW_TRACKING_URI"] + "/health", timeout=5).ok  # the real one is still up
 
 
-def test_params_changes_rerun_only_what_they_touch(tiny):
-    repo, env = tiny.repo, tiny.env
-    dvc, _git = tiny.dvc, lambda repo, *a: tiny.git(*a)
-    client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
-    (leader,) = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id],
-                                   "tags.kind = 'leaderboard'", order_by=["attributes.start_time DESC"],
-                                   max_results=1)
-    # a sampler change re-samples that model only; a training knob of sdm re-runs only sdm's stages
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "tiny run")
-    from benchmark.config import update_params
+class TestASamplerChange:
+    """A sampler change re-samples that model only (and what its samples feed); `casdm report compare`
+    then shows the two commits, and the first run's leaderboard from MLflow against the new commit."""
+    experiment = "casdm-bench-sampler"
 
-    update_params({"models": {"casdm": {"sampling": {"scheduler": "dpmsolver++"}}}}, repo / "params.yaml")
-    third = dvc("repro")
-    assert third.returncode == 0, third.stderr
-    assert re.search(r"casdm: test maps: 24/24 images, \d+ s", third.stdout), third.stdout  # a long stage says how far
-    ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
-    assert ran == {"sample@casdm-0", "evaluate@casdm-0", "maps", "evaluate-maps", "leaderboard", "report"}  # maps: casdm draws them
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "dpm sampler")
-    exp = dvc("exp", "run", "-n", "no-maps", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
-    assert exp.returncode == 0, exp.stdout + exp.stderr
-    ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
-    assert ran == {"train@sdm-0", "sample@sdm-0", "evaluate@sdm-0", "leaderboard", "report"}, exp.stdout
-    check_compare(repo, env, leader.info.run_id)
+    def test_a_sampler_change_resamples_only_that_model(self, tiny):
+        repo, env = tiny.repo, tiny.env
+        client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
+        (leader,) = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id],
+                                       "tags.kind = 'leaderboard'", order_by=["attributes.start_time DESC"],
+                                       max_results=1)
+        tiny.git("add", "-A")
+        tiny.git("commit", "-qm", "tiny run")
+        from benchmark.config import update_params
+
+        update_params({"models": {"casdm": {"sampling": {"scheduler": "dpmsolver++"}}}}, repo / "params.yaml")
+        third = tiny.dvc("repro")
+        assert third.returncode == 0, third.stderr
+        assert re.search(r"casdm: test maps: 24/24 images, \d+ s", third.stdout), third.stdout  # a long stage says how far
+        ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
+        assert ran == {"sample@casdm-0", "evaluate@casdm-0", "maps", "evaluate-maps", "leaderboard", "report"}  # maps: casdm draws them
+        tiny.git("add", "-A")
+        tiny.git("commit", "-qm", "dpm sampler")
+        check_compare(repo, env, leader.info.run_id)
 
 
+class TestATrainingKnobInAnExperiment:
+    """A training knob of sdm, set in a DVC experiment, re-runs only sdm's stages; `casdm report compare`
+    shows the experiment against the commit."""
+    experiment = "casdm-bench-exp"
+
+    def test_a_training_knob_retrains_only_that_model(self, tiny):
+        tiny.git("add", "-A")
+        tiny.git("commit", "-qm", "tiny run")
+        exp = tiny.dvc("exp", "run", "-n", "no-maps", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
+        assert exp.returncode == 0, exp.stdout + exp.stderr
+        ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
+        assert ran == {"train@sdm-0", "sample@sdm-0", "evaluate@sdm-0", "leaderboard", "report"}, exp.stdout
+        check_compare_experiment(tiny.repo, tiny.env, "no-maps")
+
+
+class _KilledStages:
+    """Each stage of ``faults`` killed in turn, downstream first (each run leaves its own temp behind), then
+    one `dvc repro`: it re-runs exactly the killed stages, removes every temp and reproduces every output.
+    FAULTS is split over two classes: two copies of the run, each on its own MLflow experiment (a check of
+    RUNNING runs meets only its own), which the two xdist workers take in parallel; one re-run per copy."""
+
+    faults: list[tuple[str, str]]
+    downstream: tuple[str, ...] = ()
+
+    def test_each_stage_killed_part_way_then_rerun_gives_the_same_outputs(self, tiny):
+        reference = _outputs(tiny.repo)
+        client = mlflow.MlflowClient(tiny.env["MLFLOW_TRACKING_URI"])
+        experiment, orphan = client.get_experiment_by_name(self.experiment).experiment_id, None
+        for stage, point in self.faults:
+            if stage.startswith("train@"):  # a first training run, not a resume of the finished one
+                shutil.rmtree(tiny.repo / "runs" / "casdm-mse" / "seed0")
+            _forget(tiny.repo, stage)
+            before = set(_temps(tiny.repo))
+            killed = tiny.dvc("repro", "-s", stage, env={**tiny.env, "CASDM_KILL_AT": point})
+            assert killed.returncode != 0 and ("-9" in killed.stderr + killed.stdout or "137" in killed.stderr + killed.stdout
+                                               or "SIGKILL" in killed.stderr + killed.stdout), (stage, killed.stderr)
+            assert set(_temps(tiny.repo)) - before, f"{stage}: the kill left no temp behind: the fault was not part-way"
+            if stage.startswith("train@"):  # killed before its first checkpoint: its MLflow run is left RUNNING
+                running = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+                assert [r.data.tags["model"] for r in running] == ["casdm-mse"]
+                orphan = running[0].info.run_id
+        again = tiny.dvc("repro")
+        assert again.returncode == 0, again.stdout + again.stderr
+        ran = re.findall(r"Running stage '([^']+)'", again.stdout)
+        # each killed stage re-runs, and what its new outputs change: nothing else
+        assert sorted(ran) == sorted([stage for stage, _ in self.faults] + list(self.downstream)), ran
+        assert _temps(tiny.repo) == []
+        assert _same(_outputs(tiny.repo), reference) == []
+        assert "Data and pipelines are up to date" in tiny.dvc("status").stdout
+        # the killed training run was marked KILLED by the next stage that connected; nothing is RUNNING
+        assert orphan is None or client.get_run(orphan).info.status == "KILLED"
+        assert (orphan is None) == all(not stage.startswith("train@") for stage, _ in self.faults)
+        assert client.search_runs([experiment], "attributes.status = 'RUNNING'") == []
+
+
+class TestKilledStagesDownstream(_KilledStages):
+    experiment, faults = "casdm-bench-kill-downstream", FAULTS[:3]  # report, leaderboard, evaluate
+
+
+class TestKilledStagesUpstream(_KilledStages):
+    experiment, faults = "casdm-bench-kill-upstream", FAULTS[3:]  # sample, train, prepare
+    # a re-trained model's metrics carry its new wall time, which the leaderboard reads: it and the report
+    # re-run; the re-drawn samples are the same files, so evaluate@casdm-mse-0 does not
+    downstream = ("leaderboard", "report")
