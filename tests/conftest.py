@@ -26,6 +26,10 @@ def _threads(workers: int) -> str | None:
 # images in another process meets the same reduction order.
 if (_t := _threads(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))) is not None:
     os.environ.setdefault("OMP_NUM_THREADS", _t)
+# The tiny run's build (25 stage processes one after another, started by the controller) is the longest
+# chain of the session: the workers, whose modules can wait, yield the cores to it.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.nice(5)
 
 
 @pytest.fixture(autouse=True)
