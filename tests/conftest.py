@@ -142,13 +142,14 @@ def tiny_build(tmp_path_factory) -> tuple[Path, str]:
 
 
 # Modules in order of their cost, longest first (pytest-xdist --dist loadscope: one module, or one class,
-# to a worker, handed out in this order), then the tiny run's checks, one class each, last: by the time a
-# worker reaches them the controller's build (started with the session) is done or nearly so, and the
-# classes spread over both workers. The order within a module or class is kept.
+# to a worker, handed out in this order), then the tiny run's checks last, in two classes of about equal
+# length: by the time the workers reach them the controller's build (started with the session) is done or
+# nearly so, and each worker takes one. (Not more, smaller classes: a worker asks for more work while it
+# still holds two tests, so one worker took four one-test classes while the other ran one.) The order within
+# a module or class is kept.
 LONGEST_FIRST = ("test_multiprocess.py", "test_train.py", "test_study.py", "test_stage_deps.py",
                  "test_new_kind.py", "test_controlnet_sd.py", "test_bench_scripts.py")
-TINY_LAST = ("TestTheTinyRun", "TestASamplerChange", "TestKilledStagesUpstream", "TestATrainingKnobInAnExperiment",
-             "TestKilledStagesDownstream")
+TINY_LAST = ("TestTheTinyRun", "TestChangesToTheTinyRun")
 
 
 def pytest_collection_modifyitems(items: list) -> None:

@@ -29,16 +29,26 @@ from tests.tiny_run import TinyRun, clone
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="class")
-def tiny(request, tiny_build, tmp_path_factory) -> TinyRun:
-    """A private copy of the session's tiny run for one class of checks, on the class's own MLflow
-    experiment where it names one (``experiment``), else on the run's own ("casdm-bench")."""
+def _copy(tiny_build, folder: Path, experiment: str | None) -> TinyRun:
     built, uri = tiny_build
-    experiment = getattr(request.cls, "experiment", None)
-    repo = clone(built, tmp_path_factory.mktemp("tiny") / "repo", experiment)
+    repo = clone(built, folder / "repo", experiment)
     if experiment:
         mlflow.MlflowClient(uri).create_experiment(experiment)
     return TinyRun(repo, {**cli_env(), "MLFLOW_TRACKING_URI": uri})
+
+
+@pytest.fixture(scope="class")
+def tiny(tiny_build, tmp_path_factory) -> TinyRun:
+    """One copy of the session's tiny run for the checks that only read it, on its MLflow experiment
+    ("casdm-bench", where the build logged)."""
+    return _copy(tiny_build, tmp_path_factory.mktemp("tiny"), None)
+
+
+@pytest.fixture
+def own_tiny(request, tiny_build, tmp_path) -> TinyRun:
+    """A copy of the tiny run for one check that changes it (kills stages, edits params), on an MLflow
+    experiment of its own: a check of RUNNING runs, or of which runs exist, meets only its own."""
+    return _copy(tiny_build, tmp_path, "casdm-bench-" + request.function.__name__.removeprefix("test_")[:60])
 
 
 COLD = {"casdm": "from casdm import CASDMPipeline as P", "sdm": "from casdm import CASDMPipeline as P",
@@ -113,8 +123,45 @@ def _forget(repo: Path, stage: str) -> None:
     shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
 
 
+def _kill_then_rerun(tiny: TinyRun, faults: list[tuple[str, str]], downstream: tuple[str, ...] = ()) -> None:
+    """Each stage of ``faults`` killed in turn, downstream first (each run leaves its own temp behind), then
+    one `dvc repro`: it re-runs exactly the killed stages and the ``downstream`` stages their new outputs
+    change, removes every temp and reproduces every output. FAULTS is split over two checks on two copies
+    (the xdist workers take them in parallel), one re-run each."""
+    experiment_name = yaml.safe_load((tiny.repo / "params.yaml").read_text())["tracking"]["experiment"]
+    reference = _outputs(tiny.repo)
+    client = mlflow.MlflowClient(tiny.env["MLFLOW_TRACKING_URI"])
+    experiment, orphan = client.get_experiment_by_name(experiment_name).experiment_id, None
+    for stage, point in faults:
+        if stage.startswith("train@"):  # a first training run, not a resume of the finished one
+            shutil.rmtree(tiny.repo / "runs" / "casdm-mse" / "seed0")
+        _forget(tiny.repo, stage)
+        before = set(_temps(tiny.repo))
+        killed = tiny.dvc("repro", "-s", stage, env={**tiny.env, "CASDM_KILL_AT": point})
+        assert killed.returncode != 0 and ("-9" in killed.stderr + killed.stdout or "137" in killed.stderr + killed.stdout
+                                           or "SIGKILL" in killed.stderr + killed.stdout), (stage, killed.stderr)
+        assert set(_temps(tiny.repo)) - before, f"{stage}: the kill left no temp behind: the fault was not part-way"
+        if stage.startswith("train@"):  # killed before its first checkpoint: its MLflow run is left RUNNING
+            running = client.search_runs([experiment], "attributes.status = 'RUNNING'")
+            assert [r.data.tags["model"] for r in running] == ["casdm-mse"]
+            orphan = running[0].info.run_id
+    again = tiny.dvc("repro")
+    assert again.returncode == 0, again.stdout + again.stderr
+    ran = re.findall(r"Running stage '([^']+)'", again.stdout)
+    # each killed stage re-runs, and what its new outputs change: nothing else
+    assert sorted(ran) == sorted([stage for stage, _ in faults] + list(downstream)), ran
+    assert _temps(tiny.repo) == []
+    assert _same(_outputs(tiny.repo), reference) == []
+    assert "Data and pipelines are up to date" in tiny.dvc("status").stdout
+    # the killed training run was marked KILLED by the next stage that connected; nothing is RUNNING
+    assert orphan is None or client.get_run(orphan).info.status == "KILLED"
+    assert (orphan is None) == all(not stage.startswith("train@") for stage, _ in faults)
+    assert client.search_runs([experiment], "attributes.status = 'RUNNING'") == []
+
+
 class TestTheTinyRun:
-    """What the run produced, read back from its files, DVC and the server; faults that change nothing."""
+    """What the run produced, read back from its files, DVC and the server; faults that change nothing; and
+    the sample, training and prepare stages killed part-way (on a copy of its own)."""
 
     def test_dvc_repro_runs_the_whole_benchmark_end_to_end(self, tiny):
         repo, env = tiny.repo, tiny.env
@@ -377,94 +424,47 @@ class TestTheTinyRun:
         assert not (tiny.repo / "models" / "down").exists() and not (tiny.repo / "runs" / "down").exists()
         assert requests.get(tiny.env["MLFLOW_TRACKING_URI"] + "/health", timeout=5).ok  # the real one is still up
 
+    def test_sample_train_and_prepare_killed_part_way_then_rerun_give_the_same_outputs(self, own_tiny):
+        # a re-trained model's metrics carry its new wall time, which the leaderboard reads: it and the report
+        # re-run; the re-drawn samples are the same files, so evaluate@casdm-mse-0 does not
+        _kill_then_rerun(own_tiny, FAULTS[3:], downstream=("leaderboard", "report"))
 
-class TestASamplerChange:
-    """A sampler change re-samples that model only (and what its samples feed); `casdm report compare`
-    then shows the two commits, and the first run's leaderboard from MLflow against the new commit."""
-    experiment = "casdm-bench-sampler"
 
-    def test_a_sampler_change_resamples_only_that_model(self, tiny):
-        repo, env = tiny.repo, tiny.env
+class TestChangesToTheTinyRun:
+    """Checks that change the run, each on its own copy: a sampler change re-samples that model only (and what
+    its samples feed), and `casdm report compare` shows the two commits, and the first run's leaderboard from
+    MLflow against the new one; a training knob of sdm set in a DVC experiment re-runs only sdm's stages;
+    the report, leaderboard and an evaluate stage killed part-way. Two classes of about equal length (this
+    and TestTheTinyRun), so the two xdist workers take one each."""
+
+    def test_a_sampler_change_resamples_only_that_model(self, own_tiny):
+        repo, env = own_tiny.repo, own_tiny.env
         client = mlflow.MlflowClient(env["MLFLOW_TRACKING_URI"])
         (leader,) = client.search_runs([client.get_experiment_by_name("casdm-bench").experiment_id],
                                        "tags.kind = 'leaderboard'", order_by=["attributes.start_time DESC"],
                                        max_results=1)
-        tiny.git("add", "-A")
-        tiny.git("commit", "-qm", "tiny run")
+        own_tiny.git("add", "-A")
+        own_tiny.git("commit", "-qm", "tiny run")
         from benchmark.config import update_params
 
         update_params({"models": {"casdm": {"sampling": {"scheduler": "dpmsolver++"}}}}, repo / "params.yaml")
-        third = tiny.dvc("repro")
+        third = own_tiny.dvc("repro")
         assert third.returncode == 0, third.stderr
         assert re.search(r"casdm: test maps: 24/24 images, \d+ s", third.stdout), third.stdout  # a long stage says how far
         ran = set(re.findall(r"Running stage '([^']+)'", third.stdout))
         assert ran == {"sample@casdm-0", "evaluate@casdm-0", "maps", "evaluate-maps", "leaderboard", "report"}  # maps: casdm draws them
-        tiny.git("add", "-A")
-        tiny.git("commit", "-qm", "dpm sampler")
+        own_tiny.git("add", "-A")
+        own_tiny.git("commit", "-qm", "dpm sampler")
         check_compare(repo, env, leader.info.run_id)
 
-
-class TestATrainingKnobInAnExperiment:
-    """A training knob of sdm, set in a DVC experiment, re-runs only sdm's stages; `casdm report compare`
-    shows the experiment against the commit."""
-    experiment = "casdm-bench-exp"
-
-    def test_a_training_knob_retrains_only_that_model(self, tiny):
-        tiny.git("add", "-A")
-        tiny.git("commit", "-qm", "tiny run")
-        exp = tiny.dvc("exp", "run", "-n", "no-maps", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
+    def test_a_training_knob_retrains_only_that_model(self, own_tiny):
+        own_tiny.git("add", "-A")
+        own_tiny.git("commit", "-qm", "tiny run")
+        exp = own_tiny.dvc("exp", "run", "-n", "no-maps", "-S", "models.sdm.training.drop_rate=1.0")  # every map dropped: new weights
         assert exp.returncode == 0, exp.stdout + exp.stderr
         ran = set(re.findall(r"Running stage '([^']+)'", exp.stdout))
         assert ran == {"train@sdm-0", "sample@sdm-0", "evaluate@sdm-0", "leaderboard", "report"}, exp.stdout
-        check_compare_experiment(tiny.repo, tiny.env, "no-maps")
+        check_compare_experiment(own_tiny.repo, own_tiny.env, "no-maps")
 
-
-class _KilledStages:
-    """Each stage of ``faults`` killed in turn, downstream first (each run leaves its own temp behind), then
-    one `dvc repro`: it re-runs exactly the killed stages, removes every temp and reproduces every output.
-    FAULTS is split over two classes: two copies of the run, each on its own MLflow experiment (a check of
-    RUNNING runs meets only its own), which the two xdist workers take in parallel; one re-run per copy."""
-
-    faults: list[tuple[str, str]]
-    downstream: tuple[str, ...] = ()
-
-    def test_each_stage_killed_part_way_then_rerun_gives_the_same_outputs(self, tiny):
-        reference = _outputs(tiny.repo)
-        client = mlflow.MlflowClient(tiny.env["MLFLOW_TRACKING_URI"])
-        experiment, orphan = client.get_experiment_by_name(self.experiment).experiment_id, None
-        for stage, point in self.faults:
-            if stage.startswith("train@"):  # a first training run, not a resume of the finished one
-                shutil.rmtree(tiny.repo / "runs" / "casdm-mse" / "seed0")
-            _forget(tiny.repo, stage)
-            before = set(_temps(tiny.repo))
-            killed = tiny.dvc("repro", "-s", stage, env={**tiny.env, "CASDM_KILL_AT": point})
-            assert killed.returncode != 0 and ("-9" in killed.stderr + killed.stdout or "137" in killed.stderr + killed.stdout
-                                               or "SIGKILL" in killed.stderr + killed.stdout), (stage, killed.stderr)
-            assert set(_temps(tiny.repo)) - before, f"{stage}: the kill left no temp behind: the fault was not part-way"
-            if stage.startswith("train@"):  # killed before its first checkpoint: its MLflow run is left RUNNING
-                running = client.search_runs([experiment], "attributes.status = 'RUNNING'")
-                assert [r.data.tags["model"] for r in running] == ["casdm-mse"]
-                orphan = running[0].info.run_id
-        again = tiny.dvc("repro")
-        assert again.returncode == 0, again.stdout + again.stderr
-        ran = re.findall(r"Running stage '([^']+)'", again.stdout)
-        # each killed stage re-runs, and what its new outputs change: nothing else
-        assert sorted(ran) == sorted([stage for stage, _ in self.faults] + list(self.downstream)), ran
-        assert _temps(tiny.repo) == []
-        assert _same(_outputs(tiny.repo), reference) == []
-        assert "Data and pipelines are up to date" in tiny.dvc("status").stdout
-        # the killed training run was marked KILLED by the next stage that connected; nothing is RUNNING
-        assert orphan is None or client.get_run(orphan).info.status == "KILLED"
-        assert (orphan is None) == all(not stage.startswith("train@") for stage, _ in self.faults)
-        assert client.search_runs([experiment], "attributes.status = 'RUNNING'") == []
-
-
-class TestKilledStagesDownstream(_KilledStages):
-    experiment, faults = "casdm-bench-kill-downstream", FAULTS[:3]  # report, leaderboard, evaluate
-
-
-class TestKilledStagesUpstream(_KilledStages):
-    experiment, faults = "casdm-bench-kill-upstream", FAULTS[3:]  # sample, train, prepare
-    # a re-trained model's metrics carry its new wall time, which the leaderboard reads: it and the report
-    # re-run; the re-drawn samples are the same files, so evaluate@casdm-mse-0 does not
-    downstream = ("leaderboard", "report")
+    def test_report_leaderboard_and_evaluate_killed_part_way_then_rerun_give_the_same_outputs(self, own_tiny):
+        _kill_then_rerun(own_tiny, FAULTS[:3])
