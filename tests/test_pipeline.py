@@ -2,7 +2,8 @@
 server (PostgreSQL backend, served artifacts) read back over HTTP; the DVC remote round trip; every
 stage kind killed with SIGKILL part-way and re-run; a full disk, a read-only data root and a server
 that is down. One pipeline run serves every check here (``tiny_build``: built once per session, beside
-the other tests, tests/tiny_run.py); each class works on a private copy of it, its tests in file order."""
+the other tests, tests/tiny_run.py): the checks that only read it share one copy, each check that changes
+it has its own (``own_tiny``); tests run in file order within a class."""
 from __future__ import annotations
 
 import json

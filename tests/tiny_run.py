@@ -5,8 +5,9 @@ diffusers and MLflow), so it starts as early as it can and beside the other test
 controller starts it in a thread as soon as the workers' collection shows a test that needs it
 (``conftest.pytest_xdist_node_collection_finished``), and keeps its MLflow server up until the session
 ends; with ``-n 0`` the first test that needs it builds it in its own process. Workers find it through
-marker files in the controller's base temp folder. Each class of checks works on a private copy
-(``clone``), so a check that kills stages or changes params never changes what another one reads."""
+marker files in the controller's base temp folder. The checks that only read it share one private copy
+(``clone``); each check that kills stages or changes params has a copy and an MLflow experiment of its
+own, so none changes what another one reads."""
 from __future__ import annotations
 
 import shutil
