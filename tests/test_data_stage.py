@@ -1,8 +1,7 @@
-"""Splits, the prepare stage, and the DVC data stages on a fresh copy of the project."""
+"""Splits and the prepare stage (the DVC data stages run, then are cached: the tiny run, tests/test_pipeline.py)."""
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +12,7 @@ from benchmark.data.classes import CHOLECSEG8K, IGNORE_INDEX
 from benchmark.data.prepare import load_prepared, prepare
 from benchmark.data.sources import DatasetError, Frame
 from benchmark.data.splits import split_frames
-from tests.conftest import REPO, cli_env, tiny_params
+from tests.conftest import REPO, tiny_params
 
 
 def split_cfg(**over):
@@ -87,15 +86,23 @@ def test_prepare_failure_leaves_nothing_behind(synth_copy, tmp_path):
     assert not list(tmp_path.glob(".prepared.tmp-*"))
 
 
-def test_default_synthetic_dataset_covers_every_class_in_train_and_test(tmp_path):
-    """The default params' seed was chosen for full coverage; a generator change that breaks it fails here."""
+@pytest.fixture(scope="module")
+def default_raw(tmp_path_factory) -> Path:
+    """The default params' synthetic dataset, generated once for the checks of its coverage (read-only)."""
     from benchmark.config import load_params
     from benchmark.data.synthetic import generate
-    from tests.conftest import REPO
+
+    raw = tmp_path_factory.mktemp("default") / "raw"
+    generate(load_params(REPO / "params.yaml").data.synthetic, raw)
+    return raw
+
+
+def test_default_synthetic_dataset_covers_every_class_in_train_and_test(tmp_path, default_raw):
+    """The default params' seed was chosen for full coverage; a generator change that breaks it fails here."""
+    from benchmark.config import load_params
 
     p = load_params(REPO / "params.yaml")
-    generate(p.data.synthetic, tmp_path / "raw")
-    cfg = p.data.model_copy(update={"root": str(tmp_path / "raw")})
+    cfg = p.data.model_copy(update={"root": str(default_raw)})
     stats = prepare(cfg, tmp_path / "prepared")
     assert stats["missing"]["train"] == [] and stats["missing"]["test"] == []
     # the validation video (studies) holds three of the four rare classes, training keeps every class
@@ -104,28 +111,14 @@ def test_default_synthetic_dataset_covers_every_class_in_train_and_test(tmp_path
     assert train["Liver"] == 1.0 and train["Cystic Duct"] < 0.1 and train["Hepatic Vein"] < 0.1
 
 
-@pytest.mark.slow
-def test_dvc_data_stages_run_then_are_cached(repo_copy):
-    env = cli_env()
-    subprocess.run(["casdm", "params", "profile", "tiny"], cwd=repo_copy, env=env, check=True)
-    first = subprocess.run(["dvc", "repro", "prepare"], cwd=repo_copy, env=env, capture_output=True, text=True)
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert (repo_copy / "data" / "prepared" / "stats.json").exists()
-    second = subprocess.run(["dvc", "repro", "prepare"], cwd=repo_copy, env=env, capture_output=True, text=True)
-    assert second.returncode == 0, second.stderr
-    assert "didn't change, skipping" in second.stdout and "Running stage" not in second.stdout
-
-
-def test_the_default_validation_split_can_score_every_leaderboard_metric(tmp_path):
+def test_the_default_validation_split_can_score_every_leaderboard_metric(tmp_path, default_raw):
     """params.yaml's validation videos: more frames than the FID layer has dimensions (FID's covariance is
     singular below that), and every rare class in validation and still in training."""
     from benchmark.config import load_params
-    from benchmark.data.synthetic import generate
     from benchmark.metrics.quality import EFFNET_BLOCK_CHANNELS
 
     p = load_params(REPO / "params.yaml")
-    generate(p.data.synthetic, tmp_path / "raw")
-    cfg = p.data.model_copy(update={"source": "cholecseg8k", "root": str(tmp_path / "raw"), "resolution": 32})
+    cfg = p.data.model_copy(update={"source": "cholecseg8k", "root": str(default_raw), "resolution": 32})
     stats = prepare(cfg, tmp_path / "prepared", tmp_path / "metrics.json")
     val, train = stats["splits"]["val"], stats["splits"]["train"]
     layer = p.evaluate.fid.offline_extractor.partition(":blocks.")[2]

@@ -22,34 +22,27 @@ import requests
 import yaml
 from PIL import Image
 
-from tests.conftest import REPO, cli_env
+from tests.conftest import REPO
+from tests.outside_kind import KIND, declare_kind
 from tests.postgres import free_port
 from tests.report_checks import check_compare, check_compare_experiment, check_report
-from tests.tiny_run import TinyRun, clone
+from tests.tiny_run import TinyRun, private_copy
 
 pytestmark = pytest.mark.slow
-
-
-def _copy(tiny_build, folder: Path, experiment: str | None) -> TinyRun:
-    built, uri = tiny_build
-    repo = clone(built, folder / "repo", experiment)
-    if experiment:
-        mlflow.MlflowClient(uri).create_experiment(experiment)
-    return TinyRun(repo, {**cli_env(), "MLFLOW_TRACKING_URI": uri})
 
 
 @pytest.fixture(scope="class")
 def tiny(tiny_build, tmp_path_factory) -> TinyRun:
     """One copy of the session's tiny run for the checks that only read it, on its MLflow experiment
     ("casdm-bench", where the build logged)."""
-    return _copy(tiny_build, tmp_path_factory.mktemp("tiny"), None)
+    return private_copy(tiny_build, tmp_path_factory.mktemp("tiny"), None)
 
 
 @pytest.fixture
 def own_tiny(request, tiny_build, tmp_path) -> TinyRun:
     """A copy of the tiny run for one check that changes it (kills stages, edits params), on an MLflow
     experiment of its own: a check of RUNNING runs, or of which runs exist, meets only its own."""
-    return _copy(tiny_build, tmp_path, "casdm-bench-" + request.function.__name__.removeprefix("test_")[:60])
+    return private_copy(tiny_build, tmp_path, "casdm-bench-" + request.function.__name__.removeprefix("test_")[:60])
 
 
 COLD = {"casdm": "from casdm import CASDMPipeline as P", "sdm": "from casdm import CASDMPipeline as P",
@@ -124,11 +117,9 @@ def _forget(repo: Path, stage: str) -> None:
     shutil.rmtree(repo / ".dvc" / "cache" / "runs", ignore_errors=True)
 
 
-def _kill_then_rerun(tiny: TinyRun, faults: list[tuple[str, str]], downstream: tuple[str, ...] = ()) -> None:
+def _kill_then_rerun(tiny: TinyRun, faults: list[tuple[str, str]]) -> None:
     """Each stage of ``faults`` killed in turn, downstream first (each run leaves its own temp behind), then
-    one `dvc repro`: it re-runs exactly the killed stages and the ``downstream`` stages their new outputs
-    change, removes every temp and reproduces every output. FAULTS is split over two checks on two copies
-    (the xdist workers take them in parallel), one re-run each."""
+    one `dvc repro`: it re-runs exactly the killed stages, removes every temp and reproduces every output."""
     experiment_name = yaml.safe_load((tiny.repo / "params.yaml").read_text())["tracking"]["experiment"]
     reference = _outputs(tiny.repo)
     client = mlflow.MlflowClient(tiny.env["MLFLOW_TRACKING_URI"])
@@ -149,20 +140,19 @@ def _kill_then_rerun(tiny: TinyRun, faults: list[tuple[str, str]], downstream: t
     again = tiny.dvc("repro")
     assert again.returncode == 0, again.stdout + again.stderr
     ran = re.findall(r"Running stage '([^']+)'", again.stdout)
-    # each killed stage re-runs, and what its new outputs change: nothing else
-    assert sorted(ran) == sorted([stage for stage, _ in faults] + list(downstream)), ran
+    # each killed stage re-runs, and nothing else: each re-run output is the file it was, so nothing below it
+    assert sorted(ran) == sorted(stage for stage, _ in faults), ran
     assert _temps(tiny.repo) == []
     assert _same(_outputs(tiny.repo), reference) == []
     assert "Data and pipelines are up to date" in tiny.dvc("status").stdout
     # the killed training run was marked KILLED by the next stage that connected; nothing is RUNNING
-    assert orphan is None or client.get_run(orphan).info.status == "KILLED"
-    assert (orphan is None) == all(not stage.startswith("train@") for stage, _ in faults)
+    assert orphan is not None and client.get_run(orphan).info.status == "KILLED"
     assert client.search_runs([experiment], "attributes.status = 'RUNNING'") == []
 
 
 class TestTheTinyRun:
     """What the run produced, read back from its files, DVC and the server; faults that change nothing; and
-    the sample, training and prepare stages killed part-way (on a copy of its own)."""
+    every stage kind killed part-way and re-run (two checks, each on a copy of its own)."""
 
     def test_dvc_repro_runs_the_whole_benchmark_end_to_end(self, tiny):
         repo, env = tiny.repo, tiny.env
@@ -293,45 +283,52 @@ class TestTheTinyRun:
         png = [p for p in images if p.endswith(".png")][0]
         grid = Image.open(client.download_artifacts(casdm_run.info.run_id, png))
         assert grid.size[0] > 32 and grid.size[1] > 32
-        second = tiny.dvc("repro")
+        assert (repo / "data" / "prepared" / "stats.json").exists()
+        second = tiny.dvc("repro")  # every stage, the data stages too, is cached
         assert second.returncode == 0 and "Running stage" not in second.stdout, second.stdout
+        assert "'prepare' didn't change, skipping" in second.stdout, second.stdout
 
     def test_every_trained_pipeline_loads_cold_and_samples_as_the_benchmark_did(self, tiny, tmp_path):
-        """diffusers' way, in a fresh interpreter that imported nothing else: ``P.from_pretrained(folder)``, then
-        ``pipe(segmap, generator=...)`` with no sampler arguments draws the sample stage's own image of that map,
-        pixel for pixel (model_index.json carries the steps, guidance and ControlNet scale it sampled with; the
-        scheduler folder its sampler). The map generator loads the same way and keeps its sampler."""
+        """diffusers' way, in a fresh interpreter that imports the pipeline classes and nothing of the harness:
+        ``P.from_pretrained(folder)``, then ``pipe(segmap, generator=...)`` with no sampler arguments draws the
+        sample stage's own image of that map, pixel for pixel (model_index.json carries the steps, guidance and
+        ControlNet scale it sampled with; the scheduler folder its sampler). The map generator loads the same
+        way and keeps its sampler. One interpreter loads them all, one after another (each import of diffusers
+        costs seconds); that it never imported ``benchmark`` is checked at its end."""
         from benchmark.config import load_params
 
         p = load_params(tiny.repo / "params.yaml")
+        lines, records = ["import sys", "import numpy as np, torch", "from PIL import Image"], {}
         for name, imp in COLD.items():
             manifest = json.loads((tiny.repo / "samples" / name / "seed0" / "manifest.json").read_text())
-            rec = next(r for r in manifest["images"] if r["split"] == "test")
-            script = (f"{imp}\nimport numpy as np, torch\nfrom PIL import Image\n"
-                      f"pipe = P.from_pretrained({str(tiny.repo / 'models' / name / 'seed0')!r})\n"
-                      f"segmap = torch.from_numpy(np.asarray(Image.open({str(tiny.repo / rec['map'])!r}))).long()[None]\n"
-                      f"image = pipe(segmap, generator=[torch.Generator().manual_seed({rec['seed']})], output_type='pt').images\n"
+            records[name] = rec = next(r for r in manifest["images"] if r["split"] == "test")
+            lines += [imp,
+                      f"pipe = P.from_pretrained({str(tiny.repo / 'models' / name / 'seed0')!r})",
+                      f"segmap = torch.from_numpy(np.asarray(Image.open({str(tiny.repo / rec['map'])!r}))).long()[None]",
+                      f"image = pipe(segmap, generator=[torch.Generator().manual_seed({rec['seed']})], output_type='pt').images",
                       "Image.fromarray((image[0].permute(1, 2, 0).numpy().clip(0, 1) * 255).round().astype(np.uint8))"
-                      f".save({str(tmp_path / f'{name}.png')!r})\n"
-                      "print(pipe.config.num_inference_steps, pipe.config.guidance_scale, type(pipe.scheduler).__name__)")
-            out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=tiny.env, capture_output=True,
-                                 text=True, timeout=300)
-            assert out.returncode == 0, out.stderr[-2000:]
+                      f".save({str(tmp_path / f'{name}.png')!r})",
+                      f"print({name!r}, pipe.config.num_inference_steps, pipe.config.guidance_scale, "
+                      "type(pipe.scheduler).__name__)"]
+        lines += ["from casdm import MapGenPipeline",
+                  f"pipe = MapGenPipeline.from_pretrained({str(tiny.repo / 'models' / 'mapgen')!r})",
+                  "maps = pipe(['Liver, large, upper left; Grasper, small'], output_type='np').maps",
+                  "print('mapgen', maps.shape[0], maps.max() < pipe.mapgen.config.num_classes, "
+                  "pipe.config.num_inference_steps)",
+                  "print('harness', sorted(m for m in sys.modules if m.split('.')[0] == 'benchmark'))"]
+        out = subprocess.run([sys.executable, "-c", "\n".join(lines)], cwd=tmp_path, env=tiny.env, capture_output=True,
+                             text=True, timeout=600)
+        assert out.returncode == 0, out.stderr[-2000:]
+        printed = {line.split()[0]: line.split()[1:] for line in out.stdout.splitlines()}
+        assert printed["harness"] == ["[]"], printed["harness"]
+        for name, rec in records.items():
             recipe = p.models[name].sampling
-            steps, guidance, _ = out.stdout.split()
+            steps, guidance, _ = printed[name]
             assert (int(steps), float(guidance)) == (recipe.num_inference_steps, recipe.guidance_scale), name
             made = np.asarray(Image.open(tmp_path / f"{name}.png"))
             drawn = np.asarray(Image.open(tiny.repo / "samples" / name / "seed0" / rec["image"]))
             assert made.shape == drawn.shape and np.array_equal(made, drawn), (name, np.abs(made.astype(int) - drawn).max())
-        generator = p.maps.generator.sampling
-        script = ("from casdm import MapGenPipeline\n"
-                  f"pipe = MapGenPipeline.from_pretrained({str(tiny.repo / 'models' / 'mapgen')!r})\n"
-                  "maps = pipe(['Liver, large, upper left; Grasper, small'], output_type='np').maps\n"
-                  "print(maps.shape[0], maps.max() < pipe.mapgen.config.num_classes, pipe.config.num_inference_steps)")
-        out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=tiny.env, capture_output=True, text=True,
-                             timeout=300)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert out.stdout.split() == ["1", "True", str(generator.num_inference_steps)]
+        assert printed["mapgen"] == ["1", "True", str(p.maps.generator.sampling.num_inference_steps)]
 
     def test_dvc_plots_show_renders_every_plot_offline(self, tiny, tmp_path):
         """`dvc plots show` on the committed template (.dvc/config plots.html_template): every plot's files
@@ -425,18 +422,17 @@ class TestTheTinyRun:
         assert not (tiny.repo / "models" / "down").exists() and not (tiny.repo / "runs" / "down").exists()
         assert requests.get(tiny.env["MLFLOW_TRACKING_URI"] + "/health", timeout=5).ok  # the real one is still up
 
-    def test_sample_train_and_prepare_killed_part_way_then_rerun_give_the_same_outputs(self, own_tiny):
-        # a re-trained model's metrics carry its new wall time, which the leaderboard reads: it and the report
-        # re-run; the re-drawn samples are the same files, so evaluate@casdm-mse-0 does not
-        _kill_then_rerun(own_tiny, FAULTS[3:], downstream=("leaderboard", "report"))
+    def test_every_stage_kind_killed_part_way_then_rerun_gives_the_same_outputs(self, own_tiny):
+        _kill_then_rerun(own_tiny, FAULTS)
 
 
 class TestChangesToTheTinyRun:
-    """Checks that change the run, each on its own copy: a sampler change re-samples that model only (and what
-    its samples feed), and `casdm report compare` shows the two commits, and the first run's leaderboard from
-    MLflow against the new one; a training knob of sdm set in a DVC experiment re-runs only sdm's stages;
-    the report, leaderboard and an evaluate stage killed part-way. Two classes of about equal length (this
-    and TestTheTinyRun), so the two xdist workers take one each."""
+    """Checks that change the run's params or code, each on its own copy: a sampler change re-samples that
+    model only (and what its samples feed), and `casdm report compare` shows the two commits, and the first
+    run's leaderboard from MLflow against the new one; a training knob of sdm set in a DVC experiment re-runs
+    only sdm's stages; an operational knob (``runtime``) re-runs nothing; a kind from outside the project
+    trains and samples. Two classes of about equal length (this and TestTheTinyRun), so the two xdist workers
+    take one each."""
 
     def test_a_sampler_change_resamples_only_that_model(self, own_tiny):
         repo, env = own_tiny.repo, own_tiny.env
@@ -467,5 +463,45 @@ class TestChangesToTheTinyRun:
         assert ran == {"train@sdm-0", "sample@sdm-0", "evaluate@sdm-0", "leaderboard", "report"}, exp.stdout
         check_compare_experiment(own_tiny.repo, own_tiny.env, "no-maps")
 
-    def test_report_leaderboard_and_evaluate_killed_part_way_then_rerun_give_the_same_outputs(self, own_tiny):
-        _kill_then_rerun(own_tiny, FAULTS[:3])
+    def test_changing_log_every_retrains_nothing(self, own_tiny):
+        """``runtime`` is outside every training stage's params: on the built run, changing
+        ``runtime.log_every`` leaves the training stages' ``dvc status`` clean (no stage runs: status only)."""
+        from benchmark.config import update_params
+
+        params, targets = own_tiny.repo / "params.yaml", ["train@casdm-0", "train-maps"]
+        assert "changed" not in own_tiny.dvc("status", *targets).stdout
+        update_params({"runtime": {"log_every": 7, "checkpoint_every": 3, "sample_every": 5}}, params)
+        status = own_tiny.dvc("status", *targets)
+        assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
+        # a second training seed adds its own stages and leaves the first seed's (and the map generator's) clean
+        update_params({"train": {"seeds": [0, 1]}}, params)
+        status = own_tiny.dvc("status", *targets)
+        assert status.returncode == 0 and "changed" not in status.stdout, status.stdout
+        assert "train@casdm-1" in own_tiny.dvc("status", "train@casdm-1").stdout
+        # the control: a value of train: does re-train
+        update_params({"train": {"lr": 0.002}}, params)
+        assert "train@casdm-0" in own_tiny.dvc("status", *targets).stdout
+
+    def test_a_kind_with_a_new_loss_trains_through_dvc_repro(self, own_tiny):
+        """Adding a model kind from outside the project is one module plus an entry point and its params.yaml
+        entry: a kind with a loss name the suite has never seen trains and samples through `dvc repro` (only its
+        own stages: the copy's data stages are up to date), no file of the project edited."""
+        repo_copy = own_tiny.repo
+        env = {**own_tiny.env, "PYTHONPATH": str(repo_copy)}  # the copy's packages, not the installed checkout's
+        run = lambda *a: own_tiny.run(*a, env=env)
+        declare_kind(repo_copy, "spade-l1", "spade_l1", "SpadeL1Kind", KIND)
+        from benchmark.config import update_params
+
+        update_params({"models": {"l1": {"kind": "spade-l1", "role": "baseline", "training": {"loss": "l1", "drop_rate": 0.0},
+                                         "sampling": {"scheduler": "ddpm", "num_inference_steps": 2, "guidance_scale": 1.0}}}},
+                      repo_copy / "params.yaml")
+        out = run("dvc", "repro", "sample@l1-0")
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert {l.split("'")[1] for l in out.stdout.splitlines() if "Running stage" in l} == {"train@l1-0", "sample@l1-0"}
+        assert json.loads((repo_copy / "metrics" / "train" / "l1" / "seed0.json").read_text())["steps"] == 4
+        assert (repo_copy / "plots" / "train" / "l1" / "seed0.csv").read_text().splitlines()[0].split(",")[:3] == ["step", "l1", "loss"]
+        assert json.loads((repo_copy / "metrics" / "sample" / "l1" / "seed0.json").read_text())["test_images"] == 24
+        # a loss the kind does not declare is refused before anything trains, naming the key
+        update_params({"models": {"l1": {"training": {"loss": "l2"}}}}, repo_copy / "params.yaml")
+        bad = run("casdm", "params", "check")
+        assert bad.returncode == 1 and "models.l1.training.loss: 'l2' is not a loss of kind 'spade-l1'" in bad.stderr

@@ -74,7 +74,7 @@ def test_unknown_kind_lists_the_registered_ones():
 
 
 def test_a_kind_declared_by_an_entry_point_is_found(tmp_path, monkeypatch):
-    from tests.test_new_kind import declare_kind
+    from tests.outside_kind import declare_kind
 
     declare_kind(tmp_path, "mine", "mybaseline", "Mine",
                  "from benchmark.kinds.casdm import CASDMKind\n\nclass Mine(CASDMKind):\n    losses = ('mse',)\n")

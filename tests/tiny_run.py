@@ -100,6 +100,18 @@ def wait_for(root: Path, timeout: float = WAIT_S) -> tuple[Path, str]:
     return root / "repo", (root / "uri").read_text()
 
 
+def private_copy(tiny_build: tuple[Path, str], folder: Path, experiment: str | None) -> TinyRun:
+    """A ``clone`` of the built run under ``folder`` (on its own MLflow ``experiment``, created here, if
+    one is named), with the environment that reaches the build's server."""
+    import mlflow
+
+    built, uri = tiny_build
+    repo = clone(built, folder / "repo", experiment)
+    if experiment:
+        mlflow.MlflowClient(uri).create_experiment(experiment)
+    return TinyRun(repo, {**cli_env(), "MLFLOW_TRACKING_URI": uri})
+
+
 def clone(built: Path, dst: Path, experiment: str | None = None) -> Path:
     """A private copy of the built repo (git history, DVC cache and outputs; not DVC's state and locks in
     .dvc/tmp, which DVC rebuilds). ``experiment`` moves its MLflow records to an experiment of its own:
