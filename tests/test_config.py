@@ -115,12 +115,19 @@ def test_missing_key_is_named():
         parse_params(d)
 
 
+def params_check(path):
+    """`casdm params check --params path` in this process (typer's runner: the command as the shell calls it,
+    without a second import of torch and diffusers)."""
+    from typer.testing import CliRunner
+
+    from benchmark.cli import app
+
+    return CliRunner().invoke(app, ["params", "check", "--params", str(path)])
+
+
 def test_a_models_training_block_is_checked_by_its_kind(tmp_path):
     """Out of range, missing or unknown options name the key, in `casdm params check` too."""
-    import subprocess
-
     from benchmark.kinds.registry import model_options
-    from tests.conftest import cli_env
 
     for value, message in ((-1, r"models\.casdm\.training\.lambda_sp: Input should be greater than or equal to 0"),
                            (None, r"models\.casdm\.training\.lambda_sp: Input should be a valid number")):
@@ -131,9 +138,8 @@ def test_a_models_training_block_is_checked_by_its_kind(tmp_path):
     d = raw()
     del d["models"]["controlnet"]["training"]["base_fraction"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
-    out = subprocess.run(["casdm", "params", "check", "--params", str(tmp_path / "params.yaml")], env=cli_env(),
-                         capture_output=True, text=True)
-    assert out.returncode == 1 and "models.controlnet.training.base_fraction: Field required" in out.stderr
+    out = params_check(tmp_path / "params.yaml")
+    assert out.exit_code == 1 and "models.controlnet.training.base_fraction: Field required" in out.stderr
 
 
 def test_bad_profile_leaves_params_untouched(tmp_path, monkeypatch):
@@ -189,10 +195,7 @@ def test_a_preset_deeper_than_the_resolution_allows_is_refused():
 
 
 def test_ca_boost_is_bounded_and_its_class_names_are_checked(tmp_path):
-    import subprocess
-
     from benchmark.kinds.registry import model_options
-    from tests.conftest import cli_env
 
     for value in (float("nan"), -100, 0, 1000):
         d = raw()
@@ -202,9 +205,8 @@ def test_ca_boost_is_bounded_and_its_class_names_are_checked(tmp_path):
     d = raw()
     d["models"]["casdm"]["training"]["ca_boost"] = {"Blod": 1.5}
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(d))
-    out = subprocess.run(["casdm", "params", "check", "--params", str(tmp_path / "params.yaml")], env=cli_env(),
-                         capture_output=True, text=True)
-    assert out.returncode == 1 and "models.casdm.training.ca_boost" in out.stderr and "Blod" in out.stderr, out.stderr
+    out = params_check(tmp_path / "params.yaml")
+    assert out.exit_code == 1 and "models.casdm.training.ca_boost" in out.stderr and "Blod" in out.stderr, out.stderr
 
 
 def test_a_key_written_twice_a_directory_and_a_non_utf8_file_are_one_line_each(tmp_path):
