@@ -22,6 +22,18 @@ def fid(g: np.ndarray, r: np.ndarray) -> float:
     return float(frechet_distance(g.mean(0), np.cov(g, rowvar=False), r.mean(0), np.cov(r, rowvar=False)))
 
 
+def fids(g: np.ndarray, r: np.ndarray) -> np.ndarray:
+    """``fid`` of each of a stack of feature sets ([n, N, d] against [n, N, d]) at once: the trace of the
+    covariances' product's square root is the sum of the square roots of its eigenvalues (real and
+    non-negative: a product of two covariance matrices). 40,000 small FIDs take a second this way; one
+    clean-fid call each took ten (equal to 1e-9: ``test_the_stacked_fid_is_clean_fids``)."""
+    mg, mr = g.mean(1), r.mean(1)
+    cov = lambda x, m: np.einsum("nki,nkj->nij", x - m[:, None], x - m[:, None]) / (x.shape[1] - 1)
+    cg, cr = cov(g, mg), cov(r, mr)
+    root = np.sqrt(np.linalg.eigvals(cg @ cr).real.clip(min=0)).sum(1)
+    return ((mg - mr) ** 2).sum(1) + np.trace(cg, axis1=1, axis2=2) + np.trace(cr, axis1=1, axis2=2) - 2 * root
+
+
 def clustered(rng, d: int = 3) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Real test features and two identical generators' features: every clip has its own scene (a
     shared centre), each generator renders a whole clip with its own style error, frames add noise. The
@@ -41,14 +53,23 @@ def simulate(unit: str, sets: int = 200, resamples: int = 100) -> tuple[float, f
     for s in range(sets):
         real, a, b = clustered(rng)
         groups = [k if unit == "clip" else k * FRAMES + j for k in range(CLIPS) for j in range(FRAMES)]
-        idx = bootstrap_indices(groups, resamples, seed=s)
-        fa, fb = [fid(a[i], real[i]) for i in idx], [fid(b[i], real[i]) for i in idx]
-        point = fid(a, real)
-        d = paired_bootstrap(fa, fb, point - fid(b, real), "fid", 0.95, unit)
+        idx = np.stack(bootstrap_indices(groups, resamples, seed=s))
+        fa, fb = list(fids(a[idx], real[idx])), list(fids(b[idx], real[idx]))
+        point, point_b = fids(np.stack([a, b]), np.stack([real, real]))
+        d = paired_bootstrap(fa, fb, point - point_b, "fid", 0.95, unit)
         covered += d.low <= 0 <= d.high
         low, high = corrected_interval(fa, point, positive=True)  # as the evaluate stage does for FID
         held += low <= point <= high
     return covered / sets, held / sets
+
+
+def test_the_stacked_fid_is_clean_fids():
+    rng = np.random.default_rng(1)
+    real, a, b = clustered(rng)
+    idx = np.stack(bootstrap_indices([k for k in range(CLIPS) for _ in range(FRAMES)], 5, seed=0))
+    stacked = fids(np.concatenate([a[idx], b[idx]]), np.concatenate([real[idx], real[idx]]))
+    one_by_one = [fid(x[i], real[i]) for x in (a, b) for i in idx]
+    assert stacked == pytest.approx(one_by_one, rel=1e-9, abs=1e-9)
 
 
 def test_clip_resampling_covers_two_identical_generators_where_frame_resampling_falls_short():
