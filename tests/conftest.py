@@ -104,6 +104,28 @@ def prepare_tiny(repo: Path) -> None:
     prepare(data.model_copy(update={"root": str(repo / data.root)}), repo / "data" / "prepared")
 
 
+def train_here(repo: Path, model: str, checkpoints: str, out: str, metrics: str, plot: str, tracking_uri: str) -> None:
+    """`casdm train MODEL --data data/prepared --checkpoints ... --out ... --metrics ... --plot ...` in ``repo``
+    as the command runs it with one process, but in this process on one thread: bit-equal to the command
+    under OMP_NUM_THREADS=1, without a second import of torch and diffusers (seconds a process)."""
+    import torch
+
+    from benchmark.config import load_params
+    from benchmark.engine.trainer import RunPaths, train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+            mp.chdir(repo)
+            train(load_params(repo / "params.yaml"), model,
+                  RunPaths(data=repo / "data" / "prepared", checkpoints=repo / checkpoints, model=repo / out,
+                           metrics=repo / metrics, plot=repo / plot))
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def prepared(synth_root, tmp_path_factory) -> Path:
     """The tiny synthetic dataset prepared at 32 px (read-only by convention)."""

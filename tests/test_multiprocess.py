@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.conftest import cli_env, prepare_tiny
+from tests.conftest import cli_env, prepare_tiny, train_here
 
 # fp32 (no autocast): the tolerance below is for reduction order only. Two processes all-reduce the
 # gradient as (g_0 + g_1) / 2 instead of summing one batch's mean, and oneDNN picks kernels by batch
@@ -58,31 +58,17 @@ def test_two_processes_train_and_sample_like_one(repo_copy):
             f"models/{tag}", "--metrics", f"metrics/{tag}.json", "--plot", f"plots/{tag}.csv")
         return _weights(repo_copy / "models" / tag), json.loads((repo_copy / "metrics" / f"{tag}.json").read_text())
 
-    def train_here(tag):  # what that command runs with one process, run in this one on one thread (a process
-        # of its own would import torch and diffusers again): the trainer's function with the command's params
-        from benchmark.config import load_params
-        from benchmark.engine.trainer import RunPaths, train as train_in_process
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
-                mp.chdir(repo_copy)
-                train_in_process(load_params(repo_copy / "params.yaml"), "casdm",
-                                 RunPaths(data=repo_copy / "data" / "prepared", checkpoints=repo_copy / "runs" / tag,
-                                          model=repo_copy / "models" / tag, metrics=repo_copy / "metrics" / f"{tag}.json",
-                                          plot=repo_copy / "plots" / f"{tag}.csv"))
-        finally:
-            torch.set_num_threads(threads)
+    def trained_here(tag):  # what that command runs with one process, in this one (tests/conftest.py)
+        train_here(repo_copy, "casdm", f"runs/{tag}", f"models/{tag}", f"metrics/{tag}.json", f"plots/{tag}.csv",
+                   env["MLFLOW_TRACKING_URI"])
         return _weights(repo_copy / "models" / tag), json.loads((repo_copy / "metrics" / f"{tag}.json").read_text())
 
     settings(runtime={"num_processes": 1})
-    one, m1 = train_here("one")
+    one, m1 = trained_here("one")
     settings(runtime={"num_processes": 2})
     two, m2 = train("two")  # `accelerate launch`, two processes
     settings({"seeds": [1]}, runtime={"num_processes": 1})
-    other, _ = train_here("other")
+    other, _ = trained_here("other")
     assert m1["processes"] == 1 and m2["processes"] == 2
     assert m1["images_seen"] == m2["images_seen"] == 4 * 4  # batch_size is the global batch either way
     assert _max_diff(one, two) < TOLERANCE

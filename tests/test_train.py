@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from benchmark.kinds.casdm import CASDMKind
 from benchmark.engine.trainer import NonFiniteLoss, RunPaths, train
-from tests.conftest import cli_env, tiny_params
+from tests.conftest import cli_env, tiny_params, train_here
 
 
 def paths(tmp_path, prepared, name="casdm") -> RunPaths:
@@ -126,7 +126,7 @@ def test_killed_run_resumes_to_identical_weights(repo_copy, prepared):
     env["MLFLOW_TRACKING_URI"] = f"sqlite:///{repo_copy / 'mlflow.db'}"
     env["OMP_NUM_THREADS"] = "1"  # as the reference below: one thread, one reduction order
     run = lambda *a: subprocess.run(a, cwd=repo_copy, env=env, check=True, capture_output=True, text=True)
-    from benchmark.config import apply_profile, load_params, update_params
+    from benchmark.config import apply_profile, update_params
 
     apply_profile("tiny", repo_copy / "params.yaml")
     update_params({"train": {"steps": 12}, "runtime": {"checkpoint_every": 3, "sample_every": 1000, "log_every": 3},
@@ -134,20 +134,9 @@ def test_killed_run_resumes_to_identical_weights(repo_copy, prepared):
     shutil.copytree(prepared, repo_copy / "data" / "prepared")
     train_cmd = ["casdm", "train", "casdm", "--data", "data/prepared", "--checkpoints", "runs/casdm/checkpoints",
                  "--out", "models/casdm", "--metrics", "metrics/train/casdm.json", "--plot", "plots/train/casdm.csv"]
-    # the run never killed: the same command's trainer, in this process on one thread (a process of its own
-    # would import torch and diffusers again)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("MLFLOW_TRACKING_URI", env["MLFLOW_TRACKING_URI"])
-            mp.chdir(repo_copy)
-            train(load_params(repo_copy / "params.yaml"), "casdm",
-                  RunPaths(data=repo_copy / "data" / "prepared", checkpoints=repo_copy / "runs" / "casdm" / "checkpoints",
-                           model=repo_copy / "models" / "casdm", metrics=repo_copy / "metrics" / "train" / "casdm.json",
-                           plot=repo_copy / "plots" / "train" / "casdm.csv"))
-    finally:
-        torch.set_num_threads(threads)
+    # the run never killed: the same command's trainer, in this process on one thread (tests/conftest.py)
+    train_here(repo_copy, "casdm", "runs/casdm/checkpoints", "models/casdm", "metrics/train/casdm.json",
+               "plots/train/casdm.csv", env["MLFLOW_TRACKING_URI"])
     reference = _weights(repo_copy / "models" / "casdm")
     for d in ("runs", "models"):
         subprocess.run(["rm", "-rf", str(repo_copy / d)], check=True)
