@@ -152,7 +152,7 @@ def _kill_then_rerun(tiny: TinyRun, faults: list[tuple[str, str]]) -> None:
 
 class TestTheTinyRun:
     """What the run produced, read back from its files, DVC and the server; faults that change nothing; and
-    every stage kind killed part-way and re-run (two checks, each on a copy of its own)."""
+    every stage kind killed part-way and re-run (one check, on a copy of its own)."""
 
     def test_dvc_repro_runs_the_whole_benchmark_end_to_end(self, tiny):
         repo, env = tiny.repo, tiny.env
